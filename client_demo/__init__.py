@@ -1,0 +1,1 @@
+"""Client library and demo (filled in by later issues)."""

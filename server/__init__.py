@@ -1,0 +1,1 @@
+"""avatar-stream server core: protocol, features, model, tick engine."""

@@ -1,0 +1,1 @@
+"""Motion simulator, dataset loaders, training and evaluation."""
