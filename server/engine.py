@@ -1,0 +1,305 @@
+"""TickEngine: every avatar's GRU state in one device tensor, one batched step per tick.
+
+No asyncio, no sockets. The caller (the app's tick loop) does, per tick:
+
+    engine.submit(avatar, t, p, seq)   # any number of times between ticks; latest wins
+    result = engine.tick()             # one batched model step for avatars with new samples
+
+Avatars get a slot in a pool of hidden states (`HiddenStatePool`); the pool grows by
+doubling, a join gets a zeroed slot and a leave frees it. Per tick the hot path is
+array code only: features for all pending slots at once, one host->device copy in,
+`index_select` the states, one model step, `index_copy_` them back, one device->host
+copy out. With no model (`model=None`) the engine serves constant-velocity dead
+reckoning through the same path, which is the "model off" comparison.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from server import features as F
+from server.features import FeatureConfig, FeatureState
+from server.model import LoadedModel, resolve_device
+
+MAX_COORD = 1e6  # metres; positions beyond are rejected as corrupt
+
+
+class HiddenStatePool:
+    """Hidden states (layers, capacity, hidden) on the device, addressed by slot."""
+
+    def __init__(self, layers: int, hidden: int, capacity: int, device: torch.device) -> None:
+        self.layers, self.hidden, self.device = layers, hidden, device
+        self.h = torch.zeros(layers, capacity, hidden, device=device)
+
+    @property
+    def capacity(self) -> int:
+        return self.h.shape[1]
+
+    def grow(self, capacity: int) -> None:
+        if capacity <= self.capacity:
+            return
+        h = torch.zeros(self.layers, capacity, self.hidden, device=self.device)
+        h[:, : self.capacity] = self.h
+        self.h = h
+
+    def zero(self, slot: int) -> None:
+        self.h[:, slot] = 0.0
+
+    def gather(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.h.index_select(1, idx)
+
+    def scatter(self, idx: torch.Tensor, h: torch.Tensor) -> None:
+        self.h.index_copy_(1, idx, h)
+
+
+@dataclass
+class TickResult:
+    """Predictions made this tick, one row per avatar that had a new sample."""
+
+    tick: int
+    slots: np.ndarray  # (n,) int64
+    avatars: np.ndarray  # (n,) object: avatar ids
+    t: np.ndarray  # (n,) sample time the predictions are anchored at
+    pos: np.ndarray  # (n, 3) the sample's position
+    pred: np.ndarray  # (n, H, 3) predicted absolute positions at t + horizons
+    seq: np.ndarray  # (n,) int64 seq of the sample
+    reset: np.ndarray  # (n,) bool: the avatar's state was reset (join, gap, teleport)
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+
+class TickEngine:
+    """Batched stepped inference over all avatars; see the module docstring."""
+
+    def __init__(
+        self,
+        model: LoadedModel | None,
+        *,
+        features: FeatureConfig | None = None,
+        device: str = "auto",
+        capacity: int = 64,
+        num_threads: int | None = None,
+    ) -> None:
+        """`model=None` serves CV dead reckoning (then `features` sets the horizons).
+
+        Raises ValueError for an unknown device or cuda without a GPU.
+        """
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
+        self.model = model
+        if model is not None:
+            self.device = resolve_device(device) if device != "auto" else model.device
+            model.model.to(self.device).eval()
+            self.cfg = model.features
+            layers, hidden = model.model.cfg.layers, model.model.cfg.hidden
+            self.version = model.version
+        else:
+            self.device = resolve_device(device)
+            self.cfg = features or FeatureConfig()
+            layers, hidden = 1, 1
+            self.version = "cv"
+        self.horizons = np.asarray(self.cfg.horizons)
+        H = len(self.horizons)
+        capacity = max(1, int(capacity))
+        self.pool = HiddenStatePool(layers, hidden, capacity, self.device)
+        self.fstate = FeatureState(capacity)
+        self._ids = np.empty(capacity, dtype=object)
+        self._slot_of: dict[str, int] = {}
+        self._free = list(range(capacity))  # min-heap: lowest free slot first
+        # Pending newest sample per slot (latest wins).
+        self._pending = np.zeros(capacity, dtype=bool)
+        self._pt = np.zeros(capacity)
+        self._pp = np.zeros((capacity, 3))
+        self._pseq = np.zeros(capacity, dtype=np.int64)
+        # Last prediction per slot (kept for avatars without a new sample).
+        self.last_t = np.full(capacity, np.nan)
+        self.last_pos = np.zeros((capacity, 3))
+        self.last_pred = np.zeros((capacity, H, 3))
+        self.last_seq = np.full(capacity, -1, dtype=np.int64)
+        self.ticks = 0
+        self._pinned = self.device.type == "cuda"
+        self._alloc_host_buffers(capacity)
+
+    # -- membership -------------------------------------------------------------------
+
+    @property
+    def capacity(self) -> int:
+        return len(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._slot_of)
+
+    def __contains__(self, avatar: str) -> bool:
+        return avatar in self._slot_of
+
+    def slot(self, avatar: str) -> int:
+        """Slot of a joined avatar. Raises KeyError if it has not joined."""
+        return self._slot_of[avatar]
+
+    def join(self, avatar: str) -> int:
+        """Give `avatar` a zeroed slot and return it. Raises KeyError if already joined."""
+        if avatar in self._slot_of:
+            raise KeyError(f"avatar {avatar!r} already joined")
+        if not self._free:
+            self._grow(2 * self.capacity)
+        slot = heapq.heappop(self._free)
+        self._slot_of[avatar] = slot
+        self._ids[slot] = avatar
+        self.pool.zero(slot)
+        self.fstate.clear(slot)
+        self._pending[slot] = False
+        self.last_t[slot] = np.nan
+        self.last_pos[slot] = 0.0
+        self.last_pred[slot] = 0.0
+        self.last_seq[slot] = -1
+        return slot
+
+    def leave(self, avatar: str) -> None:
+        """Free `avatar`'s slot. Raises KeyError if it has not joined."""
+        slot = self._slot_of.pop(avatar)
+        self._ids[slot] = None
+        self._pending[slot] = False
+        self.last_t[slot] = np.nan
+        heapq.heappush(self._free, slot)
+
+    def _grow(self, capacity: int) -> None:
+        old = self.capacity
+        self.pool.grow(capacity)
+        self.fstate.grow(capacity)
+        extra = capacity - old
+        self._ids = np.concatenate([self._ids, np.empty(extra, dtype=object)])
+        self._pending = np.concatenate([self._pending, np.zeros(extra, dtype=bool)])
+        self._pt = np.concatenate([self._pt, np.zeros(extra)])
+        self._pp = np.concatenate([self._pp, np.zeros((extra, 3))])
+        self._pseq = np.concatenate([self._pseq, np.zeros(extra, dtype=np.int64)])
+        self.last_t = np.concatenate([self.last_t, np.full(extra, np.nan)])
+        self.last_pos = np.concatenate([self.last_pos, np.zeros((extra, 3))])
+        self.last_pred = np.concatenate(
+            [self.last_pred, np.zeros((extra, *self.last_pred.shape[1:]))]
+        )
+        self.last_seq = np.concatenate([self.last_seq, np.full(extra, -1, dtype=np.int64)])
+        for s in range(old, capacity):
+            heapq.heappush(self._free, s)
+        self._alloc_host_buffers(capacity)
+
+    def _alloc_host_buffers(self, capacity: int) -> None:
+        # Input: features plus the slot index as one extra float column, so a tick needs
+        # exactly one host->device copy (slots < 2**24 are exact in float32).
+        n_out = len(self.horizons) * 3
+        self._xbuf = torch.zeros(capacity, F.N_FEATURES + 1, pin_memory=self._pinned)
+        self._ybuf = torch.zeros(capacity, n_out, pin_memory=self._pinned)
+
+    # -- input --------------------------------------------------------------------------
+
+    def submit(self, avatar: str, t: float, p, seq: int = 0) -> bool:
+        """Queue a sample for the next tick; the newest per avatar wins.
+
+        `p` is (x, y, z) or (x, y). Returns False (and keeps nothing) for a sample that
+        is not finite, out of bounds, or not newer than the avatar's newest one.
+        Raises KeyError if the avatar has not joined.
+        """
+        slot = self._slot_of[avatar]
+        return self.submit_slot(slot, t, p, seq)
+
+    def submit_slot(self, slot: int, t: float, p, seq: int = 0) -> bool:
+        """`submit` by slot (the app keeps slots to skip the id lookup)."""
+        x, y = float(p[0]), float(p[1])
+        z = float(p[2]) if len(p) > 2 else 0.0
+        t = float(t)
+        if not (math.isfinite(t) and math.isfinite(x) and math.isfinite(y) and math.isfinite(z)):
+            return False
+        if max(abs(x), abs(y), abs(z)) > MAX_COORD:
+            return False
+        newest = self._pt[slot] if self._pending[slot] else self.fstate.t[slot]
+        if not (t > newest) and not math.isnan(newest):
+            return False
+        self._pending[slot] = True
+        self._pt[slot] = t
+        self._pp[slot] = (x, y, z)
+        self._pseq[slot] = int(seq)
+        return True
+
+    # -- the tick -----------------------------------------------------------------------
+
+    def tick(self) -> TickResult:
+        """Run one batched step for every avatar with a new sample; return their predictions."""
+        self.ticks += 1
+        slots = np.flatnonzero(self._pending)
+        n = len(slots)
+        H = len(self.horizons)
+        if n == 0:
+            e = np.empty(0)
+            return TickResult(
+                self.ticks,
+                slots,
+                np.empty(0, dtype=object),
+                e,
+                np.empty((0, 3)),
+                np.empty((0, H, 3)),
+                np.empty(0, dtype=np.int64),
+                np.empty(0, dtype=bool),
+            )
+        self._pending[slots] = False
+        t, p, seq = self._pt[slots], self._pp[slots], self._pseq[slots]
+        out = F.step(self.fstate, slots, t, p, self.cfg)
+        if self.model is None:
+            y = np.zeros((n, H, 3))
+        else:
+            y = self._model_step(slots, out)
+        pred = F.decode(y, out, self.cfg)
+        self.last_t[slots] = t
+        self.last_pos[slots] = p
+        self.last_pred[slots] = pred
+        self.last_seq[slots] = seq
+        return TickResult(self.ticks, slots, self._ids[slots], t, p, pred, seq, out.reset)
+
+    @torch.inference_mode()
+    def _model_step(self, slots: np.ndarray, out: F.StepOutput) -> np.ndarray:
+        n = len(slots)
+        xb = self._xbuf[:n]
+        xn = xb.numpy()
+        xn[:, : F.N_FEATURES] = out.x
+        xn[:, F.N_FEATURES] = slots
+        xd = xb.to(self.device, non_blocking=self._pinned)  # the one host->device copy
+        x = xd[:, : F.N_FEATURES]
+        idx = xd[:, F.N_FEATURES].long()
+        h = self.pool.gather(idx)  # (L, n, hidden)
+        keep = 1.0 - x[:, F.RESET]  # reset rows start from a zero state
+        h = h * keep[None, :, None]
+        y, h = self.model.model.step(x, h)  # y (n, H, 3)
+        bad = ~torch.isfinite(h).all(dim=0).all(dim=-1)  # (n,) never store NaN/inf
+        h = h.masked_fill(bad[None, :, None], 0.0)
+        self.pool.scatter(idx, h)
+        yb = self._ybuf[:n]
+        if self._pinned:
+            yb.copy_(y.reshape(n, -1), non_blocking=True)  # the one device->host copy
+            torch.cuda.current_stream(self.device).synchronize()
+        else:
+            yb.copy_(y.reshape(n, -1))
+        return yb.numpy().reshape(n, -1, 3).copy()
+
+    # -- reading ------------------------------------------------------------------------
+
+    def snapshot(self) -> TickResult:
+        """Latest prediction of every joined avatar that has one (for fan-out / resume)."""
+        slots = np.flatnonzero(~np.isnan(self.last_t))
+        return TickResult(
+            self.ticks,
+            slots,
+            self._ids[slots],
+            self.last_t[slots],
+            self.last_pos[slots],
+            self.last_pred[slots],
+            self.last_seq[slots],
+            np.zeros(len(slots), dtype=bool),
+        )
+
+    def hidden(self, avatar: str) -> torch.Tensor:
+        """Copy of an avatar's hidden state (layers, hidden). Raises KeyError if unknown."""
+        return self.pool.h[:, self._slot_of[avatar]].detach().cpu().clone()

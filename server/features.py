@@ -1,0 +1,268 @@
+"""One feature pipeline for training and serving.
+
+Samples `(t, p[3])` arrive per avatar at irregular times. `FeatureState` holds, per row
+(an avatar slot in serving, a sequence in training), what the pipeline needs from the
+previous sample. `step()` turns one new sample per selected row into a model input
+vector and updates the rows in place; `decode()` turns the model's output back into
+absolute positions at the horizons.
+
+Everything is expressed in the avatar's *heading frame* (x along its smoothed direction
+of travel, y to its left, z up), so the model is invariant to translation and rotation
+by construction and mirroring the world is `y -> -y`. The model predicts a *residual*
+over constant-velocity extrapolation (CV prior): a zero output is exactly CV dead
+reckoning from the last interval's velocity.
+
+A time gap longer than `max_gap` or a jump faster than `max_speed` (a teleport) is a
+*reset*: the row starts over as if this were its first sample, and the caller must zero
+that row's hidden state (the reset flag is input feature `RESET`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+DEFAULT_HORIZONS: tuple[float, ...] = tuple(round(0.1 * k, 1) for k in range(1, 11))
+
+# Input feature layout (all in the heading frame; velocities divided by v_scale).
+VX, VY, VZ = 0, 1, 2  # velocity over the last interval
+SPEED_EMA = 3  # smoothed speed (|EMA velocity|)
+PVX, PVY = 4, 5  # previous interval's velocity, rotated into the current frame
+DT_LIN, DT_LOG = 6, 7  # time since the previous sample: dt / 0.4 s and log(dt / 0.1 s) / 2
+TURN_SIN, TURN_COS = 8, 9  # rotation of the frame since the previous sample (cos - 1)
+RESET = 10  # 1.0 on the first sample of a segment (join, gap, teleport)
+N_FEATURES = 11
+FEATURE_CLIP = 10.0
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Parameters of the feature pipeline; stored in every checkpoint."""
+
+    horizons: tuple[float, ...] = DEFAULT_HORIZONS  # seconds after the sample's time
+    max_speed: float = 20.0  # m/s; a faster jump is a teleport -> reset
+    max_gap: float = 1.0  # s; a longer silence -> reset
+    min_dt: float = 1e-3  # s; intervals are clamped to at least this
+    heading_tau: float = 0.2  # s; time constant of the velocity EMA that sets the frame
+    heading_min_speed: float = 0.1  # m/s; below this the frame keeps its last heading
+    v_scale: float = 2.0  # m/s; input velocity normalisation
+    out_scale: tuple[float, ...] = field(default_factory=tuple)  # m per horizon; () = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "horizons", tuple(float(h) for h in self.horizons))
+        object.__setattr__(self, "out_scale", tuple(float(s) for s in self.out_scale))
+        if not self.horizons or any(h <= 0 for h in self.horizons):
+            raise ValueError("horizons must be positive")
+        if self.out_scale and len(self.out_scale) != len(self.horizons):
+            raise ValueError("out_scale needs one entry per horizon")
+
+    @property
+    def n_horizons(self) -> int:
+        return len(self.horizons)
+
+    def scales(self) -> np.ndarray:
+        """Residual scale per horizon, shape (H,)."""
+        if self.out_scale:
+            return np.asarray(self.out_scale, dtype=np.float64)
+        return np.ones(self.n_horizons)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FeatureConfig:
+        return cls(**d)
+
+
+class FeatureState:
+    """Per-row memory of the pipeline: last sample, last velocity, smoothed heading.
+
+    Rows are created "empty" (no previous sample), so the first `step` on a row is a reset.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.t = np.full(n, np.nan)  # (n,) time of the last sample, NaN = none
+        self.p = np.zeros((n, 3))  # (n, 3) last position
+        self.v = np.zeros((n, 3))  # (n, 3) velocity over the last interval
+        self.ema = np.zeros((n, 2))  # (n, 2) smoothed horizontal velocity
+        self.head = np.tile([1.0, 0.0], (n, 1))  # (n, 2) cos, sin of the frame heading
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    def clear(self, rows: np.ndarray | slice) -> None:
+        """Forget rows (an avatar left): their next sample is a reset."""
+        self.t[rows] = np.nan
+        self.p[rows] = 0.0
+        self.v[rows] = 0.0
+        self.ema[rows] = 0.0
+        self.head[rows] = (1.0, 0.0)
+
+    def grow(self, n: int) -> None:
+        """Extend to `n` rows; new rows are empty."""
+        old = len(self)
+        if n <= old:
+            return
+        fresh = FeatureState(n - old)
+        self.t = np.concatenate([self.t, fresh.t])
+        self.p = np.concatenate([self.p, fresh.p])
+        self.v = np.concatenate([self.v, fresh.v])
+        self.ema = np.concatenate([self.ema, fresh.ema])
+        self.head = np.concatenate([self.head, fresh.head])
+
+
+@dataclass
+class StepOutput:
+    """What `step` returns for n rows; `decode` needs `p`, `v` and `head`."""
+
+    x: np.ndarray  # (n, N_FEATURES) float32 model input
+    reset: np.ndarray  # (n,) bool: the caller must zero these rows' hidden states
+    p: np.ndarray  # (n, 3) anchor position (the sample)
+    v: np.ndarray  # (n, 3) CV-prior velocity
+    head: np.ndarray  # (n, 2) cos, sin of the heading frame
+
+
+def _rotate_in(vx: np.ndarray, vy: np.ndarray, c: np.ndarray, s: np.ndarray):
+    """World -> heading frame."""
+    return c * vx + s * vy, -s * vx + c * vy
+
+
+def step(
+    state: FeatureState,
+    rows: np.ndarray,
+    t: np.ndarray,
+    p: np.ndarray,
+    cfg: FeatureConfig,
+) -> StepOutput:
+    """Consume one sample for each of `rows` and return the model input for them.
+
+    The caller must pass unique `rows` (int array, shape (n,)), times `t` (n,) and
+    finite positions `p` (n, 3); a time not after the row's last one is treated as an
+    interval of `cfg.min_dt`. Updates `state` in place. Raises nothing for finite input.
+    """
+    t = np.asarray(t, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    n = len(rows)
+    last_t = state.t[rows]
+    last_p = state.p[rows]
+    dt_raw = t - last_t  # NaN for rows without a previous sample
+    dt = np.maximum(np.nan_to_num(dt_raw, nan=cfg.min_dt), cfg.min_dt)
+    delta = p - last_p
+    v = delta / dt[:, None]
+    speed = np.hypot(v[:, 0], v[:, 1])
+    reset = np.isnan(dt_raw) | (dt_raw > cfg.max_gap) | (speed > cfg.max_speed)
+    reset |= np.abs(v[:, 2]) > cfg.max_speed
+    v[reset] = 0.0
+    dt_feat = np.where(reset, 0.0, np.minimum(dt, cfg.max_gap))
+
+    # Smoothed velocity sets the frame; below heading_min_speed the heading is held.
+    alpha = 1.0 - np.exp(-dt / cfg.heading_tau)
+    ema = state.ema[rows] * (1.0 - alpha[:, None]) + alpha[:, None] * v[:, :2]
+    ema[reset] = 0.0
+    ema_speed = np.hypot(ema[:, 0], ema[:, 1])
+    old_head = state.head[rows]
+    moving = ema_speed > cfg.heading_min_speed
+    safe = np.where(moving, ema_speed, 1.0)
+    head = np.where(moving[:, None], ema / safe[:, None], old_head)
+    c, s = head[:, 0], head[:, 1]
+
+    x = np.zeros((n, N_FEATURES), dtype=np.float64)
+    x[:, VX], x[:, VY] = _rotate_in(v[:, 0], v[:, 1], c, s)
+    x[:, VZ] = v[:, 2]
+    x[:, SPEED_EMA] = ema_speed
+    old_v = state.v[rows]
+    x[:, PVX], x[:, PVY] = _rotate_in(old_v[:, 0], old_v[:, 1], c, s)
+    x[:, [VX, VY, VZ, SPEED_EMA, PVX, PVY]] /= cfg.v_scale
+    x[reset, PVX] = 0.0
+    x[reset, PVY] = 0.0
+    x[:, DT_LIN] = dt_feat / 0.4
+    x[:, DT_LOG] = np.where(reset, 0.0, np.log(np.maximum(dt_feat, cfg.min_dt) / 0.1) / 2.0)
+    # Frame rotation since the last sample: old heading expressed in the new frame.
+    turn_c, turn_s = _rotate_in(old_head[:, 0], old_head[:, 1], c, s)
+    x[:, TURN_SIN] = np.where(reset, 0.0, -turn_s)
+    x[:, TURN_COS] = np.where(reset, 0.0, turn_c - 1.0)
+    x[:, RESET] = reset
+    np.clip(x, -FEATURE_CLIP, FEATURE_CLIP, out=x)
+
+    state.t[rows] = t
+    state.p[rows] = p
+    state.v[rows] = v
+    state.ema[rows] = ema
+    state.head[rows] = head
+    return StepOutput(x=x.astype(np.float32), reset=reset, p=p, v=v, head=head)
+
+
+def decode(y: np.ndarray, out: StepOutput, cfg: FeatureConfig) -> np.ndarray:
+    """Model output -> absolute positions.
+
+    `y` (n, H, 3) is the model's normalised residual in the heading frame for the rows
+    of `out`; returns (n, H, 3) float64 positions at `t + horizons`.
+    """
+    h = np.asarray(cfg.horizons)  # (H,)
+    r = np.asarray(y, dtype=np.float64) * cfg.scales()[None, :, None]  # (n, H, 3) metres
+    c, s = out.head[:, 0:1], out.head[:, 1:2]  # (n, 1)
+    rx = c * r[..., 0] - s * r[..., 1]  # frame -> world
+    ry = s * r[..., 0] + c * r[..., 1]
+    pred = out.p[:, None, :] + out.v[:, None, :] * h[None, :, None]  # CV prior (n, H, 3)
+    pred[..., 0] += rx
+    pred[..., 1] += ry
+    pred[..., 2] += r[..., 2]
+    return pred
+
+
+def encode_targets(truth: np.ndarray, out: StepOutput, cfg: FeatureConfig) -> np.ndarray:
+    """Inverse of `decode`: true future positions (n, H, 3) -> normalised residual (n, H, 3).
+
+    NaN in `truth` (future unknown) stays NaN: the caller masks it out of the loss.
+    """
+    h = np.asarray(cfg.horizons)
+    d = truth - out.p[:, None, :] - out.v[:, None, :] * h[None, :, None]
+    c, s = out.head[:, 0:1], out.head[:, 1:2]
+    res = np.empty_like(d)
+    res[..., 0], res[..., 1] = _rotate_in(d[..., 0], d[..., 1], c, s)
+    res[..., 2] = d[..., 2]
+    return res / cfg.scales()[None, :, None]
+
+
+@dataclass
+class SequenceFeatures:
+    """Features of whole sequences, time-major per sequence, as lists of arrays."""
+
+    x: list[np.ndarray]  # each (T_i, N_FEATURES) float32
+    out: list[StepOutput]  # each with arrays of length T_i
+
+
+def sequence_features(
+    times: list[np.ndarray], positions: list[np.ndarray], cfg: FeatureConfig
+) -> SequenceFeatures:
+    """Run `step` over whole sequences, batched across sequences, exactly as serving does.
+
+    `times[i]` (T_i,) strictly increasing, `positions[i]` (T_i, 3) finite. Returns the
+    per-step model inputs and decode state of every sequence.
+    """
+    m = len(times)
+    lengths = np.array([len(t) for t in times])
+    tmax = int(lengths.max()) if m else 0
+    state = FeatureState(m)
+    T = np.zeros((m, tmax))
+    P = np.zeros((m, tmax, 3))
+    for i in range(m):
+        T[i, : lengths[i]] = times[i]
+        P[i, : lengths[i]] = positions[i]
+    xs = np.zeros((m, tmax, N_FEATURES), dtype=np.float32)
+    reset = np.zeros((m, tmax), dtype=bool)
+    anchor = np.zeros((m, tmax, 3))
+    vel = np.zeros((m, tmax, 3))
+    head = np.zeros((m, tmax, 2))
+    order = np.argsort(-lengths, kind="stable")
+    for k in range(tmax):
+        rows = order[: int((lengths > k).sum())]
+        o = step(state, rows, T[rows, k], P[rows, k], cfg)
+        xs[rows, k], reset[rows, k] = o.x, o.reset
+        anchor[rows, k], vel[rows, k], head[rows, k] = o.p, o.v, o.head
+    outs = []
+    for i in range(m):
+        n = lengths[i]
+        outs.append(StepOutput(xs[i, :n], reset[i, :n], anchor[i, :n], vel[i, :n], head[i, :n]))
+    return SequenceFeatures(x=[o.x for o in outs], out=outs)
