@@ -411,3 +411,43 @@ def windows(track: Track, length: int, stride: int) -> list[tuple[int, int]]:
     if length < 1 or stride < 1:
         raise ValueError(f"length and stride must be >= 1, got {length}, {stride}")
     return [(s, s + length) for s in range(0, len(track) - length + 1, stride)]
+
+
+def corrupt(
+    track: Track, *, noise: float = 0.0, jitter: float = 0.0, rng: np.random.Generator
+) -> Track:
+    """Corrupt what a predictor observes, never the truth it is scored on.
+
+    Returns a new Track with the same reported times `t`; each position is re-read from
+    the truth at `t + N(0, jitter)` (clipped to the track's span) plus N(0, noise) in x/y
+    (and z), and the original truth (dense or spline) is kept. `noise` in metres,
+    `jitter` in seconds, both >= 0. Raises ValueError for negative values.
+    """
+    if noise < 0 or jitter < 0:
+        raise ValueError("noise and jitter must be >= 0")
+    if noise == 0 and jitter == 0:
+        return track
+    if jitter > 0:
+        tt = np.clip(track.t + rng.normal(0.0, jitter, len(track.t)), track.start, track.end)
+        p = track.truth_at(tt)
+    else:
+        p = track.p.copy()
+    if noise > 0:
+        p = p + rng.normal(0.0, noise, p.shape) * (1.0, 1.0, float(np.ptp(track.p[:, 2]) > 0))
+    if track.truth_t is not None:
+        truth_t, truth_p = track.truth_t, track.truth_p
+    else:  # keep the clean samples' spline as the truth
+        truth_t, truth_p = None, None
+    out = Track(track.user, track.t, p, truth_t, truth_p)
+    if truth_t is None:
+        out._spline = (
+            track._spline if track._spline is not None else CubicSpline(track.t, track.p, axis=0)
+        )
+    return out
+
+
+def mirror(track: Track) -> Track:
+    """The same track reflected across the x axis (y -> -y), truth included."""
+    flip = np.array([1.0, -1.0, 1.0])
+    truth_p = None if track.truth_p is None else track.truth_p * flip
+    return Track(track.user, track.t, track.p * flip, track.truth_t, truth_p)

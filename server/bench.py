@@ -1,0 +1,86 @@
+"""Time the TickEngine step: `python -m server.bench [--avatars 1000,10000] [--device auto]`.
+
+Every avatar submits a new sample every tick (the worst case), so each tick runs the
+feature pipeline, one batched GRU step and the decode for all of them. Prints per
+avatar count: tick p50/p99 in ms and µs per avatar (p50), for the model and for the
+same engine with the model off (constant velocity, `--predictor cv` in the server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from server.engine import TickEngine
+from server.model import load_checkpoint
+
+
+def time_engine(engine: TickEngine, n: int, ticks: int, warmup: int = 5) -> dict:
+    """Join `n` avatars, then time `ticks` ticks with a sample from every avatar."""
+    rng = np.random.default_rng(0)
+    ids = [f"a{i}" for i in range(n)]
+    slots = np.array([engine.join(a) for a in ids])
+    pos = rng.uniform(-100, 100, (n, 3))
+    pos[:, 2] = 0
+    vel = rng.normal(0, 1.2, (n, 3))
+    vel[:, 2] = 0
+    times = []
+    for k in range(warmup + ticks):
+        t = k * 0.05
+        pos += vel * 0.05
+        for s, p in zip(slots.tolist(), pos.tolist(), strict=True):
+            engine.submit_slot(s, t, p, k)
+        t0 = time.perf_counter()
+        res = engine.tick()
+        if engine.device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        assert len(res) == n
+        if k >= warmup:
+            times.append(dt)
+    ms = np.array(times) * 1e3
+    return {
+        "avatars": n,
+        "tick_ms_p50": float(np.percentile(ms, 50)),
+        "tick_ms_p99": float(np.percentile(ms, 99)),
+        "us_per_avatar_p50": float(np.percentile(ms, 50) * 1e3 / n),
+    }
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(prog="python -m server.bench", description=__doc__.split("\n")[0])
+    ap.add_argument("--avatars", default="1000,10000", help="comma-separated avatar counts")
+    ap.add_argument("--ticks", type=int, default=40, help="timed ticks per count")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--model", help="checkpoint (default: the shipped model)")
+    ap.add_argument("--json", help="write results here")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lm = load_checkpoint(args.model, args.device)
+    rows = []
+    print(f"device {lm.device}, torch threads {torch.get_num_threads()}, model {lm.version}")
+    print(f"{'avatars':>8} {'predictor':>9} {'p50 ms':>8} {'p99 ms':>8} {'us/avatar':>9}")
+    for n in [int(s) for s in args.avatars.split(",")]:
+        for name, model in (("gru", lm), ("cv", None)):
+            eng = TickEngine(model, features=lm.features, device=args.device, capacity=n)
+            r = time_engine(eng, n, args.ticks) | {"predictor": name, "device": str(eng.device)}
+            rows.append(r)
+            print(
+                f"{n:>8} {name:>9} {r['tick_ms_p50']:8.2f} {r['tick_ms_p99']:8.2f} "
+                f"{r['us_per_avatar_p50']:9.3f}",
+                flush=True,
+            )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,405 @@
+"""Train the motion GRU.
+
+    python -m training.train --preset shipped          # reproduces server/models/avatar_gru.pt
+    python -m training.train --data my_logs.csv --no-ethucy --synthetic-avatars 0 --out m.pt
+
+Reads top to bottom: configuration -> data (tracks -> per-sample features from
+`server.features`, exactly as served, and residual targets at the horizons) -> windows ->
+model -> loop (AdamW, validation every epoch, early stopping, best checkpoint written
+atomically). Seeded: the same command on the same machine gives the same checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import math
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from server import features as F
+from server.features import DEFAULT_HORIZONS, FeatureConfig
+from server.model import ModelConfig, MotionGRU, resolve_device, save_checkpoint
+from training import datasets as D
+from training.datasets import Track
+
+PRESETS = Path(__file__).parent / "presets"
+
+# -----------------------------------------------------------------------------------------
+# configuration
+
+
+@dataclass
+class TrainConfig:
+    out: str = "runs/model.pt"
+    name: str = "gru"
+    # data
+    synthetic_avatars: int = 160  # simulated training avatars (0 = none)
+    synthetic_duration: float = 90.0  # seconds each
+    synthetic_val_avatars: int = 40  # held-out simulated avatars (other seed)
+    ethucy: bool = True  # ETH/UCY train parts for training, val parts for validation
+    data: list[str] = field(default_factory=list)  # own CSV/ETH files or dirs (90/10 by user)
+    noisy_copies: int = 1  # corrupted copies of every training track
+    noise_max: float = 0.03  # m, position noise std drawn per copy from U(0, noise_max)
+    jitter_max: float = 0.025  # s, timestamp jitter std drawn per copy from U(0, jitter_max)
+    mirror: bool = True  # random y -> -y per window
+    horizons: tuple[float, ...] = DEFAULT_HORIZONS
+    window: int = 96  # steps per training window
+    burn_in: int = 16  # steps without loss when a window starts mid-segment
+    # model
+    hidden: int = 64
+    layers: int = 1
+    head_hidden: int = 64
+    # optimisation
+    epochs: int = 30
+    batch: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    patience: int = 5
+    clip: float = 1.0
+    max_batches: int = 0  # per epoch, 0 = all
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0  # torch threads, 0 = torch's default
+
+
+# -----------------------------------------------------------------------------------------
+# data: tracks -> features and residual targets -> windows
+
+
+@dataclass
+class Windows:
+    """Training windows: inputs, normalised residual targets and the loss mask."""
+
+    x: np.ndarray  # (W, L, F) float32
+    y: np.ndarray  # (W, L, H, 3) float32, 0 where masked
+    m: np.ndarray  # (W, L, H) bool
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+def residuals(tracks: list[Track], fcfg: FeatureConfig):
+    """Per track: model inputs (N, F), raw residual targets in metres (N, H, 3), resets (N,)."""
+    unit = dataclasses.replace(fcfg, out_scale=())
+    sf = F.sequence_features([tr.t for tr in tracks], [tr.p for tr in tracks], unit)
+    h = np.asarray(fcfg.horizons)
+    out = []
+    for tr, x, o in zip(tracks, sf.x, sf.out, strict=True):
+        truth = tr.truth_at((tr.t[:, None] + h[None, :]).ravel()).reshape(len(tr.t), len(h), 3)
+        out.append((x, F.encode_targets(truth, o, unit), o.reset))
+    return out
+
+
+def residual_scale(res: list[tuple]) -> tuple[float, ...]:
+    """RMS horizontal residual of the CV prior per horizon (the target normalisation)."""
+    r = np.concatenate([y for _, y, _ in res])[..., :2]
+    rms = np.sqrt(np.nanmean((r**2).sum(-1), axis=0) / 2.0)
+    return tuple(float(max(s, 1e-3)) for s in rms)
+
+
+def make_windows(res: list[tuple], scale: np.ndarray, length: int, burn_in: int) -> Windows:
+    """Cut each reset-delimited segment into windows of `length` steps (zero state at start)."""
+    xs, ys, ms = [], [], []
+    stride = max(1, length - burn_in)
+    for x, y, reset in res:
+        starts = [*np.flatnonzero(reset).tolist(), len(x)]
+        for a, b in itertools.pairwise(starts):
+            for s in range(a, max(a + 1, b - burn_in), stride):
+                e = min(s + length, b)
+                n = e - s
+                xw = np.zeros((length, x.shape[1]), np.float32)
+                yw = np.zeros((length, *y.shape[1:]), np.float32)
+                mw = np.zeros((length, y.shape[1]), bool)
+                xw[:n] = x[s:e]
+                yn = y[s:e] / scale[None, :, None]
+                valid = np.isfinite(yn).all(-1)
+                if s > a:
+                    valid[: min(burn_in, n)] = False
+                yw[:n] = np.where(valid[..., None], yn, 0.0)
+                mw[:n] = valid
+                if mw.any():
+                    xs.append(xw)
+                    ys.append(yw)
+                    ms.append(mw)
+    if not xs:
+        H = len(scale)
+        return Windows(
+            np.zeros((0, length, F.N_FEATURES), np.float32),
+            np.zeros((0, length, H, 3), np.float32),
+            np.zeros((0, length, H), bool),
+        )
+    return Windows(np.stack(xs), np.stack(ys), np.stack(ms))
+
+
+def augment_noisy(tracks: list[Track], cfg: TrainConfig, rng: np.random.Generator) -> list[Track]:
+    """The clean tracks plus `noisy_copies` corrupted copies (noise and jitter per copy)."""
+    out = list(tracks)
+    for _ in range(cfg.noisy_copies):
+        for tr in tracks:
+            noise = rng.uniform(0, cfg.noise_max)
+            jitter = rng.uniform(0, cfg.jitter_max)
+            out.append(D.corrupt(tr, noise=noise, jitter=jitter, rng=rng))
+    return out
+
+
+def load_sources(cfg: TrainConfig) -> tuple[dict[str, list[Track]], dict[str, list[Track]]]:
+    """Training and validation tracks by source name."""
+    from training.simulate import simulate
+
+    train: dict[str, list[Track]] = {}
+    val: dict[str, list[Track]] = {}
+    if cfg.synthetic_avatars > 0:
+        train["synthetic"] = simulate(cfg.synthetic_avatars, cfg.synthetic_duration, seed=cfg.seed)
+        val["synthetic"] = simulate(
+            max(1, cfg.synthetic_val_avatars), cfg.synthetic_duration, seed=cfg.seed + 10_000
+        )
+    if cfg.ethucy:
+        stems = [s for v in D.ETHUCY_SCENES.values() for s in v] + D.ETHUCY_TRAIN_ONLY
+        train["ethucy"] = D.load_ethucy_scene_files("train", stems)
+        val["ethucy"] = D.load_ethucy_scene_files("val", stems)
+    for i, path in enumerate(cfg.data):
+        tr, va, _ = D.split_by_user(D.load_tracks(path), val_frac=0.1, test_frac=0.0, seed=cfg.seed)
+        train[f"data{i}"], val[f"data{i}"] = tr, va
+    if not train:
+        raise SystemExit("no training data: enable --synthetic-avatars, --ethucy or --data")
+    return train, val
+
+
+# -----------------------------------------------------------------------------------------
+# loss and evaluation
+
+
+def displacement(
+    pred: torch.Tensor, y: torch.Tensor, m: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
+    """Mean Euclidean error in metres over masked (window, step, horizon) entries."""
+    d = ((pred - y) * scale[:, None]).pow(2).sum(-1).add(1e-6).sqrt()  # (B, L, H)
+    return (d * m).sum() / m.sum().clamp(min=1)
+
+
+@torch.no_grad()
+def evaluate_windows(
+    model: MotionGRU, w: Windows, scale: torch.Tensor, device: torch.device, batch: int = 512
+) -> tuple[float, float]:
+    """(model, CV) mean displacement error in metres over all windows."""
+    model.eval()
+    tot = cv = cnt = 0.0
+    for i in range(0, len(w), batch):
+        x = torch.from_numpy(w.x[i : i + batch]).to(device)
+        y = torch.from_numpy(w.y[i : i + batch]).to(device)
+        m = torch.from_numpy(w.m[i : i + batch]).to(device)
+        pred, _ = model(x)
+        n = float(m.sum())
+        tot += float(displacement(pred, y, m, scale)) * n
+        cv += float(displacement(torch.zeros_like(y), y, m, scale)) * n
+        cnt += n
+    return tot / max(cnt, 1), cv / max(cnt, 1)
+
+
+# -----------------------------------------------------------------------------------------
+# the loop
+
+
+def mirror_batch(x: torch.Tensor, y: torch.Tensor, flip: torch.Tensor):
+    """Reflect windows where `flip` (B,) is set: y -> -y in the heading frame."""
+    sx = torch.ones(x.shape[-1], device=x.device)
+    sx[[F.VY, F.PVY, F.TURN_SIN]] = -1
+    sy = torch.tensor([1.0, -1.0, 1.0], device=x.device)
+    f = flip[:, None, None]
+    x = torch.where(f, x * sx, x)
+    y = torch.where(f[..., None], y * sy, y)
+    return x, y
+
+
+def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
+    """Run the whole training; returns a summary. Writes the best checkpoint to `cfg.out`."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    t0 = time.time()
+
+    train_tracks, val_tracks = load_sources(cfg)
+    fcfg = FeatureConfig(horizons=tuple(cfg.horizons))
+    train_res = {k: residuals(augment_noisy(v, cfg, rng), fcfg) for k, v in train_tracks.items()}
+    val_res = {k: residuals(augment_noisy(v, cfg, rng), fcfg) for k, v in val_tracks.items()}
+    scale_t = residual_scale([r for v in train_res.values() for r in v])
+    fcfg = dataclasses.replace(fcfg, out_scale=scale_t)
+    scale = np.asarray(scale_t, dtype=np.float32)
+    # Sparse sources (ETH/UCY at 2.5 Hz) get short windows: their tracks are short.
+    pools, val_pools = {}, {}
+    for k in train_res:
+        dts = np.concatenate([np.diff(tr.t) for tr in train_tracks[k] if len(tr) > 1])
+        L = cfg.window if np.median(dts) < 0.2 else max(8, cfg.window // 4)
+        B = cfg.burn_in if cfg.window == L else max(2, cfg.burn_in // 4)
+        pools[k] = make_windows(train_res[k], scale, L, B)
+        if k in val_res:
+            val_pools[k] = make_windows(val_res[k], scale, L, B)
+    print(f"windows: train { {k: len(w) for k, w in pools.items()} }, ", end="")
+    print(f"val { {k: len(w) for k, w in val_pools.items()} }")
+    print(f"residual scale per horizon (m): {np.round(scale, 3).tolist()}")
+    summary = fit(pools, val_pools, fcfg, cfg, rng, progress=progress)
+    summary["seconds"] = round(time.time() - t0, 1)
+    return summary
+
+
+def fit(
+    pools: dict[str, Windows],
+    val_pools: dict[str, Windows],
+    fcfg: FeatureConfig,
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+    *,
+    progress: bool = True,
+) -> dict:
+    """The optimisation loop. Validation score = mean over sources of GRU error / CV error;
+    the best model is written to `cfg.out` (if set) and returned in the summary."""
+    device = resolve_device(cfg.device)
+    mcfg = ModelConfig(
+        hidden=cfg.hidden,
+        layers=cfg.layers,
+        head_hidden=cfg.head_hidden,
+        n_horizons=fcfg.n_horizons,
+    )
+    model = MotionGRU(mcfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    batches = [(k, i) for k, w in pools.items() for i in range(0, len(w), cfg.batch)]
+    per_epoch = min(len(batches), cfg.max_batches) if cfg.max_batches else len(batches)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=cfg.epochs * per_epoch, pct_start=0.1
+    )
+    scale_d = torch.tensor(fcfg.scales(), dtype=torch.float32, device=device)
+    best, best_epoch, best_state, history = math.inf, -1, None, []
+    for epoch in range(cfg.epochs):
+        model.train()
+        perms = {k: rng.permutation(len(w)) for k, w in pools.items()}
+        order = rng.permutation(len(batches))[:per_epoch]
+        bar = tqdm(
+            order,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not progress,
+            leave=False,
+            mininterval=2.0,
+        )
+        run_loss = 0.0
+        for j in bar:
+            k, i = batches[j]
+            idx = perms[k][i : i + cfg.batch]
+            w = pools[k]
+            x = torch.from_numpy(w.x[idx]).to(device)
+            y = torch.from_numpy(w.y[idx]).to(device)
+            m = torch.from_numpy(w.m[idx]).to(device)
+            if cfg.mirror:
+                x, y = mirror_batch(x, y, torch.rand(len(idx), device=device) < 0.5)
+            pred, _ = model(x)
+            loss = displacement(pred, y, m, scale_d)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            opt.step()
+            sched.step()
+            lv = loss.item()
+            run_loss = 0.98 * run_loss + 0.02 * lv if run_loss else lv
+            bar.set_postfix(loss=f"{run_loss:.4f}")
+        val = {k: evaluate_windows(model, w, scale_d, device) for k, w in val_pools.items()}
+        score = float(np.mean([v[0] / v[1] for v in val.values()]))  # error relative to CV
+        history.append({"epoch": epoch + 1, "val": val, "score": score})
+        line = " ".join(f"{k}: {g:.4f} (cv {c:.4f})" for k, (g, c) in val.items())
+        improved = score < best
+        if improved:
+            best, best_epoch = score, epoch + 1
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            if cfg.out:
+                meta = {
+                    "train_config": dataclasses.asdict(cfg),
+                    "epoch": epoch + 1,
+                    "val": {k: {"gru": g, "cv": c} for k, (g, c) in val.items()},
+                }
+                save_checkpoint(cfg.out, model.cpu(), fcfg, name=cfg.name, meta=meta)
+                model.to(device)
+        print(
+            f"epoch {epoch + 1}: val {line} | score {score:.4f}{' *' if improved else ''}",
+            flush=True,
+        )
+        if epoch + 1 - best_epoch >= cfg.patience:
+            print(f"early stop: no improvement for {cfg.patience} epochs")
+            break
+    model.load_state_dict(best_state)
+    return {
+        "out": cfg.out,
+        "best_epoch": best_epoch,
+        "best_score": best,
+        "history": history,
+        "model": model.cpu().eval(),
+    }
+
+
+# -----------------------------------------------------------------------------------------
+# CLI
+
+
+def load_preset(name_or_path: str) -> dict:
+    """Read a TOML preset (a name under training/presets or a path). Raises FileNotFoundError."""
+    p = Path(name_or_path)
+    if not p.exists():
+        p = PRESETS / f"{name_or_path}.toml"
+    with open(p, "rb") as f:
+        return tomllib.load(f).get("train", {})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m training.train",
+        description="Train the avatar motion GRU; writes the best checkpoint atomically.",
+    )
+    ap.add_argument("--preset", help="TOML preset name (training/presets) or path")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool",):
+            ap.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        elif f.name == "data":
+            ap.add_argument(flag, action="append", default=None, help="CSV/ETH file or dir")
+        elif f.name == "horizons":
+            ap.add_argument(
+                flag, type=lambda s: tuple(float(v) for v in s.split(",")), default=None
+            )
+        else:
+            typ = {"int": int, "float": float, "str": str}[str(f.type)]
+            ap.add_argument(flag, type=typ, default=None, help=f"default {f.default}")
+    return ap
+
+
+def config_from_args(argv: list[str] | None = None) -> TrainConfig:
+    args = build_parser().parse_args(argv)
+    values = load_preset(args.preset) if args.preset else {}
+    for f in dataclasses.fields(TrainConfig):
+        v = getattr(args, f.name)
+        if v is not None:
+            values[f.name] = v
+    if "horizons" in values:
+        values["horizons"] = tuple(values["horizons"])
+    return TrainConfig(**values)
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = config_from_args(argv)
+    summary = train(cfg)
+    summary.pop("model")
+    Path(cfg.out).with_suffix(".json").write_text(json.dumps(summary, indent=2))
+    print(
+        f"best epoch {summary['best_epoch']} score {summary['best_score']:.4f} "
+        f"(GRU error / CV error on validation) -> {cfg.out} in {summary['seconds']} s"
+    )
+
+
+if __name__ == "__main__":
+    main()
