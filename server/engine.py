@@ -65,13 +65,18 @@ class TickResult:
     slots: np.ndarray  # (n,) int64
     avatars: np.ndarray  # (n,) object: avatar ids
     t: np.ndarray  # (n,) sample time the predictions are anchored at
-    pos: np.ndarray  # (n, 3) the sample's position
-    pred: np.ndarray  # (n, H, 3) predicted absolute positions at t + horizons
+    pos: np.ndarray  # (n, 3) float64 the sample's position
+    offsets: np.ndarray  # (n, H, 3) float32 predicted position minus `pos` at t + horizons
     seq: np.ndarray  # (n,) int64 seq of the sample
     reset: np.ndarray  # (n,) bool: the avatar's state was reset (join, gap, teleport)
 
     def __len__(self) -> int:
         return len(self.slots)
+
+    @property
+    def pred(self) -> np.ndarray:
+        """Predicted absolute positions (n, H, 3) float64."""
+        return self.pos[:, None, :] + self.offsets
 
 
 class TickEngine:
@@ -120,10 +125,14 @@ class TickEngine:
         # Last prediction per slot (kept for avatars without a new sample).
         self.last_t = np.full(capacity, np.nan)
         self.last_pos = np.zeros((capacity, 3))
-        self.last_pred = np.zeros((capacity, H, 3))
+        self.last_off = np.zeros((capacity, H, 3), dtype=np.float32)
         self.last_seq = np.full(capacity, -1, dtype=np.int64)
         self.ticks = 0
         self._pinned = self.device.type == "cuda"
+        self._h = torch.tensor(self.horizons, dtype=torch.float32, device=self.device)
+        self._scale = torch.tensor(self.cfg.scales(), dtype=torch.float32, device=self.device)[
+            None, :, None
+        ]
         self._alloc_host_buffers(capacity)
 
     # -- membership -------------------------------------------------------------------
@@ -156,7 +165,7 @@ class TickEngine:
         self._pending[slot] = False
         self.last_t[slot] = np.nan
         self.last_pos[slot] = 0.0
-        self.last_pred[slot] = 0.0
+        self.last_off[slot] = 0.0
         self.last_seq[slot] = -1
         return slot
 
@@ -180,8 +189,8 @@ class TickEngine:
         self._pseq = np.concatenate([self._pseq, np.zeros(extra, dtype=np.int64)])
         self.last_t = np.concatenate([self.last_t, np.full(extra, np.nan)])
         self.last_pos = np.concatenate([self.last_pos, np.zeros((extra, 3))])
-        self.last_pred = np.concatenate(
-            [self.last_pred, np.zeros((extra, *self.last_pred.shape[1:]))]
+        self.last_off = np.concatenate(
+            [self.last_off, np.zeros((extra, *self.last_off.shape[1:]), dtype=np.float32)]
         )
         self.last_seq = np.concatenate([self.last_seq, np.full(extra, -1, dtype=np.int64)])
         for s in range(old, capacity):
@@ -189,10 +198,10 @@ class TickEngine:
         self._alloc_host_buffers(capacity)
 
     def _alloc_host_buffers(self, capacity: int) -> None:
-        # Input: features plus the slot index as one extra float column, so a tick needs
+        # Input: features | slot index | CV velocity (3) | heading (2), so a tick needs
         # exactly one host->device copy (slots < 2**24 are exact in float32).
         n_out = len(self.horizons) * 3
-        self._xbuf = torch.zeros(capacity, F.N_FEATURES + 1, pin_memory=self._pinned)
+        self._xbuf = torch.zeros(capacity, F.N_FEATURES + 6, pin_memory=self._pinned)
         self._ybuf = torch.zeros(capacity, n_out, pin_memory=self._pinned)
 
     # -- input --------------------------------------------------------------------------
@@ -249,39 +258,46 @@ class TickEngine:
         t, p, seq = self._pt[slots], self._pp[slots], self._pseq[slots]
         out = F.step(self.fstate, slots, t, p, self.cfg)
         if self.model is None:
-            y = np.zeros((n, H, 3))
+            off = F.decode_offsets(np.zeros((n, H, 3), np.float32), out, self.cfg)
         else:
-            y = self._model_step(slots, out)
-        pred = F.decode(y, out, self.cfg)
+            off = self._model_step(slots, out)
         self.last_t[slots] = t
         self.last_pos[slots] = p
-        self.last_pred[slots] = pred
+        self.last_off[slots] = off
         self.last_seq[slots] = seq
-        return TickResult(self.ticks, slots, self._ids[slots], t, p, pred, seq, out.reset)
+        return TickResult(self.ticks, slots, self._ids[slots], t, p, off, seq, out.reset)
 
     @torch.inference_mode()
     def _model_step(self, slots: np.ndarray, out: F.StepOutput) -> np.ndarray:
-        n = len(slots)
+        n, nf = len(slots), F.N_FEATURES
         xb = self._xbuf[:n]
         xn = xb.numpy()
-        xn[:, : F.N_FEATURES] = out.x
-        xn[:, F.N_FEATURES] = slots
+        xn[:, :nf] = out.x
+        xn[:, nf] = slots
+        xn[:, nf + 1 : nf + 4] = out.v
+        xn[:, nf + 4 : nf + 6] = out.head
         xd = xb.to(self.device, non_blocking=self._pinned)  # the one host->device copy
-        x = xd[:, : F.N_FEATURES]
-        idx = xd[:, F.N_FEATURES].long()
+        x = xd[:, :nf]
+        idx = xd[:, nf].long()
         h = self.pool.gather(idx)  # (L, n, hidden)
-        keep = 1.0 - x[:, F.RESET]  # reset rows start from a zero state
-        h = h * keep[None, :, None]
-        y, h = self.model.model.step(x, h)  # y (n, H, 3)
+        h = h * (1.0 - x[:, F.RESET])[None, :, None]  # reset rows start from a zero state
+        y, h = self.model.model.step(x, h)  # y (n, H, 3) normalised residual, heading frame
         bad = ~torch.isfinite(h).all(dim=0).all(dim=-1)  # (n,) never store NaN/inf
         h = h.masked_fill(bad[None, :, None], 0.0)
         self.pool.scatter(idx, h)
+        # Decode on the device: offset = v * horizon + residual rotated to the world frame.
+        r = y * self._scale  # (n, H, 3) metres
+        v, c, s = xd[:, nf + 1 : nf + 4], xd[:, nf + 4 : nf + 5], xd[:, nf + 5 : nf + 6]
+        off = torch.empty_like(r)
+        off[..., 0] = c * r[..., 0] - s * r[..., 1] + v[:, 0:1] * self._h
+        off[..., 1] = s * r[..., 0] + c * r[..., 1] + v[:, 1:2] * self._h
+        off[..., 2] = r[..., 2] + v[:, 2:3] * self._h
         yb = self._ybuf[:n]
         if self._pinned:
-            yb.copy_(y.reshape(n, -1), non_blocking=True)  # the one device->host copy
+            yb.copy_(off.reshape(n, -1), non_blocking=True)  # the one device->host copy
             torch.cuda.current_stream(self.device).synchronize()
         else:
-            yb.copy_(y.reshape(n, -1))
+            yb.copy_(off.reshape(n, -1))
         return yb.numpy().reshape(n, -1, 3).copy()
 
     # -- reading ------------------------------------------------------------------------
@@ -295,7 +311,7 @@ class TickEngine:
             self._ids[slots],
             self.last_t[slots],
             self.last_pos[slots],
-            self.last_pred[slots],
+            self.last_off[slots],
             self.last_seq[slots],
             np.zeros(len(slots), dtype=bool),
         )

@@ -78,38 +78,42 @@ class FeatureConfig:
 class FeatureState:
     """Per-row memory of the pipeline: last sample, last velocity, smoothed heading.
 
-    Rows are created "empty" (no previous sample), so the first `step` on a row is a reset.
+    One (n, 11) float64 array, so a batch step is one gather and one scatter; `t`, `p`,
+    `v`, `ema` and `head` are views into it. Rows are created "empty" (no previous
+    sample), so the first `step` on a row is a reset.
     """
 
+    WIDTH = 11  # t | p xyz | v xyz | ema xy | head cos sin
+
     def __init__(self, n: int) -> None:
-        self.t = np.full(n, np.nan)  # (n,) time of the last sample, NaN = none
-        self.p = np.zeros((n, 3))  # (n, 3) last position
-        self.v = np.zeros((n, 3))  # (n, 3) velocity over the last interval
-        self.ema = np.zeros((n, 2))  # (n, 2) smoothed horizontal velocity
-        self.head = np.tile([1.0, 0.0], (n, 1))  # (n, 2) cos, sin of the frame heading
+        self.data = np.zeros((n, self.WIDTH))
+        self.clear(slice(None))
+
+    def _views(self) -> None:
+        d = self.data
+        self.t = d[:, 0]  # (n,) time of the last sample, NaN = none
+        self.p = d[:, 1:4]  # (n, 3) last position
+        self.v = d[:, 4:7]  # (n, 3) velocity over the last interval
+        self.ema = d[:, 7:9]  # (n, 2) smoothed horizontal velocity
+        self.head = d[:, 9:11]  # (n, 2) cos, sin of the frame heading
 
     def __len__(self) -> int:
-        return len(self.t)
+        return len(self.data)
 
-    def clear(self, rows: np.ndarray | slice) -> None:
+    def clear(self, rows: np.ndarray | slice | int) -> None:
         """Forget rows (an avatar left): their next sample is a reset."""
-        self.t[rows] = np.nan
-        self.p[rows] = 0.0
-        self.v[rows] = 0.0
-        self.ema[rows] = 0.0
-        self.head[rows] = (1.0, 0.0)
+        self.data[rows] = 0.0
+        self.data[rows, 0] = np.nan
+        self.data[rows, 9] = 1.0
+        self._views()
 
     def grow(self, n: int) -> None:
         """Extend to `n` rows; new rows are empty."""
         old = len(self)
         if n <= old:
             return
-        fresh = FeatureState(n - old)
-        self.t = np.concatenate([self.t, fresh.t])
-        self.p = np.concatenate([self.p, fresh.p])
-        self.v = np.concatenate([self.v, fresh.v])
-        self.ema = np.concatenate([self.ema, fresh.ema])
-        self.head = np.concatenate([self.head, fresh.head])
+        self.data = np.concatenate([self.data, FeatureState(n - old).data])
+        self._views()
 
 
 @dataclass
@@ -144,36 +148,33 @@ def step(
     t = np.asarray(t, dtype=np.float64)
     p = np.asarray(p, dtype=np.float64)
     n = len(rows)
-    last_t = state.t[rows]
-    last_p = state.p[rows]
-    dt_raw = t - last_t  # NaN for rows without a previous sample
+    old = state.data[rows]  # (n, 11): one gather
+    dt_raw = t - old[:, 0]  # NaN for rows without a previous sample
     dt = np.maximum(np.nan_to_num(dt_raw, nan=cfg.min_dt), cfg.min_dt)
-    delta = p - last_p
-    v = delta / dt[:, None]
+    v = (p - old[:, 1:4]) / dt[:, None]
     speed = np.hypot(v[:, 0], v[:, 1])
-    reset = np.isnan(dt_raw) | (dt_raw > cfg.max_gap) | (speed > cfg.max_speed)
+    with np.errstate(invalid="ignore"):
+        reset = np.isnan(dt_raw) | (dt_raw > cfg.max_gap) | (speed > cfg.max_speed)
     reset |= np.abs(v[:, 2]) > cfg.max_speed
     v[reset] = 0.0
     dt_feat = np.where(reset, 0.0, np.minimum(dt, cfg.max_gap))
 
     # Smoothed velocity sets the frame; below heading_min_speed the heading is held.
-    alpha = 1.0 - np.exp(-dt / cfg.heading_tau)
-    ema = state.ema[rows] * (1.0 - alpha[:, None]) + alpha[:, None] * v[:, :2]
+    keep = np.exp(-dt / cfg.heading_tau)[:, None]
+    ema = old[:, 7:9] * keep + (1.0 - keep) * v[:, :2]
     ema[reset] = 0.0
     ema_speed = np.hypot(ema[:, 0], ema[:, 1])
-    old_head = state.head[rows]
+    old_head = old[:, 9:11]
     moving = ema_speed > cfg.heading_min_speed
-    safe = np.where(moving, ema_speed, 1.0)
-    head = np.where(moving[:, None], ema / safe[:, None], old_head)
+    head = np.where(moving[:, None], ema / np.where(moving, ema_speed, 1.0)[:, None], old_head)
     c, s = head[:, 0], head[:, 1]
 
-    x = np.zeros((n, N_FEATURES), dtype=np.float64)
+    x = np.empty((n, N_FEATURES), dtype=np.float64)
     x[:, VX], x[:, VY] = _rotate_in(v[:, 0], v[:, 1], c, s)
     x[:, VZ] = v[:, 2]
     x[:, SPEED_EMA] = ema_speed
-    old_v = state.v[rows]
-    x[:, PVX], x[:, PVY] = _rotate_in(old_v[:, 0], old_v[:, 1], c, s)
-    x[:, [VX, VY, VZ, SPEED_EMA, PVX, PVY]] /= cfg.v_scale
+    x[:, PVX], x[:, PVY] = _rotate_in(old[:, 4], old[:, 5], c, s)
+    x[:, :6] *= 1.0 / cfg.v_scale
     x[reset, PVX] = 0.0
     x[reset, PVY] = 0.0
     x[:, DT_LIN] = dt_feat / 0.4
@@ -185,30 +186,41 @@ def step(
     x[:, RESET] = reset
     np.clip(x, -FEATURE_CLIP, FEATURE_CLIP, out=x)
 
-    state.t[rows] = t
-    state.p[rows] = p
-    state.v[rows] = v
-    state.ema[rows] = ema
-    state.head[rows] = head
+    new = np.empty_like(old)
+    new[:, 0] = t
+    new[:, 1:4] = p
+    new[:, 4:7] = v
+    new[:, 7:9] = ema
+    new[:, 9:11] = head
+    state.data[rows] = new  # one scatter
     return StepOutput(x=x.astype(np.float32), reset=reset, p=p, v=v, head=head)
 
 
-def decode(y: np.ndarray, out: StepOutput, cfg: FeatureConfig) -> np.ndarray:
-    """Model output -> absolute positions.
+def decode_offsets(y: np.ndarray, out: StepOutput, cfg: FeatureConfig) -> np.ndarray:
+    """Model output -> predicted offsets from the anchor `out.p`, (n, H, 3) float32.
 
     `y` (n, H, 3) is the model's normalised residual in the heading frame for the rows
-    of `out`; returns (n, H, 3) float64 positions at `t + horizons`.
+    of `out`: offset = CV prior (v * h) + residual rotated to the world frame.
     """
-    h = np.asarray(cfg.horizons)  # (H,)
-    r = np.asarray(y, dtype=np.float64) * cfg.scales()[None, :, None]  # (n, H, 3) metres
-    c, s = out.head[:, 0:1], out.head[:, 1:2]  # (n, 1)
-    rx = c * r[..., 0] - s * r[..., 1]  # frame -> world
-    ry = s * r[..., 0] + c * r[..., 1]
-    pred = out.p[:, None, :] + out.v[:, None, :] * h[None, :, None]  # CV prior (n, H, 3)
-    pred[..., 0] += rx
-    pred[..., 1] += ry
-    pred[..., 2] += r[..., 2]
-    return pred
+    h = np.asarray(cfg.horizons, dtype=np.float32)  # (H,)
+    r = np.asarray(y, dtype=np.float32) * cfg.scales().astype(np.float32)[None, :, None]
+    c = out.head[:, 0:1].astype(np.float32)  # (n, 1)
+    s = out.head[:, 1:2].astype(np.float32)
+    v = out.v.astype(np.float32)
+    off = np.empty_like(r)
+    off[..., 0] = c * r[..., 0] - s * r[..., 1] + v[:, 0:1] * h
+    off[..., 1] = s * r[..., 0] + c * r[..., 1] + v[:, 1:2] * h
+    off[..., 2] = r[..., 2] + v[:, 2:3] * h
+    return off
+
+
+def decode(y: np.ndarray, out: StepOutput, cfg: FeatureConfig) -> np.ndarray:
+    """Model output -> absolute positions (n, H, 3) float64 at `t + horizons`.
+
+    `y` (n, H, 3) is the model's normalised residual in the heading frame for the rows
+    of `out`.
+    """
+    return out.p[:, None, :] + decode_offsets(y, out, cfg)
 
 
 def encode_targets(truth: np.ndarray, out: StepOutput, cfg: FeatureConfig) -> np.ndarray:

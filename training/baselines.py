@@ -238,14 +238,21 @@ def _truth(track: Track, h: np.ndarray) -> np.ndarray:
 def horizon_errors(track: Track, paths: np.ndarray, horizons: np.ndarray) -> np.ndarray:
     """3D distance (N, H) between ``paths[k, i]`` and ``truth_at(t[k] + horizons[i])``.
 
-    `paths` must be (N, H, 3) for the track's N samples; NaN where the truth is undefined.
+    `paths` must be (N, H, 3) for the track's N samples; NaN where the truth is undefined
+    or out of physical reach (farther than MAX_SPEED * h + 0.5 m: a teleport ahead).
     Raises ValueError on a shape mismatch.
     """
     h = np.asarray(horizons, dtype=np.float64)
     paths = np.asarray(paths, dtype=np.float64)
     if paths.shape != (len(track.t), h.size, 3):
         raise ValueError(f"paths shape {paths.shape} != {(len(track.t), h.size, 3)}")
-    return np.linalg.norm(paths - _truth(track, h), axis=-1)
+    truth = _truth(track, h)
+    err = np.linalg.norm(paths - truth, axis=-1)
+    # A future out of physical reach (a teleport ahead) is unpredictable for every
+    # predictor alike: it is left out (NaN), as in training.
+    reach = np.linalg.norm(truth - track.p[:, None, :], axis=-1) > MAX_SPEED * h + 0.5
+    err[reach] = np.nan
+    return err
 
 
 BASELINES: dict[str, PathPredictor] = {"hold": hold, "cv": cv_last, "cv_window": cv_window}

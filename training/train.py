@@ -95,6 +95,9 @@ def residuals(tracks: list[Track], fcfg: FeatureConfig):
     out = []
     for tr, x, o in zip(tracks, sf.x, sf.out, strict=True):
         truth = tr.truth_at((tr.t[:, None] + h[None, :]).ravel()).reshape(len(tr.t), len(h), 3)
+        # A future beyond physical reach (a teleport ahead) is not a target: mask it.
+        reach = np.linalg.norm(truth - o.p[:, None, :], axis=-1) > fcfg.max_speed * h + 0.5
+        truth[reach] = np.nan
         out.append((x, F.encode_targets(truth, o, unit), o.reset))
     return out
 
@@ -278,6 +281,9 @@ def fit(
         opt, max_lr=cfg.lr, total_steps=cfg.epochs * per_epoch, pct_start=0.1
     )
     scale_d = torch.tensor(fcfg.scales(), dtype=torch.float32, device=device)
+    # Each source's loss is relative to its CV error, so sparse, precise data (ETH/UCY,
+    # errors of centimetres) weighs as much as fast, noisy game motion (decimetres).
+    cv_err = {k: evaluate_windows(model, w, scale_d, device)[1] for k, w in pools.items()}
     best, best_epoch, best_state, history = math.inf, -1, None, []
     for epoch in range(cfg.epochs):
         model.train()
@@ -301,7 +307,7 @@ def fit(
             if cfg.mirror:
                 x, y = mirror_batch(x, y, torch.rand(len(idx), device=device) < 0.5)
             pred, _ = model(x)
-            loss = displacement(pred, y, m, scale_d)
+            loss = displacement(pred, y, m, scale_d) / cv_err[k]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
@@ -309,7 +315,7 @@ def fit(
             sched.step()
             lv = loss.item()
             run_loss = 0.98 * run_loss + 0.02 * lv if run_loss else lv
-            bar.set_postfix(loss=f"{run_loss:.4f}")
+            bar.set_postfix(loss=f"{run_loss:.4f}", refresh=False)
         val = {k: evaluate_windows(model, w, scale_d, device) for k, w in val_pools.items()}
         score = float(np.mean([v[0] / v[1] for v in val.values()]))  # error relative to CV
         history.append({"epoch": epoch + 1, "val": val, "score": score})

@@ -1,0 +1,86 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from server.features import FeatureConfig
+from server.model import ModelConfig, MotionGRU, load_checkpoint, save_checkpoint
+from training import baselines as B
+from training import evaluate as E
+from training.simulate import simulate
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    torch.manual_seed(0)
+    m = MotionGRU(ModelConfig(hidden=8, head_hidden=8))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.1)
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, m, FeatureConfig(out_scale=(0.05,) * 10))
+    return path
+
+
+def test_gru_predictor_matches_engine_semantics_and_is_causal(ckpt):
+    lm = load_checkpoint(ckpt, "cpu")
+    tr = simulate(1, 6.0, seed=5)[0]
+    h = np.asarray(lm.features.horizons)
+    gru = E.GRUPredictor(lm)
+    full = gru(tr.t, tr.p, h)
+    assert full.shape == (len(tr), 10, 3)
+    k = len(tr) // 2
+    part = gru(tr.t[:k], tr.p[:k], h)
+    np.testing.assert_allclose(part, full[:k], atol=1e-5)
+    many = gru.many([(tr.t, tr.p), (tr.t[:k], tr.p[:k])], h)
+    np.testing.assert_allclose(many[1], part, atol=1e-5)
+    with pytest.raises(ValueError):
+        gru(tr.t, tr.p, h[:3])
+
+
+def test_untrained_gru_equals_cv(tmp_path):
+    path = tmp_path / "cv.pt"
+    save_checkpoint(path, MotionGRU(ModelConfig(hidden=8, head_hidden=8)), FeatureConfig())
+    lm = load_checkpoint(path, "cpu")
+    tr = simulate(1, 5.0, seed=6)[0]
+    h = np.asarray(lm.features.horizons)
+    np.testing.assert_allclose(
+        E.GRUPredictor(lm)(tr.t, tr.p, h), B.cv_last(tr.t, tr.p, h), atol=1e-5
+    )
+
+
+def test_cli_on_small_generated_set_writes_json_and_plots(ckpt, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    plots = tmp_path / "plots"
+    res = E.main(
+        ["--data", "synthetic:4:123:8", "--model", str(ckpt), "--noise", "0.02", "--jitter", "20"]
+        + ["--json", str(out), "--plots", str(plots)]
+    )
+    data = json.loads(out.read_text())
+    assert data == json.loads(json.dumps(res))
+    preds = data["predictors"]
+    for k in ("hold", "cv", "cv_window", "kalman", "gru"):
+        assert set(preds[k]) >= {"ade", "ade_by_horizon", "render_mean", "render_p95"}
+        assert list(preds[k]["ade_by_horizon"]) == [
+            f"{0.1 * i:.1f}".rstrip("0").rstrip(".") for i in range(1, 11)
+        ]
+    assert set(preds["interp"]) == {"render_mean", "render_p95"}
+    assert preds["hold"]["ade"] > preds["cv_window"]["ade"]  # sanity: extrapolation helps
+    assert sorted(p.name for p in plots.iterdir()) == [
+        "error_vs_horizon.png",
+        "example_tracks.png",
+        "render_error_cdf.png",
+    ]
+    assert "GRU vs best classical" in capsys.readouterr().out
+
+
+def test_csv_input_and_training_seeds_refused(ckpt, tmp_path):
+    from training.simulate import write_csv
+
+    csv = tmp_path / "d.csv"
+    write_csv(simulate(3, 6.0, seed=9), csv)
+    res = E.main(["--data", str(csv), "--model", str(ckpt), "--max-tracks", "2"])
+    assert res["tracks"] == 2
+    with pytest.raises(ValueError):
+        E.load_data("synthetic:4:0")
