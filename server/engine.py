@@ -282,8 +282,8 @@ class TickEngine:
         h = self.pool.gather(idx)  # (L, n, hidden)
         h = h * (1.0 - x[:, F.RESET])[None, :, None]  # reset rows start from a zero state
         y, h = self.model.model.step(x, h)  # y (n, H, 3) normalised residual, heading frame
-        bad = ~torch.isfinite(h).all(dim=0).all(dim=-1)  # (n,) never store NaN/inf
-        h = h.masked_fill(bad[None, :, None], 0.0)
+        bad = ~torch.isfinite(h.sum(dim=(0, 2)))  # (n,) a NaN/inf anywhere poisons the sum
+        h = h.masked_fill(bad[None, :, None], 0.0)  # never store NaN/inf
         self.pool.scatter(idx, h)
         # Decode on the device: offset = v * horizon + residual rotated to the world frame.
         r = y * self._scale  # (n, H, 3) metres

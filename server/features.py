@@ -78,33 +78,34 @@ class FeatureConfig:
 class FeatureState:
     """Per-row memory of the pipeline: last sample, last velocity, smoothed heading.
 
-    One (n, 11) float64 array, so a batch step is one gather and one scatter; `t`, `p`,
-    `v`, `ema` and `head` are views into it. Rows are created "empty" (no previous
-    sample), so the first `step` on a row is a reset.
+    One (11, n) float64 array, field-major so that every batch operation runs on
+    contiguous memory; a batch step is one gather and one scatter. `t`, `p`, `v`, `ema`
+    and `head` are (row-major) views. Rows are created "empty" (no previous sample), so
+    the first `step` on a row is a reset.
     """
 
     WIDTH = 11  # t | p xyz | v xyz | ema xy | head cos sin
 
     def __init__(self, n: int) -> None:
-        self.data = np.zeros((n, self.WIDTH))
+        self.data = np.zeros((self.WIDTH, n))
         self.clear(slice(None))
 
     def _views(self) -> None:
         d = self.data
-        self.t = d[:, 0]  # (n,) time of the last sample, NaN = none
-        self.p = d[:, 1:4]  # (n, 3) last position
-        self.v = d[:, 4:7]  # (n, 3) velocity over the last interval
-        self.ema = d[:, 7:9]  # (n, 2) smoothed horizontal velocity
-        self.head = d[:, 9:11]  # (n, 2) cos, sin of the frame heading
+        self.t = d[0]  # (n,) time of the last sample, NaN = none
+        self.p = d[1:4].T  # (n, 3) last position
+        self.v = d[4:7].T  # (n, 3) velocity over the last interval
+        self.ema = d[7:9].T  # (n, 2) smoothed horizontal velocity
+        self.head = d[9:11].T  # (n, 2) cos, sin of the frame heading
 
     def __len__(self) -> int:
-        return len(self.data)
+        return self.data.shape[1]
 
     def clear(self, rows: np.ndarray | slice | int) -> None:
         """Forget rows (an avatar left): their next sample is a reset."""
-        self.data[rows] = 0.0
-        self.data[rows, 0] = np.nan
-        self.data[rows, 9] = 1.0
+        self.data[:, rows] = 0.0
+        self.data[0, rows] = np.nan
+        self.data[9, rows] = 1.0
         self._views()
 
     def grow(self, n: int) -> None:
@@ -112,7 +113,7 @@ class FeatureState:
         old = len(self)
         if n <= old:
             return
-        self.data = np.concatenate([self.data, FeatureState(n - old).data])
+        self.data = np.concatenate([self.data, FeatureState(n - old).data], axis=1)
         self._views()
 
 
@@ -146,54 +147,56 @@ def step(
     interval of `cfg.min_dt`. Updates `state` in place. Raises nothing for finite input.
     """
     t = np.asarray(t, dtype=np.float64)
-    p = np.asarray(p, dtype=np.float64)
+    pT = np.asarray(p, dtype=np.float64).T  # (3, n)
     n = len(rows)
-    old = state.data[rows]  # (n, 11): one gather
-    dt_raw = t - old[:, 0]  # NaN for rows without a previous sample
+    old = state.data[:, rows]  # (11, n): one gather, field-major
+    new = np.empty_like(old)
+    new[0] = t
+    new[1:4] = pT
+    dt_raw = t - old[0]  # NaN for rows without a previous sample
     dt = np.maximum(np.nan_to_num(dt_raw, nan=cfg.min_dt), cfg.min_dt)
-    v = (p - old[:, 1:4]) / dt[:, None]
-    speed = np.hypot(v[:, 0], v[:, 1])
+    v = new[4:7]  # (3, n) velocity over the last interval
+    np.subtract(pT, old[1:4], out=v)
+    v /= dt
+    speed = np.hypot(v[0], v[1])
     with np.errstate(invalid="ignore"):
         reset = np.isnan(dt_raw) | (dt_raw > cfg.max_gap) | (speed > cfg.max_speed)
-    reset |= np.abs(v[:, 2]) > cfg.max_speed
-    v[reset] = 0.0
+    reset |= np.abs(v[2]) > cfg.max_speed
+    v[:, reset] = 0.0
     dt_feat = np.where(reset, 0.0, np.minimum(dt, cfg.max_gap))
 
     # Smoothed velocity sets the frame; below heading_min_speed the heading is held.
-    keep = np.exp(-dt / cfg.heading_tau)[:, None]
-    ema = old[:, 7:9] * keep + (1.0 - keep) * v[:, :2]
-    ema[reset] = 0.0
-    ema_speed = np.hypot(ema[:, 0], ema[:, 1])
-    old_head = old[:, 9:11]
+    keep = np.exp(-dt / cfg.heading_tau)
+    ema = new[7:9]
+    np.multiply(old[7:9], keep, out=ema)
+    ema += (1.0 - keep) * v[:2]
+    ema[:, reset] = 0.0
+    ema_speed = np.hypot(ema[0], ema[1])
     moving = ema_speed > cfg.heading_min_speed
-    head = np.where(moving[:, None], ema / np.where(moving, ema_speed, 1.0)[:, None], old_head)
-    c, s = head[:, 0], head[:, 1]
+    head = new[9:11]
+    np.divide(ema, np.where(moving, ema_speed, 1.0), out=head)
+    head[:, ~moving] = old[9:11, ~moving]
+    c, s = head[0], head[1]
 
-    x = np.empty((n, N_FEATURES), dtype=np.float64)
-    x[:, VX], x[:, VY] = _rotate_in(v[:, 0], v[:, 1], c, s)
-    x[:, VZ] = v[:, 2]
-    x[:, SPEED_EMA] = ema_speed
-    x[:, PVX], x[:, PVY] = _rotate_in(old[:, 4], old[:, 5], c, s)
-    x[:, :6] *= 1.0 / cfg.v_scale
-    x[reset, PVX] = 0.0
-    x[reset, PVY] = 0.0
-    x[:, DT_LIN] = dt_feat / 0.4
-    x[:, DT_LOG] = np.where(reset, 0.0, np.log(np.maximum(dt_feat, cfg.min_dt) / 0.1) / 2.0)
+    x = np.empty((N_FEATURES, n), dtype=np.float64)
+    x[VX], x[VY] = _rotate_in(v[0], v[1], c, s)
+    x[VZ] = v[2]
+    x[SPEED_EMA] = ema_speed
+    x[PVX], x[PVY] = _rotate_in(old[4], old[5], c, s)
+    x[:6] *= 1.0 / cfg.v_scale
+    x[PVX : PVY + 1, reset] = 0.0
+    x[DT_LIN] = dt_feat / 0.4
+    x[DT_LOG] = np.log(np.maximum(dt_feat, cfg.min_dt) / 0.1) / 2.0
     # Frame rotation since the last sample: old heading expressed in the new frame.
-    turn_c, turn_s = _rotate_in(old_head[:, 0], old_head[:, 1], c, s)
-    x[:, TURN_SIN] = np.where(reset, 0.0, -turn_s)
-    x[:, TURN_COS] = np.where(reset, 0.0, turn_c - 1.0)
-    x[:, RESET] = reset
+    turn_c, turn_s = _rotate_in(old[9], old[10], c, s)
+    x[TURN_SIN] = -turn_s
+    x[TURN_COS] = turn_c - 1.0
+    x[DT_LOG : TURN_COS + 1, reset] = 0.0
+    x[RESET] = reset
     np.clip(x, -FEATURE_CLIP, FEATURE_CLIP, out=x)
 
-    new = np.empty_like(old)
-    new[:, 0] = t
-    new[:, 1:4] = p
-    new[:, 4:7] = v
-    new[:, 7:9] = ema
-    new[:, 9:11] = head
-    state.data[rows] = new  # one scatter
-    return StepOutput(x=x.astype(np.float32), reset=reset, p=p, v=v, head=head)
+    state.data[:, rows] = new  # one scatter
+    return StepOutput(x=x.T.astype(np.float32), reset=reset, p=pT.T, v=v.T, head=head.T)
 
 
 def decode_offsets(y: np.ndarray, out: StepOutput, cfg: FeatureConfig) -> np.ndarray:

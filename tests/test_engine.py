@@ -169,3 +169,19 @@ def test_two_element_position_means_z_zero():
     eng.join("a")
     eng.submit("a", 0.0, [3.0, 4.0])
     assert eng.tick().pos.tolist() == [[3.0, 4.0, 0.0]]
+
+
+def test_non_finite_hidden_state_is_never_stored():
+    lm = make_model()
+    eng = TickEngine(lm, device="cpu")
+    eng.join("a")
+    eng.join("b")
+    eng.submit("a", 0.0, (0, 0, 0))
+    eng.submit("b", 0.0, (1, 0, 0))
+    eng.tick()
+    with torch.no_grad():
+        lm.model.gru.bias_hh_l0[0] = float("nan")  # a broken model poisons every row
+    eng.submit("a", 0.1, (0.1, 0, 0))
+    eng.tick()
+    assert torch.count_nonzero(eng.hidden("a")) == 0  # zeroed, not NaN
+    assert torch.count_nonzero(eng.hidden("b")) > 0  # untouched: no sample this tick

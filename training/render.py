@@ -86,6 +86,7 @@ def render_errors(
     horizons: np.ndarray,
     net: NetworkConfig,
     rng: np.random.Generator | None = None,
+    max_speed: float = 20.0,
 ) -> dict[str, np.ndarray]:
     """Per-frame 3D render errors (NaN-free 1-D arrays) for "hold", "interp" and each method.
 
@@ -96,6 +97,8 @@ def render_errors(
     `training.baselines`) draws its path from j at ``tau - tr[j]`` (`positions_along_paths`).
     A method named "hold" replaces the built-in one; "interp" is reserved (ValueError).
     `horizons` must be positive and increasing. Empty arrays if nothing is received in time.
+    Frames whose truth is farther from the newest received sample than `max_speed` allows
+    (a teleport not yet received) are left out for every method.
     """
     if "interp" in paths_by_method:
         raise ValueError('"interp" is a reserved method name')
@@ -109,8 +112,11 @@ def render_errors(
     t0 = tr[0] + net.latency
     tau = t0 + np.arange(int(np.floor((track.end - t0) * net.fps + 1e-9)) + 1) / net.fps
     truth = track.truth_at(tau)
-    valid = ~np.isnan(truth).any(axis=1)
     j = np.maximum(np.searchsorted(tr + net.latency, tau, side="right") - 1, 0)
+    # Frames after a teleport the observer has not heard of yet are unpredictable for
+    # every method alike (the avatar is out of physical reach): left out.
+    reach = np.linalg.norm(truth - pr[j], axis=1) > max_speed * (tau - tr[j]) + 0.5
+    valid = ~np.isnan(truth).any(axis=1) & ~reach
 
     def err(pos: np.ndarray) -> np.ndarray:
         return np.linalg.norm(pos[valid] - truth[valid], axis=1)
