@@ -32,7 +32,10 @@ PVX, PVY = 4, 5  # previous interval's velocity, rotated into the current frame
 DT_LIN, DT_LOG = 6, 7  # time since the previous sample: dt / 0.4 s and log(dt / 0.1 s) / 2
 TURN_SIN, TURN_COS = 8, 9  # rotation of the frame since the previous sample (cos - 1)
 RESET = 10  # 1.0 on the first sample of a segment (join, gap, teleport)
-N_FEATURES = 11
+TURN_RATE = 11  # turn rate of the frame, rad/s / pi
+ACC_ALONG, ACC_LAT = 12, 13  # acceleration of the smoothed velocity in the frame, / 4 m/s^2
+N_FEATURES = 14
+MIRROR_FLIP = (VY, PVY, TURN_SIN, TURN_RATE, ACC_LAT)  # features that change sign when y -> -y
 FEATURE_CLIP = 10.0
 
 
@@ -191,7 +194,14 @@ def step(
     turn_c, turn_s = _rotate_in(old[9], old[10], c, s)
     x[TURN_SIN] = -turn_s
     x[TURN_COS] = turn_c - 1.0
+    x[TURN_RATE] = np.arctan2(-turn_s, turn_c) / (dt * np.pi)
+    # Change of the smoothed velocity, both expressed in the new frame.
+    new_ema_x, new_ema_y = _rotate_in(ema[0], ema[1], c, s)
+    old_ema_x, old_ema_y = _rotate_in(old[7], old[8], c, s)
+    x[ACC_ALONG] = (new_ema_x - old_ema_x) / (4.0 * dt)
+    x[ACC_LAT] = (new_ema_y - old_ema_y) / (4.0 * dt)
     x[DT_LOG : TURN_COS + 1, reset] = 0.0
+    x[TURN_RATE : ACC_LAT + 1, reset] = 0.0
     x[RESET] = reset
     np.clip(x, -FEATURE_CLIP, FEATURE_CLIP, out=x)
 

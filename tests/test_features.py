@@ -61,7 +61,7 @@ def test_features_invariant_to_rotation_translation_and_mirror_flips_y():
     mirrored = p * [1, -1, 1]
     x3 = F.sequence_features([t], [mirrored], cfg).x[0]
     flip = np.ones(F.N_FEATURES)
-    flip[[F.VY, F.PVY, F.TURN_SIN]] = -1
+    flip[list(F.MIRROR_FLIP)] = -1
     np.testing.assert_allclose(base[3:], x3[3:] * flip, atol=1e-5)
 
 

@@ -112,17 +112,29 @@ def run_fold(scene: str, cfg: TrainConfig) -> dict:
     stems = [s for sc, v in D.ETHUCY_SCENES.items() if sc != scene for s in v]
     stems += D.ETHUCY_TRAIN_ONLY
     kw = {"max_gap": 0.5}
-    train_w = protocol_windows(D.load_ethucy_scene_files("train", stems, **kw))
-    val_w = protocol_windows(D.load_ethucy_scene_files("val", stems, **kw))
+    # One pool per recording: with `balance`, each recording weighs the same, so the
+    # largest (univ's crowds) does not impose its habits on every other scene.
+    train_w = {s: protocol_windows(D.load_ethucy_scene_files("train", [s], **kw)) for s in stems}
+    val_w = {s: protocol_windows(D.load_ethucy_scene_files("val", [s], **kw)) for s in stems}
     test_w = protocol_windows(D.load_ethucy_scene_files("all", held, **kw))
     fcfg = FeatureConfig(horizons=HORIZONS)
-    train_res = residuals(train_w, fcfg)
-    scale_t = residual_scale(train_res)
+    # Position-noise copies: the BIWI recordings (eth, hotel) are annotated with lateral
+    # jitter that UCY's crowds only show when people slow down and turn; training on
+    # noisy copies teaches the model that a wiggle is not a stop.
+    rng = np.random.default_rng(cfg.seed)
+    for wins in train_w.values():
+        clean = list(wins)
+        for _ in range(cfg.noisy_copies):
+            wins += [D.corrupt(w, noise=rng.uniform(0, cfg.noise_max), rng=rng) for w in clean]
+    train_res = {s: residuals(w, fcfg) for s, w in train_w.items() if w}
+    scale_t = residual_scale([r for v in train_res.values() for r in v])
     fcfg = dataclasses.replace(fcfg, out_scale=scale_t)
     scale = np.asarray(scale_t)
-    pools = {"train": to_windows(train_res, scale)}
-    val_pools = {"val": to_windows(residuals(val_w, fcfg), scale)}
-    print(f"[{scene}] windows: train {len(train_w)}, val {len(val_w)}, test {len(test_w)}")
+    pools = {s: to_windows(r, scale) for s, r in train_res.items()}
+    val_pools = {s: to_windows(residuals(w, fcfg), scale) for s, w in val_w.items() if w}
+    n_train = sum(len(w) for w in train_w.values())
+    n_val = sum(len(w) for w in val_w.values())
+    print(f"[{scene}] windows: train {n_train}, val {n_val}, test {len(test_w)}")
     fold_cfg = dataclasses.replace(cfg, out=str(Path(cfg.out) / f"{scene}.pt") if cfg.out else "")
     summary = fit(pools, val_pools, fcfg, fold_cfg, np.random.default_rng(cfg.seed), progress=False)
     return score(summary["model"], fcfg, test_w) | {"best_epoch": summary["best_epoch"]}
@@ -159,6 +171,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-balance", action="store_true", help="weigh recordings by size")
+    ap.add_argument("--noisy-copies", type=int, default=1, help="noisy copies of each window")
+    ap.add_argument("--noise-max", type=float, default=0.12, help="their noise std ~ U(0, max), m")
     ap.add_argument("--out", default="", help="directory for the per-fold checkpoints")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
@@ -171,6 +186,9 @@ def main(argv: list[str] | None = None) -> dict:
         lr=args.lr,
         batch=args.batch,
         patience=8,
+        balance=not args.no_balance,
+        noisy_copies=args.noisy_copies,
+        noise_max=args.noise_max,
         seed=args.seed,
         horizons=HORIZONS,
     )

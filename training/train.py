@@ -51,6 +51,8 @@ class TrainConfig:
     noise_max: float = 0.03  # m, position noise std drawn per copy from U(0, noise_max)
     jitter_max: float = 0.025  # s, timestamp jitter std drawn per copy from U(0, jitter_max)
     mirror: bool = True  # random y -> -y per window
+    balance: bool = False  # same number of batches from every data pool per epoch
+    pool_per_recording: bool = False  # one data pool per ETH/UCY recording (with balance)
     horizons: tuple[float, ...] = DEFAULT_HORIZONS
     window: int = 96  # steps per training window
     burn_in: int = 16  # steps without loss when a window starts mid-segment
@@ -167,8 +169,13 @@ def load_sources(cfg: TrainConfig) -> tuple[dict[str, list[Track]], dict[str, li
         )
     if cfg.ethucy:
         stems = [s for v in D.ETHUCY_SCENES.values() for s in v] + D.ETHUCY_TRAIN_ONLY
-        train["ethucy"] = D.load_ethucy_scene_files("train", stems)
-        val["ethucy"] = D.load_ethucy_scene_files("val", stems)
+        if cfg.pool_per_recording:
+            for s in stems:
+                train[f"ethucy/{s}"] = D.load_ethucy_scene_files("train", [s])
+                val[f"ethucy/{s}"] = D.load_ethucy_scene_files("val", [s])
+        else:
+            train["ethucy"] = D.load_ethucy_scene_files("train", stems)
+            val["ethucy"] = D.load_ethucy_scene_files("val", stems)
     for i, path in enumerate(cfg.data):
         tr, va, _ = D.split_by_user(D.load_tracks(path), val_frac=0.1, test_frac=0.0, seed=cfg.seed)
         train[f"data{i}"], val[f"data{i}"] = tr, va
@@ -182,11 +189,24 @@ def load_sources(cfg: TrainConfig) -> tuple[dict[str, list[Track]], dict[str, li
 
 
 def displacement(
-    pred: torch.Tensor, y: torch.Tensor, m: torch.Tensor, scale: torch.Tensor
+    pred: torch.Tensor,
+    y: torch.Tensor,
+    m: torch.Tensor,
+    scale: torch.Tensor,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean Euclidean error in metres over masked (window, step, horizon) entries."""
+    """Mean Euclidean error in metres over masked (window, step, horizon) entries;
+    with `weight` (H,), each horizon's error is multiplied by its weight first."""
     d = ((pred - y) * scale[:, None]).pow(2).sum(-1).add(1e-6).sqrt()  # (B, L, H)
+    if weight is not None:
+        d = d * weight
     return (d * m).sum() / m.sum().clamp(min=1)
+
+
+def cv_error_by_horizon(w: Windows, scale: np.ndarray) -> np.ndarray:
+    """Mean CV error (m) per horizon over a pool's supervised entries, shape (H,)."""
+    d = np.sqrt(((w.y * scale[None, None, :, None]) ** 2).sum(-1))  # (W, L, H)
+    return (d * w.m).sum((0, 1)) / np.maximum(w.m.sum((0, 1)), 1)
 
 
 @torch.no_grad()
@@ -215,7 +235,7 @@ def evaluate_windows(
 def mirror_batch(x: torch.Tensor, y: torch.Tensor, flip: torch.Tensor):
     """Reflect windows where `flip` (B,) is set: y -> -y in the heading frame."""
     sx = torch.ones(x.shape[-1], device=x.device)
-    sx[[F.VY, F.PVY, F.TURN_SIN]] = -1
+    sx[list(F.MIRROR_FLIP)] = -1
     sy = torch.tensor([1.0, -1.0, 1.0], device=x.device)
     f = flip[:, None, None]
     x = torch.where(f, x * sx, x)
@@ -275,15 +295,36 @@ def fit(
     )
     model = MotionGRU(mcfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    batches = [(k, i) for k, w in pools.items() for i in range(0, len(w), cfg.batch)]
+    if cfg.balance:
+        # Equal batches per source ("ethucy/x" and "ethucy/y" are one source "ethucy"),
+        # then per pool within a source; small pools repeat.
+        total = max(1, sum(len(w) for w in pools.values()) // cfg.batch)
+        groups: dict[str, list[str]] = {}
+        for k in pools:
+            groups.setdefault(k.split("/")[0], []).append(k)
+        batches = []
+        for keys in groups.values():
+            each = max(1, total // (len(groups) * len(keys)))
+            for k in keys:
+                batches += [(k, (i * cfg.batch) % max(1, len(pools[k]))) for i in range(each)]
+    else:
+        batches = [(k, i) for k, w in pools.items() for i in range(0, len(w), cfg.batch)]
     per_epoch = min(len(batches), cfg.max_batches) if cfg.max_batches else len(batches)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=cfg.lr, total_steps=cfg.epochs * per_epoch, pct_start=0.1
     )
     scale_d = torch.tensor(fcfg.scales(), dtype=torch.float32, device=device)
-    # Each source's loss is relative to its CV error, so sparse, precise data (ETH/UCY,
-    # errors of centimetres) weighs as much as fast, noisy game motion (decimetres).
-    cv_err = {k: evaluate_windows(model, w, scale_d, device)[1] for k, w in pools.items()}
+    # The loss is relative to CV's error per source and per horizon, so sparse, precise
+    # data (ETH/UCY, centimetres) weighs as much as fast, noisy game motion (decimetres),
+    # and the shortest horizon as much as the longest: the model must beat CV everywhere.
+    inv_cv = {
+        k: torch.tensor(
+            1.0 / np.maximum(cv_error_by_horizon(w, fcfg.scales()), 1e-4),
+            dtype=torch.float32,
+            device=device,
+        )
+        for k, w in pools.items()
+    }
     best, best_epoch, best_state, history = math.inf, -1, None, []
     for epoch in range(cfg.epochs):
         model.train()
@@ -299,7 +340,7 @@ def fit(
         run_loss = 0.0
         for j in bar:
             k, i = batches[j]
-            idx = perms[k][i : i + cfg.batch]
+            idx = np.take(perms[k], np.arange(i, i + cfg.batch), mode="wrap")
             w = pools[k]
             x = torch.from_numpy(w.x[idx]).to(device)
             y = torch.from_numpy(w.y[idx]).to(device)
@@ -307,7 +348,7 @@ def fit(
             if cfg.mirror:
                 x, y = mirror_batch(x, y, torch.rand(len(idx), device=device) < 0.5)
             pred, _ = model(x)
-            loss = displacement(pred, y, m, scale_d) / cv_err[k]
+            loss = displacement(pred, y, m, scale_d, inv_cv[k])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
@@ -317,7 +358,11 @@ def fit(
             run_loss = 0.98 * run_loss + 0.02 * lv if run_loss else lv
             bar.set_postfix(loss=f"{run_loss:.4f}", refresh=False)
         val = {k: evaluate_windows(model, w, scale_d, device) for k, w in val_pools.items()}
-        score = float(np.mean([v[0] / v[1] for v in val.values()]))  # error relative to CV
+        # Error relative to CV: mean over sources of the mean over a source's pools.
+        by_source: dict[str, list[float]] = {}
+        for k, (g, c) in val.items():
+            by_source.setdefault(k.split("/")[0], []).append(g / c)
+        score = float(np.mean([np.mean(v) for v in by_source.values()]))
         history.append({"epoch": epoch + 1, "val": val, "score": score})
         line = " ".join(f"{k}: {g:.4f} (cv {c:.4f})" for k, (g, c) in val.items())
         improved = score < best
