@@ -277,7 +277,7 @@ class TickEngine:
         xn[:, nf + 1 : nf + 4] = out.v
         xn[:, nf + 4 : nf + 6] = out.head
         xd = xb.to(self.device, non_blocking=self._pinned)  # the one host->device copy
-        x = xd[:, :nf]
+        x = xd[:, :nf].contiguous()  # the GRU kernel is slower on a strided input
         idx = xd[:, nf].long()
         h = self.pool.gather(idx)  # (L, n, hidden)
         h = h * (1.0 - x[:, F.RESET])[None, :, None]  # reset rows start from a zero state
