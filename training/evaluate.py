@@ -208,17 +208,22 @@ def plot(result: dict, horizons: np.ndarray, out_dir: Path) -> list[Path]:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
+
+    def save(fig, name: str, ax=None) -> None:
+        if ax is not None:
+            ax.legend()
+            ax.grid(alpha=0.3)
+        files.append(out_dir / name)
+        fig.tight_layout()
+        fig.savefig(files[-1], dpi=110)
+        plt.close(fig)
+
     fig, ax = plt.subplots(figsize=(6, 4))
     for k in PATH_PREDICTORS:
         by_h = result["predictors"][k]["ade_by_horizon"]
         ax.plot(horizons, list(by_h.values()), marker="o", label=k)
     ax.set(xlabel="horizon (s)", ylabel="mean error (m)", title="Error vs horizon")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    files.append(out_dir / "error_vs_horizon.png")
-    fig.tight_layout()
-    fig.savefig(files[-1], dpi=110)
-    plt.close(fig)
+    save(fig, "error_vs_horizon.png", ax)
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for k in RENDER_METHODS:
@@ -227,12 +232,7 @@ def plot(result: dict, horizons: np.ndarray, out_dir: Path) -> list[Path]:
             ax.plot(e, np.linspace(0, 1, e.size), label=k)
     ax.set(xlabel="render error (m)", ylabel="fraction of frames", title="Render error CDF")
     ax.set_xlim(0, np.percentile(np.concatenate(result["_render"]["hold"]), 99))
-    ax.legend()
-    ax.grid(alpha=0.3)
-    files.append(out_dir / "render_error_cdf.png")
-    fig.tight_layout()
-    fig.savefig(files[-1], dpi=110)
-    plt.close(fig)
+    save(fig, "render_error_cdf.png", ax)
 
     obs, paths = result["_obs"], result["_gru_paths"]
     longest = np.argsort([-len(o) for o in obs])[:3]
@@ -252,10 +252,7 @@ def plot(result: dict, horizons: np.ndarray, out_dir: Path) -> list[Path]:
         ax.plot([], [], "-", color="tab:blue", label="GRU path")
         ax.set(title=o.user, aspect="equal")
         ax.legend(fontsize=7)
-    files.append(out_dir / "example_tracks.png")
-    fig.tight_layout()
-    fig.savefig(files[-1], dpi=110)
-    plt.close(fig)
+    save(fig, "example_tracks.png")
     return files
 
 
