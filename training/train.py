@@ -48,6 +48,7 @@ class TrainConfig:
     ethucy: bool = True  # ETH/UCY train parts for training, val parts for validation
     data: list[str] = field(default_factory=list)  # own CSV/ETH files or dirs (90/10 by user)
     noisy_copies: int = 1  # corrupted copies of every training track
+    noisy_ethucy: bool = True  # also corrupt copies of the ETH/UCY tracks
     noise_max: float = 0.03  # m, position noise std drawn per copy from U(0, noise_max)
     jitter_max: float = 0.025  # s, timestamp jitter std drawn per copy from U(0, jitter_max)
     mirror: bool = True  # random y -> -y per window
@@ -253,7 +254,13 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
 
     train_tracks, val_tracks = load_sources(cfg)
     fcfg = FeatureConfig(horizons=tuple(cfg.horizons))
-    train_res = {k: residuals(augment_noisy(v, cfg, rng), fcfg) for k, v in train_tracks.items()}
+    train_res = {
+        k: residuals(
+            v if k.startswith("ethucy") and not cfg.noisy_ethucy else augment_noisy(v, cfg, rng),
+            fcfg,
+        )
+        for k, v in train_tracks.items()
+    }
     val_res = {k: residuals(augment_noisy(v, cfg, rng), fcfg) for k, v in val_tracks.items()}
     scale_t = residual_scale([r for v in train_res.values() for r in v])
     fcfg = dataclasses.replace(fcfg, out_scale=scale_t)
