@@ -136,6 +136,18 @@ def _rotate_in(vx: np.ndarray, vy: np.ndarray, c: np.ndarray, s: np.ndarray):
     return c * vx + s * vy, -s * vx + c * vy
 
 
+def reset_mask(dt: np.ndarray, v: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """Bool (n,): the sample starts a new segment (no previous sample, gap, teleport).
+
+    `dt` (n,) is the time since the previous sample (NaN where there is none) and `v`
+    (3, n) the velocity over that interval. The one reset rule of the project: the
+    classical baselines segment tracks with it too.
+    """
+    with np.errstate(invalid="ignore"):
+        reset = np.isnan(dt) | (dt > cfg.max_gap) | (np.hypot(v[0], v[1]) > cfg.max_speed)
+    return reset | (np.abs(v[2]) > cfg.max_speed)
+
+
 def step(
     state: FeatureState,
     rows: np.ndarray,
@@ -161,10 +173,7 @@ def step(
     v = new[4:7]  # (3, n) velocity over the last interval
     np.subtract(pT, old[1:4], out=v)
     v /= dt
-    speed = np.hypot(v[0], v[1])
-    with np.errstate(invalid="ignore"):
-        reset = np.isnan(dt_raw) | (dt_raw > cfg.max_gap) | (speed > cfg.max_speed)
-    reset |= np.abs(v[2]) > cfg.max_speed
+    reset = reset_mask(dt_raw, v, cfg)
     v[:, reset] = 0.0
     dt_feat = np.where(reset, 0.0, np.minimum(dt, cfg.max_gap))
 

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from server.features import FeatureConfig, reset_mask
 from training.datasets import Track
 
-MAX_GAP = 1.0
-MAX_SPEED = 20.0
+MAX_GAP = FeatureConfig.max_gap  # the served reset rule (server.features)
+MAX_SPEED = FeatureConfig.max_speed
 
 Q_GRID = tuple(np.logspace(-2, 2, 6).tolist())  # m²/s³
 R_GRID = tuple(np.logspace(-3, math.log10(0.3), 6).tolist())  # m
@@ -40,13 +41,21 @@ def _check(t: np.ndarray, p: np.ndarray, horizons: np.ndarray):
 
 
 def _resets(t: np.ndarray, p: np.ndarray, max_gap: float, max_speed: float) -> np.ndarray:
-    """Bool (N,): sample k starts a new segment (k = 0 always does)."""
-    out = np.ones(t.size, dtype=bool)
+    """Bool (N,): sample k starts a new segment (k = 0 always does), by the served rule."""
+    dt = np.concatenate([[np.nan], np.diff(t)])
+    v = np.zeros((3, t.size))
     if t.size > 1:
-        dt = np.diff(t)
-        dist = np.linalg.norm(np.diff(p, axis=0), axis=1)
-        out[1:] = (dt > max_gap) | (dist > max_speed * dt)
-    return out
+        v[:, 1:] = (np.diff(p, axis=0) / dt[1:, None]).T
+    return reset_mask(dt, v, FeatureConfig(max_gap=max_gap, max_speed=max_speed))
+
+
+def out_of_reach(
+    truth: np.ndarray, anchor: np.ndarray, elapsed: np.ndarray | float, max_speed: float = MAX_SPEED
+) -> np.ndarray:
+    """Bool mask: `truth` lies farther from `anchor` than `max_speed` allows in `elapsed`
+    seconds (plus 0.5 m): a teleport happened in between. Such futures are unpredictable
+    for every predictor alike; training and scoring leave them out."""
+    return np.linalg.norm(truth - anchor, axis=-1) > max_speed * elapsed + 0.5
 
 
 def _segment_starts(reset: np.ndarray) -> np.ndarray:
@@ -250,8 +259,7 @@ def horizon_errors(track: Track, paths: np.ndarray, horizons: np.ndarray) -> np.
     err = np.linalg.norm(paths - truth, axis=-1)
     # A future out of physical reach (a teleport ahead) is unpredictable for every
     # predictor alike: it is left out (NaN), as in training.
-    reach = np.linalg.norm(truth - track.p[:, None, :], axis=-1) > MAX_SPEED * h + 0.5
-    err[reach] = np.nan
+    err[out_of_reach(truth, track.p[:, None, :], h)] = np.nan
     return err
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from training.baselines import out_of_reach
 from training.datasets import Track
 
 PathPredictor = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
@@ -115,8 +116,7 @@ def render_errors(
     j = np.maximum(np.searchsorted(tr + net.latency, tau, side="right") - 1, 0)
     # Frames after a teleport the observer has not heard of yet are unpredictable for
     # every method alike (the avatar is out of physical reach): left out.
-    reach = np.linalg.norm(truth - pr[j], axis=1) > max_speed * (tau - tr[j]) + 0.5
-    valid = ~np.isnan(truth).any(axis=1) & ~reach
+    valid = ~np.isnan(truth).any(axis=1) & ~out_of_reach(truth, pr[j], tau - tr[j], max_speed)
 
     def err(pos: np.ndarray) -> np.ndarray:
         return np.linalg.norm(pos[valid] - truth[valid], axis=1)

@@ -29,6 +29,7 @@ from server import features as F
 from server.features import DEFAULT_HORIZONS, FeatureConfig
 from server.model import ModelConfig, MotionGRU, resolve_device, save_checkpoint
 from training import datasets as D
+from training.baselines import out_of_reach
 from training.datasets import Track
 
 PRESETS = Path(__file__).parent / "presets"
@@ -99,8 +100,7 @@ def residuals(tracks: list[Track], fcfg: FeatureConfig):
     for tr, x, o in zip(tracks, sf.x, sf.out, strict=True):
         truth = tr.truth_at((tr.t[:, None] + h[None, :]).ravel()).reshape(len(tr.t), len(h), 3)
         # A future beyond physical reach (a teleport ahead) is not a target: mask it.
-        reach = np.linalg.norm(truth - o.p[:, None, :], axis=-1) > fcfg.max_speed * h + 0.5
-        truth[reach] = np.nan
+        truth[out_of_reach(truth, o.p[:, None, :], h, fcfg.max_speed)] = np.nan
         out.append((x, F.encode_targets(truth, o, unit), o.reset))
     return out
 
