@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# The run command: set up, then start the engine with the shipped model and the demo
-# avatars (headless until the WebSocket server and browser viewer land). Extra
-# arguments go to the demo, e.g. scripts/run.sh --bots 64 --duration 60.
+# The run command: set up, then serve the shipped model on ws://127.0.0.1:8765/ until
+# Ctrl-C. Extra arguments go to the server, e.g. scripts/run.sh --port 9000 --tick-hz 30.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-exec .venv/bin/python -m client_demo "$@"
+exec .venv/bin/python -m server "$@"

@@ -1,0 +1,176 @@
+"""Server configuration: one `Config` from defaults, ``AVATAR_*`` environment variables and CLI flags.
+
+Precedence: flag > environment > default. Every field is a flag (``tick_hz`` ->
+``--tick-hz``) and an environment variable (``AVATAR_TICK_HZ``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+
+ENV_PREFIX = "AVATAR_"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the server can be told. See ``python -m server --help``."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    tick_hz: float = 20.0
+    model: str | None = None
+    predictor: str = "gru"
+    device: str = "auto"
+    threads: int = 1
+    aoi_radius: float = 30.0
+    aoi_cap: int = 64
+    spectator_cap: int = 1024
+    max_frame: int = 4096
+    max_frame_hard: int = 65536
+    hello_timeout: float = 5.0
+    send_buffer: int = 262144
+    max_dropped: int = 40
+    max_connections: int = 10000
+    max_room_avatars: int = 4096
+    shutdown_timeout: float = 2.0
+    switch_interval: float = 0.0005
+    compression: bool = False
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        checks = [
+            (0 <= self.port <= 65535, "port must be 0..65535"),
+            (0 < self.tick_hz <= 1000, "tick_hz must be in (0, 1000]"),
+            (self.predictor in ("gru", "cv"), "predictor must be gru or cv"),
+            (self.threads >= 1, "threads must be >= 1"),
+            (self.aoi_radius > 0, "aoi_radius must be > 0"),
+            (self.aoi_cap >= 1, "aoi_cap must be >= 1"),
+            (self.spectator_cap >= 1, "spectator_cap must be >= 1"),
+            (64 <= self.max_frame <= self.max_frame_hard, "need 64 <= max_frame <= max_frame_hard"),
+            (self.hello_timeout > 0, "hello_timeout must be > 0"),
+            (self.send_buffer >= 1024, "send_buffer must be >= 1024 bytes"),
+            (self.max_dropped >= 1, "max_dropped must be >= 1"),
+            (self.max_connections >= 1, "max_connections must be >= 1"),
+            (1 <= self.max_room_avatars <= 65535, "max_room_avatars must be 1..65535"),
+            (self.shutdown_timeout > 0, "shutdown_timeout must be > 0"),
+            (1e-6 <= self.switch_interval <= 0.1, "switch_interval must be in [1e-6, 0.1]"),
+            (
+                self.log_level in ("debug", "info", "warning", "error"),
+                "log_level: debug|info|warning|error",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @property
+    def tick_period(self) -> float:
+        return 1.0 / self.tick_hz
+
+    def replace(self, **changes) -> Config:
+        """A copy with `changes` applied (validated again). Raises ValueError."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
+        """Defaults overridden by ``AVATAR_<FIELD>`` variables. Raises ValueError on a bad value."""
+        return cls(**_env_values(os.environ if environ is None else environ))
+
+    @classmethod
+    def from_args(
+        cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+    ) -> Config:
+        """Parse CLI flags over the environment over defaults. Exits (argparse) on bad flags."""
+        parser = build_parser(environ)
+        ns = parser.parse_args(argv)
+        try:
+            return cls(**{f.name: getattr(ns, f.name) for f in fields(cls)})
+        except ValueError as e:
+            parser.error(str(e))
+            raise  # unreachable: parser.error exits
+
+
+HELP = {
+    "host": "interface to listen on (0.0.0.0 for all)",
+    "port": "TCP port for WebSocket and HTTP (/healthz, /metrics, / viewer); 0 picks a free one",
+    "tick_hz": "ticks per second: one model step and one state frame per client each tick",
+    "model": "checkpoint path (default: the shipped server/models/avatar_gru.pt)",
+    "predictor": "gru (the model) or cv (constant-velocity dead reckoning, model off)",
+    "device": "auto, cpu, cuda or cuda:N for the model step",
+    "threads": "torch CPU threads for the model step (1 leaves the other cores to I/O)",
+    "aoi_radius": "area-of-interest radius in metres: players see avatars this close",
+    "aoi_cap": "most avatars in one player's view (nearest first, itself included)",
+    "spectator_cap": "most avatars in one spectator's view",
+    "max_frame": "largest client frame in bytes; bigger gets error too_large and close 1009",
+    "max_frame_hard": "WebSocket max_size: bigger frames are cut off by the WebSocket layer (1009)",
+    "hello_timeout": "seconds a new connection has to send hello (else close 1008)",
+    "send_buffer": "bytes buffered to one client before its state frames are dropped",
+    "max_dropped": "consecutive dropped state frames before a slow client is closed (1008)",
+    "max_connections": "most open WebSocket connections (more get close 1013)",
+    "max_room_avatars": "most players in one room (more get close 1013)",
+    "shutdown_timeout": "seconds to close every client (1001) on SIGINT/SIGTERM",
+    "switch_interval": "Python GIL switch interval in seconds while serving (short: the model-step "
+    "thread is not kept waiting behind socket I/O; Python's default is 0.005)",
+    "compression": "offer permessage-deflate (costs CPU per frame; off by default)",
+    "log_level": "debug, info, warning or error",
+}
+
+
+CHOICES = {"predictor": ("gru", "cv"), "log_level": ("debug", "info", "warning", "error")}
+
+
+def _field_type(f: dataclasses.Field) -> type:
+    t = f.type if isinstance(f.type, str) else f.type.__name__
+    return {"int": int, "float": float, "bool": bool}.get(t.split(" |")[0], str)
+
+
+def _parse_bool(s: str) -> bool:
+    v = s.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {s!r}")
+
+
+def _env_values(environ: Mapping[str, str]) -> dict:
+    out = {}
+    for f in fields(Config):
+        key = ENV_PREFIX + f.name.upper()
+        if key not in environ:
+            continue
+        raw, kind = environ[key], _field_type(f)
+        try:
+            out[f.name] = _parse_bool(raw) if kind is bool else kind(raw)
+        except ValueError as e:
+            raise ValueError(f"{key}={raw!r}: {e}") from None
+    return out
+
+
+def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The ``python -m server`` argument parser, with defaults taken from the environment."""
+    defaults = Config()
+    env = _env_values(os.environ if environ is None else environ)
+    p = argparse.ArgumentParser(
+        prog="avatar-server",
+        description="avatar-stream: WebSocket server pushing GRU-predicted avatar paths. "
+        f"Every flag can also be set as an environment variable {ENV_PREFIX}<FLAG> "
+        "(e.g. AVATAR_TICK_HZ=30); flags win.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for f in fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        default = env.get(f.name, getattr(defaults, f.name))
+        kind = _field_type(f)
+        help_ = HELP[f.name] + f" [env {ENV_PREFIX}{f.name.upper()}]"
+        if kind is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_)
+        else:
+            p.add_argument(
+                flag, type=kind, default=default, choices=CHOICES.get(f.name), help=help_
+            )
+    return p

@@ -1,0 +1,320 @@
+"""The tick core behind the app: rooms, members, clocks and per-client frames. No asyncio.
+
+`World` owns the `TickEngine` and everything the app needs between sockets and model:
+
+    member = world.admit(hello, now)         # ProtocolError if refused
+    world.receive_pos(member, pos, now)      # any number of times; the newest sample wins
+    world.remove(member)                     # on disconnect
+    # each tick, in this order:
+    world.begin_tick()                       # loop thread: joins/leaves and samples into the engine
+    result = world.step()                    # worker thread allowed: the batched model step
+    world.fan_out(result, server_time)       # loop thread: member.controls / member.state filled
+
+Only `begin_tick`, `step` and `fan_out` touch the engine, and the app never runs them
+concurrently; the other calls only touch the world's own tables, so they are safe while
+`step` runs in a worker thread. Times passed in (`now`, `server_time`) are the server clock.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import secrets
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from server import protocol as P
+from server.engine import TickEngine, TickResult
+from server.interest import InterestGrid, in_region
+
+Region = tuple[float, float, float, float]
+
+
+class ClockOffset:
+    """Estimate of (server clock - client clock) for one connection.
+
+    Each sample's `server_recv - client_t` is the offset plus that message's one-way delay;
+    the minimum over recent samples is the offset plus the smallest delay. The estimate
+    follows a new minimum at once and otherwise rises by at most `drift` seconds per second
+    (clock drift, a route change); half the round trip is then subtracted.
+    """
+
+    def __init__(self, drift: float = 1e-3) -> None:
+        self.drift = drift
+        self.base: float | None = None
+        self._last = 0.0
+        self.rtt = 0.0
+
+    def update(self, client_t: float, server_recv: float) -> None:
+        sample = server_recv - client_t
+        if self.base is None:
+            self.base = sample
+        else:
+            self.base = min(sample, self.base + self.drift * max(0.0, server_recv - self._last))
+        self._last = server_recv
+
+    @property
+    def offset(self) -> float:
+        """Seconds to add to a client time to get the server time (0 before any sample)."""
+        return 0.0 if self.base is None else self.base - 0.5 * self.rtt
+
+
+@dataclass(eq=False)
+class Member:
+    """One connection admitted by `World.admit`: a player (avatar) or a spectator."""
+
+    uid: int
+    room: Room
+    avatar: str | None
+    handle: int | None
+    region: Region | None = None
+    resume: str = ""
+    clock: ClockOffset = field(default_factory=ClockOffset)
+    slot: int = -1  # engine slot once joined there (players)
+    # Newest sample not yet handed to the engine.
+    pending: tuple[float, tuple[float, float, float], int] | None = None
+    newest_t: float = float("-inf")
+    seen: dict[int, tuple[int, str]] = field(default_factory=dict)  # uid -> (handle, id) in view
+    # Outbox, filled by fan_out, emptied by the app: join/leave in order, then the newest state.
+    controls: list[bytes] = field(default_factory=list)
+    state: bytes | None = None
+    dropped: int = 0  # consecutive state frames dropped (slow socket)
+    transport: object = None  # the app's handle for this member's connection
+
+    @property
+    def is_player(self) -> bool:
+        return self.avatar is not None
+
+
+class Room:
+    """Players by avatar id, spectators, and the room-scoped uint16 handles."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.players: dict[str, Member] = {}
+        self.spectators: list[Member] = []
+        self._free: list[int] = []
+        self._next = 0
+
+    def take_handle(self) -> int:
+        if self._free:
+            return heapq.heappop(self._free)
+        self._next += 1
+        return self._next - 1
+
+    def give_handle(self, handle: int) -> None:
+        heapq.heappush(self._free, handle)
+
+    def __len__(self) -> int:
+        return len(self.players) + len(self.spectators)
+
+
+class World:
+    """Rooms, members and the fan-out around one `TickEngine`; see the module docstring."""
+
+    def __init__(
+        self,
+        engine: TickEngine,
+        *,
+        aoi_radius: float = 30.0,
+        aoi_cap: int = 64,
+        spectator_cap: int = 1024,
+        max_room_avatars: int = 4096,
+        tick_hz: float = 20.0,
+    ) -> None:
+        self.engine = engine
+        self.grid = InterestGrid(aoi_radius, aoi_cap)
+        self.spectator_cap = spectator_cap
+        self.max_room_avatars = min(max_room_avatars, 65535)
+        self.tick_hz = tick_hz
+        self.horizons = tuple(float(h) for h in engine.horizons)
+        self.rooms: dict[str, Room] = {}
+        self._uids = itertools.count(1)
+        self._dirty: dict[int, Member] = {}  # players with a pending sample
+        self._to_join: dict[int, Member] = {}
+        self._to_leave: list[str] = []
+        self._anchor = np.zeros(engine.capacity)  # server-clock time of each slot's sample
+        self.n_players = 0
+        self.n_spectators = 0
+
+    # -- membership (loop thread, any time) ---------------------------------------------------
+
+    def admit(self, hello: P.Hello, now: float) -> Member:
+        """Admit a connection that sent `hello`. Raises ProtocolError avatar_taken / room_full."""
+        room = self.rooms.get(hello.room)
+        if room is None:
+            room = self.rooms[hello.room] = Room(hello.room)
+        if hello.avatar is None:
+            m = Member(next(self._uids), room, None, None, region=hello.region)
+            room.spectators.append(m)
+            self.n_spectators += 1
+        else:
+            if hello.avatar in room.players:
+                self._drop_empty(room)
+                raise P.ProtocolError(
+                    "avatar_taken", f"avatar {hello.avatar!r} is connected in room {room.name!r}"
+                )
+            if len(room.players) >= self.max_room_avatars:
+                self._drop_empty(room)
+                raise P.ProtocolError("room_full", f"room {room.name!r} is full")
+            m = Member(next(self._uids), room, hello.avatar, room.take_handle())
+            room.players[hello.avatar] = m
+            self._to_join[m.uid] = m
+            self.n_players += 1
+        m.resume = secrets.token_urlsafe(16)
+        return m
+
+    def welcome(self, m: Member, server_time: float) -> bytes:
+        """The `welcome` frame for a just admitted member."""
+        return P.encode_welcome(
+            P.Welcome(
+                avatar=m.avatar,
+                room=m.room.name,
+                tick_hz=self.tick_hz,
+                horizons=self.horizons,
+                model=self.engine.version,
+                server_time=server_time,
+                resume=m.resume,
+                handle=m.handle,
+            )
+        )
+
+    def remove(self, m: Member) -> None:
+        """Forget a member (idempotent). Its avatar leaves everyone's view at the next tick."""
+        room = m.room
+        if m.is_player:
+            if room.players.get(m.avatar) is not m:
+                return
+            del room.players[m.avatar]
+            room.give_handle(m.handle)
+            self._dirty.pop(m.uid, None)
+            if self._to_join.pop(m.uid, None) is None:
+                self._to_leave.append(self._key(m))
+            m.slot = -1
+            self.n_players -= 1
+        else:
+            if m not in room.spectators:
+                return
+            room.spectators.remove(m)
+            self.n_spectators -= 1
+        self._drop_empty(room)
+
+    def _drop_empty(self, room: Room) -> None:
+        if not len(room) and self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+
+    @staticmethod
+    def _key(m: Member) -> str:
+        return f"#{m.uid}"  # engine key: unique per connection, never reused
+
+    # -- input (loop thread, any time) -----------------------------------------------------
+
+    def receive_pos(self, m: Member, pos: P.Pos, now: float, rtt: float = 0.0) -> bool:
+        """Keep `pos` as the member's newest sample; False if it is not newer than the last.
+
+        Raises ProtocolError not_a_player for a spectator.
+        """
+        if not m.is_player:
+            raise P.ProtocolError("not_a_player", "spectators cannot send pos")
+        if not pos.t > m.newest_t:
+            return False
+        m.newest_t = pos.t
+        m.clock.rtt = rtt
+        m.clock.update(pos.t, now)
+        m.pending = (pos.t, pos.p, pos.seq)
+        self._dirty[m.uid] = m
+        return True
+
+    def set_view(self, m: Member, region: Region | None) -> None:
+        """A spectator's region (None: whole room). Players' views follow their avatar; ignored."""
+        if not m.is_player:
+            m.region = region
+
+    # -- the tick -----------------------------------------------------------------------------
+
+    def begin_tick(self) -> None:
+        """Apply queued joins/leaves to the engine and hand it every pending sample."""
+        eng = self.engine
+        for key in self._to_leave:
+            eng.leave(key)
+        self._to_leave.clear()
+        for m in self._to_join.values():
+            m.slot = eng.join(self._key(m))
+        self._to_join.clear()
+        if len(self._anchor) < eng.capacity:
+            self._anchor = np.concatenate(
+                [self._anchor, np.zeros(eng.capacity - len(self._anchor))]
+            )
+        for m in self._dirty.values():
+            t, p, seq = m.pending
+            if eng.submit_slot(m.slot, t, p, seq):
+                self._anchor[m.slot] = t + m.clock.offset
+            m.pending = None
+        self._dirty.clear()
+
+    def step(self) -> TickResult:
+        """The batched model step (may run in a worker thread; see the module docstring)."""
+        return self.engine.tick()
+
+    def fan_out(self, result: TickResult, server_time: float) -> list[Member]:
+        """Fill every member's outbox for this tick; returns the members with output."""
+        eng = self.engine
+        H = len(self.horizons)
+        out: list[Member] = []
+        for room in self.rooms.values():
+            players = [m for m in room.players.values() if m.slot >= 0]
+            slots = np.fromiter((m.slot for m in players), dtype=np.int64, count=len(players))
+            live = ~np.isnan(eng.last_t[slots])  # players with a prediction are visible
+            vis = [m for m, ok in zip(players, live, strict=True) if ok]
+            vslots = slots[live]
+            off = eng.last_off[vslots]
+            dims = 3 if np.any(np.abs(off[..., 2]) >= 5e-4) else 2
+            pos = eng.last_pos[vslots]
+            rec = P.pack_records(
+                np.fromiter((m.handle for m in vis), dtype=np.int64, count=len(vis)),
+                server_time - self._anchor[vslots],
+                eng.last_seq[vslots],
+                pos,
+                off,
+                dims,
+            )
+            uids = np.fromiter((m.uid for m in vis), dtype=np.int64, count=len(vis))
+            row_of = {m.uid: i for i, m in enumerate(vis)}
+            viewers = [m for m in players if m.uid in row_of]
+            indptr, indices = self.grid.query(
+                pos, np.fromiter((row_of[m.uid] for m in viewers), np.int64, len(viewers))
+            )
+            views: dict[int, np.ndarray] = {
+                m.uid: indices[indptr[i] : indptr[i + 1]] for i, m in enumerate(viewers)
+            }
+            empty = np.empty(0, dtype=np.int64)
+            for m in players:
+                self._emit(
+                    m, views.get(m.uid, empty), vis, uids, rec, result.tick, server_time, H, dims
+                )
+                out.append(m)
+            for m in room.spectators:
+                idx = in_region(pos, m.region, self.spectator_cap)
+                self._emit(m, idx, vis, uids, rec, result.tick, server_time, H, dims)
+                out.append(m)
+        return out
+
+    def _emit(self, m, idx, vis, uids, rec, tick, server_time, H, dims) -> None:
+        now_uids = uids[idx].tolist()
+        seen = m.seen
+        if len(now_uids) != len(seen) or not all(u in seen for u in now_uids):
+            current = set(now_uids)
+            gone = [u for u in seen if u not in current]
+            if gone:
+                m.controls.append(
+                    P.encode_leave([seen[u][1] for u in gone], [seen[u][0] for u in gone])
+                )
+                for u in gone:
+                    del seen[u]
+            new = [vis[i] for i, u in zip(idx.tolist(), now_uids, strict=True) if u not in seen]
+            if new:
+                for a in new:
+                    seen[a.uid] = (a.handle, a.avatar)
+                m.controls.append(P.encode_join([a.avatar for a in new], [a.handle for a in new]))
+        m.state = P.encode_state(tick, server_time, rec[idx], len(idx), H, dims)

@@ -1,0 +1,338 @@
+"""End-to-end: the real server on 127.0.0.1 port 0, real WebSocket clients, no sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+import urllib.request
+
+import msgpack
+import numpy as np
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from server import protocol as P
+from server.app import AvatarServer
+from server.config import Config
+from server.engine import TickEngine
+from server.model import load_checkpoint
+
+MAX_FRAMES = 400  # every wait below is bounded by a frame count (and the test timeout)
+
+
+@contextlib.asynccontextmanager
+async def running(**overrides):
+    cfg = Config(**{"port": 0, "tick_hz": 50.0, **overrides})
+    srv = AvatarServer(cfg)
+    task = asyncio.create_task(srv.serve())
+    started = asyncio.create_task(srv.started.wait())
+    await asyncio.wait([task, started], return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()  # startup failed: raise it
+    try:
+        yield srv
+    finally:
+        srv.request_shutdown()
+        await asyncio.wait_for(task, 10)
+
+
+class Client:
+    """A test client: sends frames, decodes replies, tracks handle -> avatar from join/leave."""
+
+    def __init__(self, ws) -> None:
+        self.ws = ws
+        self.names: dict[int, str] = {}
+        self.joins: list[P.Join] = []
+        self.leaves: list[P.Leave] = []
+        self.welcome: P.Welcome | None = None
+
+    @classmethod
+    async def open(
+        cls, srv: AvatarServer, room: str = "lobby", avatar: str | None = "a", sock=None, **hello
+    ):
+        c = cls(await connect(srv.url, max_size=2**22, sock=sock))
+        await c.ws.send(P.encode_client(P.Hello(room=room, avatar=avatar, **hello)))
+        c.welcome = P.decode_server(await c.ws.recv())
+        assert isinstance(c.welcome, P.Welcome), c.welcome
+        return c
+
+    async def pos(self, seq: int, t: float, p) -> None:
+        await self.ws.send(P.encode_client(P.Pos(seq=seq, t=t, p=tuple(map(float, p)))))
+
+    async def state(self) -> P.State:
+        while True:
+            msg = P.decode_server(await self.ws.recv())
+            if isinstance(msg, P.Join):
+                self.joins.append(msg)
+                for a, h in zip(msg.avatars, msg.handles, strict=True):
+                    assert h not in self.names, "join for a handle still in view"
+                    self.names[h] = a
+            elif isinstance(msg, P.Leave):
+                self.leaves.append(msg)
+                for a, h in zip(msg.avatars, msg.handles, strict=True):
+                    assert self.names.pop(h) == a
+            elif isinstance(msg, P.State):
+                assert all(h in self.names for h in msg.handle.tolist()), "handle without join"
+                return msg
+            else:
+                raise AssertionError(f"unexpected {msg}")
+
+    async def state_where(self, pred) -> P.State:
+        for _ in range(MAX_FRAMES):
+            st = await self.state()
+            if pred(st):
+                return st
+        raise AssertionError("condition not met within the frame budget")
+
+    def visible(self, st: P.State) -> list[str]:
+        return [self.names[h] for h in st.handle.tolist()]
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+async def expect_refusal(ws) -> tuple[P.Error | None, int]:
+    """Read until the server closes; return its error message (if any) and the close code."""
+    err = None
+    with contextlib.suppress(ConnectionClosed):
+        for _ in range(MAX_FRAMES):
+            msg = P.decode_server(await ws.recv())
+            if isinstance(msg, P.Error):
+                err = msg
+    await ws.wait_closed()
+    return err, ws.close_code
+
+
+async def test_own_prediction_equals_tick_engine():
+    ref = TickEngine(load_checkpoint(), device="cpu")
+    ref.join("me")
+    async with running() as srv:
+        c = await Client.open(srv, avatar="me")
+        assert c.welcome.model == ref.version and c.welcome.horizons == tuple(ref.horizons)
+        assert c.welcome.handle == 0
+        rng = np.random.default_rng(3)
+        p, v, t = np.zeros(3), np.array([1.2, 0.0, 0.0]), 0.0
+        for k in range(40):  # lock-step: one sample per tick, so the server steps on every one
+            v[:2] += rng.normal(0, 0.15, 2)
+            t += rng.uniform(0.05, 0.15)  # the time step is an input; any rate
+            p = p + v * 0.1
+            await c.pos(k, t, p)
+            st = await c.state_where(lambda s, k=k: c.welcome.handle in s.handle and s.seq[0] == k)
+            ref.submit("me", t, p, k)
+            expect = ref.tick()
+            assert c.visible(st) == ["me"]
+            np.testing.assert_allclose(st.pos[0], p, atol=1e-5 * max(1, np.abs(p).max()))
+            np.testing.assert_allclose(st.offsets[0], expect.offsets[0], atol=5.1e-4)
+        await c.close()
+
+
+async def test_age_is_on_the_server_clock():
+    async with running() as srv:
+        c = await Client.open(srv, avatar="me")
+        skew = -1000.0  # the client's clock is far from the server's
+        for k in range(5):
+            await c.pos(k, time.monotonic() + skew, (k * 0.1, 0, 0))
+            st = await c.state_where(lambda s, k=k: len(s) and s.seq[0] == k)
+            assert 0.0 <= st.age[0] < 0.5
+        await c.close()
+
+
+async def test_rooms_radius_cap_join_and_leave():
+    async with running(aoi_radius=10.0, aoi_cap=3) as srv:
+        xs = {"a": 0.0, "b": 1.0, "c": 2.0, "d": 3.0, "far": 20.0}
+        cs = {n: await Client.open(srv, avatar=n) for n in xs}
+        other = await Client.open(srv, room="elsewhere", avatar="a")  # same id, other room
+        for n, c in cs.items():
+            await c.pos(0, 1.0, (xs[n], 0, 0))
+        await other.pos(0, 1.0, (0.5, 0, 0))
+        st = await cs["a"].state_where(lambda s: len(s) == 3)
+        assert cs["a"].visible(st) == ["a", "b", "c"]  # itself first, nearest, capped at 3
+        st = await cs["far"].state_where(lambda s: len(s) >= 1)
+        assert cs["far"].visible(st) == ["far"]  # nobody within 10 m
+        st = await other.state_where(lambda s: len(s) >= 1)
+        assert other.visible(st) == ["a"] and st.handle[0] == other.welcome.handle
+        # b leaves the area, then c disconnects: a gets leave for both, and d enters its view
+        await cs["b"].pos(1, 2.0, (50.0, 0, 0))
+        await cs["c"].close()
+        st = await cs["a"].state_where(lambda s: cs["a"].visible(s) == ["a", "d"])
+        left = {a for lv in cs["a"].leaves for a in lv.avatars}
+        assert left == {"b", "c"}
+        assert any("d" in j.avatars for j in cs["a"].joins)
+        st = await cs["far"].state_where(lambda s: len(s) == 1)
+        for c in [*cs.values(), other]:
+            with contextlib.suppress(ConnectionClosed):
+                await c.close()
+
+
+async def test_spectator_sees_the_room_and_its_region():
+    async with running() as srv:
+        a = await Client.open(srv, avatar="a")
+        b = await Client.open(srv, avatar="b")
+        await a.pos(0, 1.0, (0, 0, 0))
+        await b.pos(0, 1.0, (100, 100, 0))
+        s = await Client.open(srv, avatar=None)
+        assert s.welcome.avatar is None and s.welcome.handle is None
+        st = await s.state_where(lambda st: len(st) == 2)
+        assert sorted(s.visible(st)) == ["a", "b"]
+        await s.ws.send(P.encode_client(P.View(region=(90, 90, 110, 110))))
+        st = await s.state_where(lambda st: len(st) == 1)
+        assert s.visible(st) == ["b"]
+        await s.ws.send(P.encode_client(P.Pos(seq=0, t=1.0, p=(0, 0, 0))))
+        err, code = await expect_refusal(s.ws)
+        assert err.code == "not_a_player" and code == 1008
+        await a.close()
+        await b.close()
+
+
+BAD_FRAMES = {
+    "text": ("hello", "text_frame", 1003),
+    "garbage": (b"\xc1\xff\x00garbage", "bad_msgpack", 1003),
+    "unknown_type": (msgpack.packb({"type": "teleport", "p": [0, 0]}), "unknown_type", 1008),
+    "nan": (
+        msgpack.packb({"type": "pos", "seq": 1, "t": 2.0, "p": [float("nan"), 0.0]}),
+        "non_finite",
+        1008,
+    ),
+    "mistyped": (
+        msgpack.packb({"type": "pos", "seq": "1", "t": 2.0, "p": [0, 0]}),
+        "bad_field",
+        1008,
+    ),
+    "oversize": (b"\x00" * 5000, "too_large", 1009),
+    "second_hello": (P.encode_client(P.Hello(room="x", avatar="y")), "expected_hello", 1008),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FRAMES))
+async def test_bad_frames_are_refused_while_others_tick_on(case):
+    frame, code, close_code = BAD_FRAMES[case]
+    async with running(max_frame=4096) as srv:
+        good = await Client.open(srv, avatar="good")
+        await good.pos(0, 1.0, (0, 0, 0))
+        before = (await good.state_where(lambda s: len(s) == 1)).tick
+        bad = await Client.open(srv, avatar="bad")
+        await bad.ws.send(frame)
+        err, got_close = await expect_refusal(bad.ws)
+        assert err is not None and err.code == code and got_close == close_code
+        after = (await good.state_where(lambda s: s.tick > before + 3)).tick
+        assert after > before
+        body = await fetch(srv, "/metrics")
+        assert f'avatar_protocol_errors_total{{code="{code}"}} 1.0' in body
+        await good.close()
+
+
+async def test_before_hello_and_hard_limit_and_timeout():
+    async with running(max_frame=4096, max_frame_hard=8192, hello_timeout=0.3) as srv:
+        ws = await connect(srv.url)
+        await ws.send(P.encode_client(P.Pos(seq=0, t=0.0, p=(0, 0))))
+        err, code = await expect_refusal(ws)
+        assert (err.code, code) == ("expected_hello", 1008)
+        ws = await connect(srv.url)
+        await ws.send(b"\x00" * 9000)  # beyond the WebSocket layer's own limit
+        err, code = await expect_refusal(ws)
+        assert err is None and code == 1009
+        ws = await connect(srv.url)  # says nothing
+        err, code = await expect_refusal(ws)
+        assert (err.code, code) == ("hello_timeout", 1008)
+        ws = await connect(srv.url)
+        await ws.send(msgpack.packb({"type": "hello", "v": 2, "room": "r"}))
+        err, code = await expect_refusal(ws)
+        assert (err.code, code) == ("bad_version", 1008)
+
+
+async def test_avatar_taken_and_bye():
+    async with running() as srv:
+        a = await Client.open(srv, avatar="a")
+        ws = await connect(srv.url)
+        await ws.send(P.encode_client(P.Hello(room="lobby", avatar="a")))
+        err, code = await expect_refusal(ws)
+        assert (err.code, code) == ("avatar_taken", 1008)
+        await a.ws.send(P.encode_client(P.Bye()))
+        err, code = await expect_refusal(a.ws)
+        assert err is None and code == 1000
+        b = await Client.open(srv, avatar="a")  # the id is free again
+        await b.close()
+
+
+async def test_shutdown_sends_going_away():
+    async with running() as srv:
+        c = await Client.open(srv, avatar="a")
+        t0 = time.perf_counter()
+        srv.request_shutdown()
+        _, code = await expect_refusal(c.ws)
+        assert code == 1001 and time.perf_counter() - t0 < srv.config.shutdown_timeout + 1
+
+
+async def fetch(srv: AvatarServer, path: str) -> str:
+    def get():
+        with urllib.request.urlopen(f"http://127.0.0.1:{srv.port}{path}", timeout=5) as r:
+            return r.status, r.headers.get("Content-Type"), r.read().decode()
+
+    status, kind, body = await asyncio.to_thread(get)
+    assert status == 200
+    return body if path != "/" else kind + body
+
+
+async def test_http_endpoints_share_the_port():
+    async with running() as srv:
+        c = await Client.open(srv, avatar="a")
+        await c.pos(0, 1.0, (0, 0))
+        await c.state_where(lambda s: len(s) == 1)
+        assert (await fetch(srv, "/healthz")).strip() == "ok"
+        body = await fetch(srv, "/metrics")
+        for name in (
+            'avatar_connections{kind="player"} 1.0',
+            "avatar_avatars 1.0",
+            "avatar_tick_seconds_bucket",
+            "avatar_model_step_seconds_count",
+            "avatar_ticks_total",
+            "avatar_frames_out_total",
+            "avatar_bytes_in_total",
+            "avatar_tick_overruns_total",
+            "avatar_frames_dropped_total",
+            'avatar_server_info{device="cpu"',
+        ):
+            assert name in body, name
+        assert "avatar-stream" in await fetch(srv, "/")
+        await c.close()
+
+
+async def test_slow_client_is_dropped_then_closed_without_delaying_others():
+    async with running(send_buffer=1024, max_dropped=5, aoi_radius=1000.0, tick_hz=100.0) as srv:
+        crowd = [await Client.open(srv, avatar=f"c{i}") for i in range(40)]
+        for i, c in enumerate(crowd):  # a big view makes every state frame ~2.4 KB
+            await c.pos(0, 1.0, (i * 0.5, 0, 0))
+        drains = [asyncio.create_task(drain(c.ws)) for c in crowd[1:]]
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # small window from the start
+        sock.connect(("127.0.0.1", srv.port))
+        sock.setblocking(False)
+        slow = await Client.open(srv, avatar="slow", sock=sock)
+        member = srv.world.rooms["lobby"].players["slow"]
+        member.transport.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+        )
+        slow.ws.transport.pause_reading()  # never reads from now on
+        watcher = crowd[0]
+        first = (await watcher.state()).tick
+        st = await watcher.state_where(lambda s: srv.stats.errors.get("too_slow") == 1)
+        assert "slow" not in srv.world.rooms["lobby"].players
+        assert srv.stats.dropped >= 5
+        # every tick reached the watcher while the slow client was being dropped
+        assert st.tick - first < 400
+        slow.ws.transport.resume_reading()
+        err, code = await expect_refusal(slow.ws)
+        assert (err.code, code) == ("too_slow", 1008)
+        assert srv.stats.errors.get("too_slow") == 1  # the readers were never too slow
+        for c in crowd:
+            await c.close()
+        await asyncio.gather(*drains)
+
+
+async def drain(ws) -> None:
+    with contextlib.suppress(ConnectionClosed):
+        async for _ in ws:
+            pass

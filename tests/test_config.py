@@ -1,0 +1,42 @@
+import pytest
+
+from server.config import Config, build_parser
+
+
+def test_defaults_are_valid_and_documented():
+    c = Config()
+    assert c.tick_hz == 20 and c.aoi_cap == 64 and c.compression is False
+    text = build_parser({}).format_help()
+    for flag in ("--tick-hz", "--aoi-radius", "--max-frame", "--hello-timeout", "--predictor"):
+        assert flag in text
+    assert "AVATAR_TICK_HZ" in text
+
+
+def test_env_overrides_defaults_and_flags_override_env():
+    env = {"AVATAR_PORT": "9001", "AVATAR_TICK_HZ": "30", "AVATAR_COMPRESSION": "yes"}
+    c = Config.from_env(env)
+    assert (c.port, c.tick_hz, c.compression) == (9001, 30.0, True)
+    c = Config.from_args(["--tick-hz", "10", "--no-compression"], environ=env)
+    assert (c.port, c.tick_hz, c.compression) == (9001, 10.0, False)
+    c = Config.from_args(["--model", "x.pt", "--predictor", "cv"], environ={})
+    assert c.model == "x.pt" and c.predictor == "cv"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"tick_hz": 0}, {"port": 70000}, {"predictor": "lstm"}, {"aoi_cap": 0}, {"max_frame": 10}],
+)
+def test_invalid_values_raise(change):
+    with pytest.raises(ValueError):
+        Config(**change)
+
+
+def test_bad_env_value_names_the_variable():
+    with pytest.raises(ValueError, match="AVATAR_PORT"):
+        Config.from_env({"AVATAR_PORT": "eighty"})
+
+
+def test_bad_flag_exits(capsys):
+    with pytest.raises(SystemExit):
+        Config.from_args(["--tick-hz", "-1"], environ={})
+    assert "tick_hz" in capsys.readouterr().err

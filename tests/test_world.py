@@ -1,0 +1,175 @@
+import numpy as np
+import pytest
+
+from server import protocol as P
+from server.engine import TickEngine
+from server.world import ClockOffset, World
+
+
+def make_world(**kw) -> World:
+    return World(TickEngine(None, device="cpu", capacity=2), **kw)
+
+
+def tick(world: World, server_time: float) -> dict:
+    world.begin_tick()
+    result = world.step()
+    members = world.fan_out(result, server_time)
+    out = {}
+    for m in members:
+        msgs = [P.decode_server(f) for f in m.controls] + [P.decode_server(m.state)]
+        m.controls.clear()
+        m.state = None
+        out[m.avatar or f"spectator{m.uid}"] = msgs
+    return out
+
+
+def names(msgs, handles_to_names) -> list[str]:
+    state = msgs[-1]
+    assert isinstance(state, P.State)
+    return [handles_to_names[h] for h in state.handle.tolist()]
+
+
+def pos(seq, t, p):
+    return P.Pos(seq=seq, t=t, p=tuple(map(float, p)))
+
+
+def test_clock_offset_tracks_minimum_delay_and_drift():
+    c = ClockOffset(drift=1e-3)
+    assert c.offset == 0.0
+    c.update(10.0, 110.05)  # offset 100, delay 50 ms
+    c.update(10.1, 110.11)  # delay 10 ms: new minimum
+    assert c.offset == pytest.approx(100.01)
+    c.update(10.2, 110.30)  # a slow message does not raise it ...
+    assert c.offset == pytest.approx(100.01 + 1e-3 * 0.19)
+    for k in range(1, 200):  # ... but a persistent shift is followed at <= drift s/s
+        c.update(10.2 + k, 110.30 + k)
+    assert 100.01 < c.offset <= 100.10 + 1e-9
+    c.rtt = 0.02
+    assert c.offset == pytest.approx(c.base - 0.01)
+
+
+def test_admit_handles_taken_full_and_room_cleanup():
+    w = make_world(max_room_avatars=2)
+    a = w.admit(P.Hello(room="r", avatar="a"), 0.0)
+    b = w.admit(P.Hello(room="r", avatar="b"), 0.0)
+    assert (a.handle, b.handle) == (0, 1)
+    with pytest.raises(P.ProtocolError) as e:
+        w.admit(P.Hello(room="r", avatar="a"), 0.0)
+    assert e.value.code == "avatar_taken"
+    with pytest.raises(P.ProtocolError) as e:
+        w.admit(P.Hello(room="r", avatar="c"), 0.0)
+    assert e.value.code == "room_full" and e.value.close_code == 1013
+    w.remove(a)
+    w.remove(a)  # idempotent
+    c = w.admit(P.Hello(room="r", avatar="c"), 0.0)
+    assert c.handle == 0  # lowest free handle again
+    s = w.admit(P.Hello(room="other"), 0.0)
+    assert s.handle is None and set(w.rooms) == {"r", "other"}
+    w.remove(s)
+    assert set(w.rooms) == {"r"}
+    assert (w.n_players, w.n_spectators) == (2, 0)
+
+
+def test_spectator_cannot_send_pos_and_old_samples_are_ignored():
+    w = make_world()
+    s = w.admit(P.Hello(room="r"), 0.0)
+    with pytest.raises(P.ProtocolError) as e:
+        w.receive_pos(s, pos(0, 1.0, (0, 0)), 1.0)
+    assert e.value.code == "not_a_player"
+    a = w.admit(P.Hello(room="r", avatar="a"), 0.0)
+    assert w.receive_pos(a, pos(0, 1.0, (0, 0)), 1.0)
+    assert not w.receive_pos(a, pos(1, 1.0, (5, 0)), 1.1)
+    assert not w.receive_pos(a, pos(1, 0.5, (5, 0)), 1.1)
+
+
+def test_fan_out_views_join_leave_and_predictions():
+    w = make_world(aoi_radius=10.0, aoi_cap=64)
+    a = w.admit(P.Hello(room="r", avatar="a"), 0.0)
+    b = w.admit(P.Hello(room="r", avatar="b"), 0.0)
+    far = w.admit(P.Hello(room="r", avatar="far"), 0.0)
+    other = w.admit(P.Hello(room="elsewhere", avatar="x"), 0.0)
+    spec = w.admit(P.Hello(room="r", region=(-1, -1, 1, 1)), 0.0)
+    handle = {m.handle: m.avatar for m in (a, b, far)}
+    # Before any sample nobody is visible: empty states, no joins.
+    out = tick(w, 100.0)
+    assert all(len(msgs) == 1 and len(msgs[0]) == 0 for msgs in out.values())
+    for k in range(3):  # client clocks: a's is 50 s behind the server's
+        t = 0.1 * k
+        w.receive_pos(a, pos(k, 50 + t, (t, 0, 0)), 100 + t)
+        w.receive_pos(b, pos(k, t, (3, t, 0)), 100 + t)
+        w.receive_pos(far, pos(k, t, (50, 0, 0)), 100 + t)
+        w.receive_pos(other, pos(k, t, (0, 0, 0)), 100 + t)
+        out = tick(w, 100.0 + t)
+        if k == 0:
+            join = out["a"][0]
+            assert isinstance(join, P.Join) and set(join.avatars) == {"a", "b"}
+            assert dict(zip(join.handles, join.avatars, strict=True)) == {0: "a", 1: "b"}
+            assert [type(m) for m in out["far"]] == [P.Join, P.State]
+            assert out["far"][0].avatars == ("far",)
+        else:
+            assert [type(m) for m in out["a"]] == [P.State]
+    assert names(out["a"], handle) == ["a", "b"]  # itself first, then nearest; far is beyond
+    assert names(out["far"], handle) == ["far"]
+    assert len(out["x"][-1]) == 1  # another room: only itself
+    assert names(out[f"spectator{spec.uid}"], handle) == ["a"]  # region around a
+    st = out["a"][-1]
+    eng = w.engine
+    ia = np.flatnonzero(st.handle == a.handle)[0]
+    np.testing.assert_allclose(st.offsets[ia], eng.last_off[a.slot], atol=6e-4)
+    np.testing.assert_allclose(st.pos[ia], eng.last_pos[a.slot], atol=1e-6)
+    assert st.seq[ia] == 2 and st.offsets[ia, -1, 0] == pytest.approx(1.0, abs=1e-3)  # CV 1 m/s
+    assert st.age[ia] == pytest.approx(0.0, abs=1e-3)  # anchored on the server clock
+    # b walks out of a's radius: leave; then b disconnects: leave for the spectator too.
+    w.receive_pos(b, pos(3, 0.3, (45, 0, 0)), 100.3)
+    out = tick(w, 100.3)
+    assert isinstance(out["a"][0], P.Leave) and out["a"][0].avatars == ("b",)
+    assert isinstance(out["far"][0], P.Join) and out["far"][0].avatars == ("b",)
+    w.remove(b)
+    nb = w.admit(P.Hello(room="r", avatar="newcomer"), 100.3)
+    assert nb.handle == b.handle  # handle reused ...
+    w.receive_pos(nb, pos(0, 7.0, (49, 0, 0)), 100.35)
+    out = tick(w, 100.35)
+    kinds = [type(m) for m in out["far"]]
+    assert kinds == [P.Leave, P.Join, P.State]  # ... and its leave comes before the join
+    assert out["far"][0].avatars == ("b",) and out["far"][1].avatars == ("newcomer",)
+
+
+def test_cap_and_dims():
+    w = make_world(aoi_radius=100.0, aoi_cap=3)
+    ms = [w.admit(P.Hello(room="r", avatar=f"m{i}"), 0.0) for i in range(6)]
+    for k in range(2):
+        for i, m in enumerate(ms):
+            w.receive_pos(m, pos(k, 0.1 * k, (i * 2.0, 0, 0)), 0.1 * k)
+        out = tick(w, 0.1 * k)
+    handle = {m.handle: m.avatar for m in ms}
+    assert names(out["m0"], handle) == ["m0", "m1", "m2"]
+    assert names(out["m3"], handle)[0] == "m3" and len(out["m3"][-1]) == 3
+    assert out["m0"][-1].extra == {} and all(len(v[-1]) == 3 for v in out.values())
+    # flat world -> 2-D offsets on the wire; a climbing avatar -> 3-D
+    assert P.decode_server(w.welcome(ms[0], 0.0)).handle == ms[0].handle
+    w.receive_pos(ms[0], pos(2, 0.2, (0, 0, 1.0)), 0.2)
+    out = tick(w, 0.2)
+    st = out["m0"][-1]
+    assert st.offsets[0, -1, 2] > 0.5
+
+
+def test_model_predictions_reach_the_frame(tmp_path):
+    from tests.test_engine import make_model
+
+    lm = make_model()
+    w = World(TickEngine(lm, device="cpu"), aoi_radius=50.0)
+    ref = TickEngine(make_model(), device="cpu")
+    a = w.admit(P.Hello(room="r", avatar="a"), 0.0)
+    ref.join("a")
+    rng = np.random.default_rng(0)
+    p = np.zeros(3)
+    for k in range(20):
+        p = p + rng.normal(size=3) * [0.2, 0.2, 0.0]
+        t = 0.1 * k
+        w.receive_pos(a, pos(k, t, p), t)
+        ref.submit("a", t, p, k)
+        out = tick(w, t)
+        expect = ref.tick()
+        st = out["a"][-1]
+        np.testing.assert_allclose(st.offsets[0], expect.offsets[0], atol=5.1e-4)
+        assert st.seq[0] == k
