@@ -7,7 +7,8 @@ in this process (one asyncio loop, uvloop when installed), each streaming the si
 motion at --rate Hz on absolute deadlines, and measures:
 - bytes per avatar record in `state` frames, frames received vs expected;
 - end-to-end latency: a `pos` sent -> the first `state` carrying a prediction from that
-  seq, on every --sample-every-th client (the others only count frames);
+  seq, on every --sample-every-th client (the others only count frames); clients send at
+  random phases of the period, so this includes the wait for the next tick (0 to 1/tick_hz);
 - the server's tick duration p50/p99 and overruns from /metrics (histogram, interpolated);
 - CPU seconds of the server process and of this generator.
 Bounded: --duration seconds of streaming, then everything stops. The full load-test
@@ -74,6 +75,7 @@ class LoadClient:
         self.frames = self.states = self.bytes = self.records = self.record_bytes = 0
         self.sent = 0
         self.states_in_window = 0
+        self.phase = 0.0  # fraction of a send period: clients are spread over the tick
         self.window = (0.0, 0.0)
         self.handle: int | None = None
         self.error: str | None = None
@@ -87,7 +89,7 @@ class LoadClient:
                 k = 0
                 loop = asyncio.get_running_loop()
                 while True:
-                    deadline = t_start + k / rate
+                    deadline = t_start + (k + self.phase) / rate
                     if deadline >= t_end:
                         break
                     await asyncio.sleep(max(0.0, deadline - loop.time()))
@@ -158,8 +160,10 @@ async def main_async(args) -> dict:
         cpu_srv0, cpu_gen0 = cpu_seconds(proc.pid), _self_cpu()
         t_start = loop.time() + 1.0  # everyone connects first
         t_end = t_start + args.duration
-        for c in clients:  # loop.time() is time.monotonic() under asyncio and uvloop
+        phases = np.random.default_rng(args.seed).random(len(clients))
+        for c, ph in zip(clients, phases, strict=True):  # loop.time() is time.monotonic()
             c.window = (t_start + 0.5, t_end - 0.5)
+            c.phase = float(ph)
         await asyncio.gather(*(c.run(url, args.rate, t_start, t_end) for c in clients))
         after = fetch(port, "/metrics")
         cpu_srv, cpu_gen = cpu_seconds(proc.pid) - cpu_srv0, _self_cpu() - cpu_gen0

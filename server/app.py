@@ -158,6 +158,7 @@ class AvatarServer:
         self.port: int | None = None
         self.n_connections = 0
         self._stop: asyncio.Event | None = None
+        self._background: set[asyncio.Task] = set()  # keep references until done
         self._executor: ThreadPoolExecutor | None = None
         self.registry = CollectorRegistry()
         self.registry.register(_StatsCollector(self))
@@ -350,7 +351,12 @@ class AvatarServer:
                 waiter = await ws.ping()
                 await asyncio.wait_for(waiter, self.config.hello_timeout)
 
-        asyncio.get_running_loop().create_task(probe())
+        self._spawn(probe())
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # -- the tick loop --------------------------------------------------------------------------
 
@@ -401,7 +407,7 @@ class AvatarServer:
                 if m.dropped == max_dropped:
                     m.transport = None
                     self.world.remove(m)  # others stop seeing it now, not after the close
-                    asyncio.get_running_loop().create_task(
+                    self._spawn(
                         self._refuse(
                             ws,
                             P.ProtocolError(
