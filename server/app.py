@@ -26,6 +26,7 @@ import http
 import logging
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,8 @@ from server.model import load_checkpoint
 from server.world import Member, World
 
 log = logging.getLogger("avatar_stream")
+
+RouteHandler = Callable[[str], tuple[int, str, bytes]]
 
 _MS = (0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 5, 6, 8, 10, 12.5, 15, 20, 25, 30, 40, 50, 75, 100)
 TICK_BUCKETS = tuple(ms / 1000 for ms in _MS[1:]) + (0.25, 0.5, 1.0)
@@ -159,6 +162,7 @@ class AvatarServer:
         self.n_connections = 0
         self._stop: asyncio.Event | None = None
         self._background: set[asyncio.Task] = set()  # keep references until done
+        self._routes: dict[str, RouteHandler] = {}
         self._executor: ThreadPoolExecutor | None = None
         self.registry = CollectorRegistry()
         self.registry.register(_StatsCollector(self))
@@ -249,6 +253,16 @@ class AvatarServer:
 
     # -- HTTP on the same port ----------------------------------------------------------------
 
+    def add_route(self, path: str, handler: RouteHandler) -> None:
+        """Serve HTTP GET `path` (exact, query string ignored for matching) with `handler`.
+
+        `handler(path_with_query)` returns (status, content_type, body) and must not block;
+        an exception in it gives a 500. Raises ValueError for a path the server owns.
+        """
+        if path in ("/", "/index.html", "/healthz", "/metrics") or path.startswith("/viewer/"):
+            raise ValueError(f"{path} is served by the server itself")
+        self._routes[path] = handler
+
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return None  # a WebSocket handshake, on any path
@@ -261,6 +275,13 @@ class AvatarServer:
             )
         if path in ("/", "/index.html") or path.startswith("/viewer/"):
             return self._static(path)
+        if path in self._routes:
+            try:
+                status, kind, body = self._routes[path](request.path)
+            except Exception:
+                log.exception("route %s failed", path)
+                return _response(http.HTTPStatus.INTERNAL_SERVER_ERROR, b"error\n", "text/plain")
+            return _response(http.HTTPStatus(status), body, kind)
         return _response(http.HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
 
     def _static(self, path: str) -> Response:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import socket
 import time
+import urllib.error
 import urllib.request
 
 import msgpack
@@ -336,3 +337,16 @@ async def drain(ws) -> None:
     with contextlib.suppress(ConnectionClosed):
         async for _ in ws:
             pass
+
+
+async def test_extra_routes():
+    async with running() as srv:
+        srv.add_route("/demo/echo", lambda p: (200, "text/plain", p.encode()))
+        srv.add_route("/demo/boom", lambda p: 1 / 0)
+        assert await fetch(srv, "/demo/echo?x=1") == "/demo/echo?x=1"
+        with pytest.raises(urllib.error.HTTPError) as e:
+            await fetch(srv, "/demo/boom")
+        assert e.value.code == 500
+        e.value.close()  # the error holds the HTTP connection open
+        with pytest.raises(ValueError):
+            srv.add_route("/metrics", lambda p: (200, "text/plain", b""))
