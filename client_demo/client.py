@@ -1,0 +1,240 @@
+"""An asyncio client for avatar-stream: connect, hello, stream positions, receive predictions.
+
+    async with AvatarClient("ws://127.0.0.1:8765/", room="lobby", avatar="alice") as c:
+        c.send_pos(seq, time.monotonic(), (x, y, z))     # never blocks; latest-first is the server's job
+        async for msg in c:                               # Welcome / Join / Leave / State / Error
+            if isinstance(msg, State):
+                ...  # msg.handle -> c.names[h]; anchor = msg.server_time - msg.age
+
+`AvatarClient` keeps the handle -> avatar id map from join/leave, maps the server clock
+to the local one (`clock`, from `ping`/`pong` every `ping_interval`), and reconnects with
+exponential backoff when the connection drops (sending the resume token the server gave).
+To emulate network latency, connect through `client_demo.netem.LatencyProxy`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from client_demo.reckoning import ClockMap
+from server import protocol as P
+
+log = logging.getLogger("avatar_stream.client")
+
+
+class Refused(Exception):
+    """The server answered `hello` with an error (`code`, `close_code`) or closed it."""
+
+    def __init__(self, code: str, message: str, close_code: int | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code, self.close_code = code, close_code
+
+
+class AvatarClient:
+    """One connection to the server (a player with `avatar`, or a spectator without)."""
+
+    def __init__(
+        self,
+        url: str,
+        room: str,
+        avatar: str | None = None,
+        *,
+        region: tuple[float, float, float, float] | None = None,
+        token: str | None = None,
+        reconnect: bool = True,
+        backoff: tuple[float, float] = (0.25, 8.0),
+        ping_interval: float = 2.0,
+        max_attempts: int | None = None,
+    ) -> None:
+        """Nothing connects until `connect()` (or `async with`). Raises ValueError on bad args."""
+        if ping_interval <= 0 or backoff[0] <= 0 or backoff[1] < backoff[0]:
+            raise ValueError("need ping_interval > 0 and 0 < backoff[0] <= backoff[1]")
+        self.url, self.room, self.avatar, self.region, self.token = url, room, avatar, region, token
+        self.reconnect, self.backoff = reconnect, backoff
+        self.ping_interval, self.max_attempts = ping_interval, max_attempts
+        self.clock = ClockMap()
+        self.names: dict[int, str] = {}  # handle -> avatar id, for the avatars in view
+        self.welcome: P.Welcome | None = None
+        self.resume: str | None = None
+        self.ws: ClientConnection | None = None
+        self.connects = 0
+        self.frames_in = self.bytes_in = self.frames_out = self.bytes_out = 0
+        self._out: asyncio.Queue[bytes] = asyncio.Queue()
+        self._in: deque[tuple[float, bytes]] = deque()  # (local receive time, frame)
+        self._in_ready = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._closed = False
+        self._pings: dict[float, float] = {}
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> AvatarClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def connect(self) -> P.Welcome:
+        """Connect and say hello; returns the `welcome`.
+
+        Raises Refused when the server answers with an error, OSError / InvalidHandshake
+        when it cannot be reached (after `max_attempts` tries when reconnecting).
+        """
+        delay, attempt = self.backoff[0], 0
+        while True:
+            attempt += 1
+            try:
+                return await self._open()
+            except Refused:
+                raise
+            except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError):
+                if not self.reconnect or (self.max_attempts and attempt >= self.max_attempts):
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.backoff[1])
+
+    async def _open(self) -> P.Welcome:
+        try:
+            ws = await connect(self.url, max_size=2**22, compression=None, open_timeout=10)
+        except InvalidURI as e:
+            raise ValueError(str(e)) from None
+        hello = P.Hello(
+            room=self.room,
+            avatar=self.avatar,
+            token=self.token,
+            resume=self.resume,
+            region=self.region,
+        )
+        await ws.send(P.encode_client(hello))
+        try:
+            msg = P.decode_server(await ws.recv())
+        except ConnectionClosed as e:
+            raise Refused(
+                "closed", e.reason or "closed during hello", e.rcvd.code if e.rcvd else None
+            ) from None
+        if isinstance(msg, P.Error):
+            await ws.wait_closed()
+            raise Refused(msg.code, msg.message, ws.close_code)
+        if not isinstance(msg, P.Welcome):
+            await ws.close()
+            raise Refused("bad_reply", f"expected welcome, got {type(msg).__name__}")
+        self.ws, self.welcome, self.resume = ws, msg, msg.resume
+        self.names.clear()
+        self.connects += 1
+        self.clock.on_frame(msg.server_time, time.monotonic())
+        for t in self._tasks:
+            t.cancel()
+        self._tasks = [
+            asyncio.create_task(self._reader(ws)),
+            asyncio.create_task(self._writer(ws)),
+            asyncio.create_task(self._pinger()),
+        ]
+        return msg
+
+    async def close(self) -> None:
+        """Say bye and close; idempotent."""
+        self._closed = True
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self.ws is not None:
+            with contextlib.suppress(ConnectionClosed):
+                await self.ws.send(P.encode_client(P.Bye()))
+            await self.ws.close()
+        self._in_ready.set()
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def send_pos(self, seq: int, t: float, p: Sequence[float]) -> None:
+        """Queue a position for sending. Never blocks."""
+        self._send(P.encode_client(P.Pos(seq=seq, t=float(t), p=tuple(float(v) for v in p))))
+
+    def set_region(self, region: tuple[float, float, float, float] | None) -> None:
+        """Spectators: change the region of the room to watch (None: whole room)."""
+        self.region = region
+        self._send(P.encode_client(P.View(region=region)))
+
+    def _send(self, frame: bytes) -> None:
+        self._out.put_nowait(frame)
+
+    async def _writer(self, ws: ClientConnection) -> None:
+        while True:
+            frame = await self._out.get()
+            await ws.send(frame)
+            self.frames_out += 1
+            self.bytes_out += len(frame)
+
+    async def _pinger(self) -> None:
+        while True:
+            t = time.monotonic()
+            self._pings[t] = t
+            if len(self._pings) > 32:
+                self._pings.pop(next(iter(self._pings)))
+            self._send(P.encode_client(P.Ping(t=t)))
+            await asyncio.sleep(self.ping_interval)
+
+    # -- receiving ------------------------------------------------------------------------------
+
+    async def _reader(self, ws: ClientConnection) -> None:
+        try:
+            async for data in ws:
+                self._in.append((time.monotonic(), data))
+                self._in_ready.set()
+        except ConnectionClosed:
+            pass
+        finally:
+            self._in.append((time.monotonic(), b""))  # marks the drop
+            self._in_ready.set()
+
+    async def recv(self) -> P.ServerMessage | None:
+        """The next message; None once closed for good.
+
+        Reconnects (with backoff) when the connection dropped and `reconnect` is on; the
+        next message after a reconnect is the new `welcome`. Raises Refused if the server
+        refuses the reconnect.
+        """
+        while True:
+            while not self._in:
+                if self._closed:
+                    return None
+                self._in_ready.clear()
+                await self._in_ready.wait()
+            received, data = self._in.popleft()
+            if not data:  # the connection dropped
+                if self._closed or not self.reconnect:
+                    self._closed = True
+                    return None
+                log.info("connection lost; reconnecting")
+                return await self.connect()
+            self.frames_in += 1
+            self.bytes_in += len(data)
+            now = received
+            msg = P.decode_server(data)
+            if isinstance(msg, P.State):
+                self.clock.on_frame(msg.server_time, now)
+            elif isinstance(msg, P.Join):
+                self.names.update(zip(msg.handles, msg.avatars, strict=True))
+            elif isinstance(msg, P.Leave):
+                for h in msg.handles:
+                    self.names.pop(h, None)
+            elif isinstance(msg, P.Pong):
+                sent = self._pings.pop(msg.t, None)
+                if sent is not None:
+                    self.clock.on_pong(sent, now, msg.server_time)
+                continue  # pongs are the client's business only
+            return msg
+
+    async def __aiter__(self) -> AsyncIterator[P.ServerMessage]:
+        while (msg := await self.recv()) is not None:
+            yield msg

@@ -1,0 +1,83 @@
+"""AvatarClient against a real server on 127.0.0.1 port 0."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import numpy as np
+import pytest
+
+from client_demo.client import AvatarClient, Refused
+from server import protocol as P
+from server.app import AvatarServer
+from server.config import Config
+
+
+@contextlib.asynccontextmanager
+async def running(**overrides):
+    srv = AvatarServer(Config(**{"port": 0, "tick_hz": 50.0, **overrides}))
+    task = asyncio.create_task(srv.serve())
+    started = asyncio.create_task(srv.started.wait())
+    await asyncio.wait([task, started], return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()
+    try:
+        yield srv
+    finally:
+        srv.request_shutdown()
+        await asyncio.wait_for(task, 10)
+
+
+async def next_state(c: AvatarClient, pred, budget: int = 400) -> P.State:
+    for _ in range(budget):
+        msg = await c.recv()
+        if isinstance(msg, P.State) and pred(msg):
+            return msg
+    raise AssertionError("no matching state within the frame budget")
+
+
+async def test_stream_and_receive_own_and_others_predictions():
+    async with (
+        running() as srv,
+        AvatarClient(srv.url, "r", "alice", ping_interval=0.05) as a,
+        AvatarClient(srv.url, "r", "bob") as b,
+    ):
+        assert a.welcome.avatar == "alice" and len(a.welcome.horizons) == 10
+        t0 = time.monotonic()
+        for k in range(3):
+            a.send_pos(k, t0 + 0.1 * k, (0.1 * k, 0.0, 0.0))
+            b.send_pos(k, t0 + 0.1 * k, (2.0, 0.1 * k))
+        st = await next_state(a, lambda s: len(s) == 2 and s.seq.max() == 2)
+        assert sorted(a.names[h] for h in st.handle.tolist()) == ["alice", "bob"]
+        assert a.names[a.welcome.handle] == "alice"
+        await next_state(a, lambda s: a.clock.rtt is not None)  # a pong came back
+        assert a.clock.ready and abs(a.clock.offset - (a.welcome.server_time - t0)) < 1.0
+        assert a.frames_out >= 4 and a.bytes_in > 0
+
+
+async def test_refused_and_reconnect_after_drop():
+    async with running() as srv, AvatarClient(srv.url, "r", "x", backoff=(0.01, 0.05)) as c:
+        with pytest.raises(Refused) as e:
+            await AvatarClient(srv.url, "r", "x", reconnect=False).connect()
+        assert e.value.code == "avatar_taken" and e.value.close_code == 1008
+        c.send_pos(0, 1.0, (0, 0))
+        await next_state(c, lambda s: len(s) == 1)
+        member = srv.world.rooms["r"].players["x"]
+        member.transport.transport.abort()  # the network drops the connection
+        for _ in range(400):
+            msg = await c.recv()
+            if isinstance(msg, P.Welcome):
+                break
+        assert isinstance(msg, P.Welcome) and c.connects == 2
+        c.send_pos(1, 2.0, (1, 0))
+        st = await next_state(c, lambda s: len(s) == 1)
+        assert np.allclose(st.pos[0][:2], (1, 0))
+
+
+async def test_unreachable_server_raises_after_attempts():
+    with pytest.raises(OSError):
+        await AvatarClient(
+            "ws://127.0.0.1:1/", "r", "x", backoff=(0.01, 0.02), max_attempts=2
+        ).connect()
