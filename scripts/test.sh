@@ -3,6 +3,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+# the browser tests (tests/test_viewer.py) drive Debian's chromium; install it when we can
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq chromium >/dev/null \
+        || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+        || echo "test.sh: could not install chromium; the browser tests will skip (or fail under CI)" >&2
+fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/python -m pytest -q "$@"
