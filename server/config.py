@@ -38,6 +38,7 @@ class Config:
     max_room_avatars: int = 4096
     shutdown_timeout: float = 2.0
     switch_interval: float = 0.0005
+    inline_step_ms: float = 5.0
     compression: bool = False
     log_level: str = "info"
 
@@ -58,6 +59,7 @@ class Config:
             (1 <= self.max_room_avatars <= 65535, "max_room_avatars must be 1..65535"),
             (self.shutdown_timeout > 0, "shutdown_timeout must be > 0"),
             (1e-6 <= self.switch_interval <= 0.1, "switch_interval must be in [1e-6, 0.1]"),
+            (0 <= self.inline_step_ms <= 50, "inline_step_ms must be in [0, 50]"),
             (
                 self.log_level in ("debug", "info", "warning", "error"),
                 "log_level: debug|info|warning|error",
@@ -115,6 +117,8 @@ HELP = {
     "shutdown_timeout": "seconds to close every client (1001) on SIGINT/SIGTERM",
     "switch_interval": "Python GIL switch interval in seconds while serving (short: the model-step "
     "thread is not kept waiting behind socket I/O; Python's default is 0.005)",
+    "inline_step_ms": "a CPU model step predicted (from a measured cost per avatar) to take "
+    "at most this many ms runs on the event loop instead of a worker thread; 0: always a thread",
     "compression": "offer permessage-deflate (costs CPU per frame; off by default)",
     "log_level": "debug, info, warning or error",
 }

@@ -144,6 +144,11 @@ class TickEngine:
     def __len__(self) -> int:
         return len(self._slot_of)
 
+    @property
+    def pending(self) -> int:
+        """Avatars with a new sample waiting for the next tick (the next step's batch size)."""
+        return int(np.count_nonzero(self._pending))
+
     def __contains__(self, avatar: str) -> bool:
         return avatar in self._slot_of
 

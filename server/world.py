@@ -303,8 +303,8 @@ class World:
     def _emit(self, m, idx, vis, uids, rec, tick, server_time, H, dims) -> None:
         now_uids = uids[idx].tolist()
         seen = m.seen
-        if len(now_uids) != len(seen) or not all(u in seen for u in now_uids):
-            current = set(now_uids)
+        current = set(now_uids)
+        if current != seen.keys():  # C-level comparison: the common case costs ~1 µs
             gone = [u for u in seen if u not in current]
             if gone:
                 m.controls.append(

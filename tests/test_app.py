@@ -17,27 +17,11 @@ from websockets.exceptions import ConnectionClosed
 
 from server import protocol as P
 from server.app import AvatarServer
-from server.config import Config
 from server.engine import TickEngine
 from server.model import load_checkpoint
+from tests.servers import running
 
 MAX_FRAMES = 400  # every wait below is bounded by a frame count (and the test timeout)
-
-
-@contextlib.asynccontextmanager
-async def running(**overrides):
-    cfg = Config(**{"port": 0, "tick_hz": 50.0, **overrides})
-    srv = AvatarServer(cfg)
-    task = asyncio.create_task(srv.serve())
-    started = asyncio.create_task(srv.started.wait())
-    await asyncio.wait([task, started], return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        task.result()  # startup failed: raise it
-    try:
-        yield srv
-    finally:
-        srv.request_shutdown()
-        await asyncio.wait_for(task, 10)
 
 
 class Client:
@@ -107,10 +91,11 @@ async def expect_refusal(ws) -> tuple[P.Error | None, int]:
     return err, ws.close_code
 
 
-async def test_own_prediction_equals_tick_engine():
+@pytest.mark.parametrize("inline_step_ms", [0.0, 2.0])  # the step in a thread / on the loop
+async def test_own_prediction_equals_tick_engine(inline_step_ms):
     ref = TickEngine(load_checkpoint(), device="cpu")
     ref.join("me")
-    async with running() as srv:
+    async with running(inline_step_ms=inline_step_ms) as srv:
         c = await Client.open(srv, avatar="me")
         assert c.welcome.model == ref.version and c.welcome.horizons == tuple(ref.horizons)
         assert c.welcome.handle == 0
@@ -350,3 +335,13 @@ async def test_extra_routes():
         e.value.close()  # the error holds the HTTP connection open
         with pytest.raises(ValueError):
             srv.add_route("/metrics", lambda p: (200, "text/plain", b""))
+
+
+def test_step_cost_is_measured_and_leaves_the_engine_clean():
+    from server.app import build_engine, step_cost
+    from server.config import Config
+
+    eng = build_engine(Config(predictor="cv", threads=1))
+    cost = step_cost(eng, n=64, repeats=2)
+    assert 0 < cost < 0.01  # seconds per avatar: any machine is well under 10 ms
+    assert len(eng) == 0 and eng.ticks == 0 and eng.pending == 0

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 
 import numpy as np
@@ -11,23 +9,7 @@ import pytest
 
 from client_demo.client import AvatarClient, Refused
 from server import protocol as P
-from server.app import AvatarServer
-from server.config import Config
-
-
-@contextlib.asynccontextmanager
-async def running(**overrides):
-    srv = AvatarServer(Config(**{"port": 0, "tick_hz": 50.0, **overrides}))
-    task = asyncio.create_task(srv.serve())
-    started = asyncio.create_task(srv.started.wait())
-    await asyncio.wait([task, started], return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        task.result()
-    try:
-        yield srv
-    finally:
-        srv.request_shutdown()
-        await asyncio.wait_for(task, 10)
+from tests.servers import running
 
 
 async def next_state(c: AvatarClient, pred, budget: int = 400) -> P.State:

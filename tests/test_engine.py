@@ -185,3 +185,16 @@ def test_non_finite_hidden_state_is_never_stored():
     eng.tick()
     assert torch.count_nonzero(eng.hidden("a")) == 0  # zeroed, not NaN
     assert torch.count_nonzero(eng.hidden("b")) > 0  # untouched: no sample this tick
+
+
+def test_pending_counts_the_next_batch():
+    eng = TickEngine(None, device="cpu")
+    for a in ("a", "b", "c"):
+        eng.join(a)
+    assert eng.pending == 0
+    eng.submit("a", 1.0, (0, 0))
+    eng.submit("a", 2.0, (0, 0))  # latest wins: still one
+    eng.submit("b", 1.0, (0, 0))
+    assert eng.pending == 2
+    eng.tick()
+    assert eng.pending == 0

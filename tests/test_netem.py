@@ -9,7 +9,8 @@ import pytest
 
 from client_demo.client import AvatarClient
 from client_demo.netem import LatencyProxy
-from tests.test_client import next_state, running
+from tests.servers import running
+from tests.test_client import next_state
 
 
 async def echo_server():

@@ -27,7 +27,7 @@ from websockets.asyncio.client import connect
 
 from server import protocol as P
 from server.app import AvatarServer
-from server.config import Config
+from tests.servers import running
 
 ROOT = Path(__file__).resolve().parents[1]
 VIEWER = ROOT / "client_demo" / "viewer"
@@ -116,23 +116,6 @@ def truth_handler(srv: AvatarServer):
     return handler
 
 
-@contextlib.asynccontextmanager
-async def running(**overrides):
-    cfg = Config(**{"port": 0, "tick_hz": 20.0, **overrides})
-    srv = AvatarServer(cfg)
-    srv.add_route("/demo/truth", truth_handler(srv))  # what the demo serves
-    task = asyncio.create_task(srv.serve())
-    started = asyncio.create_task(srv.started.wait())
-    await asyncio.wait([task, started], return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        task.result()  # startup failed: raise it
-    try:
-        yield srv
-    finally:
-        srv.request_shutdown()
-        await asyncio.wait_for(task, 10)
-
-
 async def bot(srv: AvatarServer, name: str, stop: asyncio.Event) -> None:
     """Say hello as `name`, then send its circle every 50 ms until `stop` (bounded)."""
     async with connect(srv.url, max_size=2**22) as ws:
@@ -176,7 +159,11 @@ ERROR_SHOWN = """() => {
 async def test_viewer_draws_live_avatars_with_truth():
     need_chromium()
     t0 = time.perf_counter()
-    async with running() as srv, browser_page() as (page, problems):
+
+    def with_truth(srv: AvatarServer) -> None:
+        srv.add_route("/demo/truth", truth_handler(srv))  # what the demo serves
+
+    async with running(with_truth, tick_hz=20.0) as srv, browser_page() as (page, problems):
         stop = asyncio.Event()
         bots = [asyncio.create_task(bot(srv, name, stop)) for name in BOTS]
         try:

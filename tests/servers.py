@@ -1,0 +1,35 @@
+"""Shared test helper: a real AvatarServer on 127.0.0.1, port 0, for the duration of a block."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+from server.app import AvatarServer
+from server.config import Config
+
+
+@contextlib.asynccontextmanager
+async def running(
+    setup: Callable[[AvatarServer], None] | None = None, **overrides
+) -> AsyncIterator[AvatarServer]:
+    """Serve `Config(port=0, tick_hz=50, **overrides)` until the block ends.
+
+    `setup(server)` runs before it starts (e.g. to add routes). Startup errors are raised;
+    at the end the server is shut down gracefully (waited for, at most 10 s).
+    """
+    srv = AvatarServer(Config(**{"port": 0, "tick_hz": 50.0, **overrides}))
+    if setup is not None:
+        setup(srv)
+    task = asyncio.create_task(srv.serve())
+    started = asyncio.create_task(srv.started.wait())
+    await asyncio.wait([task, started], return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        started.cancel()
+        task.result()  # startup failed: raise it
+    try:
+        yield srv
+    finally:
+        srv.request_shutdown()
+        await asyncio.wait_for(task, 10)
