@@ -285,23 +285,34 @@ class World:
             indptr, indices = self.grid.query(
                 pos, np.fromiter((row_of[m.uid] for m in viewers), np.int64, len(viewers))
             )
-            views: dict[int, np.ndarray] = {
-                m.uid: indices[indptr[i] : indptr[i + 1]] for i, m in enumerate(viewers)
-            }
-            empty = np.empty(0, dtype=np.int64)
+            # One gather for every viewer of the room; each then takes its slice.
+            size = rec.dtype.itemsize
+            all_rec = rec[indices].tobytes()
+            all_uids = uids[indices].tolist()
+            all_rows = indices.tolist()
+            bounds = indptr.tolist()
+            row_of_viewer = {m.uid: i for i, m in enumerate(viewers)}
             for m in players:
-                self._emit(
-                    m, views.get(m.uid, empty), vis, uids, rec, result.tick, server_time, H, dims
-                )
+                i = row_of_viewer.get(m.uid)
+                if i is None:  # no position yet: an empty view
+                    self._emit(m, [], [], b"", vis, result.tick, server_time, H, dims)
+                else:
+                    a, b = bounds[i], bounds[i + 1]
+                    self._emit(
+                        m, all_uids[a:b], all_rows[a:b], all_rec[a * size : b * size],
+                        vis, result.tick, server_time, H, dims,
+                    )  # fmt: skip
                 out.append(m)
             for m in room.spectators:
                 idx = in_region(pos, m.region, self.spectator_cap)
-                self._emit(m, idx, vis, uids, rec, result.tick, server_time, H, dims)
+                self._emit(
+                    m, uids[idx].tolist(), idx.tolist(), rec[idx].tobytes(),
+                    vis, result.tick, server_time, H, dims,
+                )  # fmt: skip
                 out.append(m)
         return out
 
-    def _emit(self, m, idx, vis, uids, rec, tick, server_time, H, dims) -> None:
-        now_uids = uids[idx].tolist()
+    def _emit(self, m, now_uids, rows, recs, vis, tick, server_time, H, dims) -> None:
         seen = m.seen
         current = set(now_uids)
         if current != seen.keys():  # C-level comparison: the common case costs ~1 µs
@@ -312,9 +323,9 @@ class World:
                 )
                 for u in gone:
                     del seen[u]
-            new = [vis[i] for i, u in zip(idx.tolist(), now_uids, strict=True) if u not in seen]
+            new = [vis[i] for i, u in zip(rows, now_uids, strict=True) if u not in seen]
             if new:
                 for a in new:
                     seen[a.uid] = (a.handle, a.avatar)
                 m.controls.append(P.encode_join([a.avatar for a in new], [a.handle for a in new]))
-        m.state = P.encode_state(tick, server_time, rec[idx], len(idx), H, dims)
+        m.state = P.encode_state(tick, server_time, recs, len(now_uids), H, dims)
