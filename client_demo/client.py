@@ -169,11 +169,12 @@ class AvatarClient:
         self._out.put_nowait(frame)
 
     async def _writer(self, ws: ClientConnection) -> None:
-        while True:
-            frame = await self._out.get()
-            await ws.send(frame)
-            self.frames_out += 1
-            self.bytes_out += len(frame)
+        with contextlib.suppress(ConnectionClosed):  # the reader sees the drop and says so
+            while True:
+                frame = await self._out.get()
+                await ws.send(frame)
+                self.frames_out += 1
+                self.bytes_out += len(frame)
 
     async def _pinger(self) -> None:
         while True:
