@@ -37,6 +37,7 @@ from client_demo.client import AvatarClient, Refused
 from client_demo.netem import LatencyProxy
 from client_demo.reckoning import DeadReckoner, FixedRate, SendPolicy, ThresholdPolicy
 from server import protocol as P
+from server import runner
 from training.simulate import SimConfig, simulate
 
 METHODS = ("gru", "cv", "hold", "interp")
@@ -418,13 +419,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
-        runner = asyncio.run
-    try:
-        out = runner(demo(args))
+        out = runner.run(demo(args))
     except Refused as e:
         sys.exit(f"refused by the server: {e}")
     print(json.dumps(out["render_error"], indent=2))

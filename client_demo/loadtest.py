@@ -271,17 +271,13 @@ async def _run_worker(job: WorkerJob, table: np.ndarray, shift: np.ndarray) -> d
 
 
 def _worker_main(job: WorkerJob, out, start) -> None:
-    try:
-        import uvloop
+    from server import runner
 
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover
-        runner = asyncio.run
     try:
         table, shift = _tracks(job)  # the slow part of starting, before the common start
         out.put("ready")
         job.t_connect = start.recv()
-        out.put(runner(_run_worker(job, table, shift)))
+        out.put(runner.run(_run_worker(job, table, shift)))
     except BaseException as e:  # report, never hang the parent
         out.put({"fatal": f"{type(e).__name__}: {e}"})
 

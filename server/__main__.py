@@ -8,6 +8,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from server import runner
 from server.app import AvatarServer
 from server.config import Config
 
@@ -29,13 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
-        runner = asyncio.run
-    else:
-        runner = uvloop.run
-    try:
-        runner(run(config))
+        runner.run(run(config))
     except (FileNotFoundError, ValueError, OSError) as e:
         logging.getLogger("avatar_stream").error("cannot start: %s", e)
         return 1

@@ -16,7 +16,6 @@ reckoning through the same path, which is the "model off" comparison.
 from __future__ import annotations
 
 import heapq
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -223,21 +222,34 @@ class TickEngine:
 
     def submit_slot(self, slot: int, t: float, p, seq: int = 0) -> bool:
         """`submit` by slot (the app keeps slots to skip the id lookup)."""
-        x, y = float(p[0]), float(p[1])
         z = float(p[2]) if len(p) > 2 else 0.0
-        t = float(t)
-        if not (math.isfinite(t) and math.isfinite(x) and math.isfinite(y) and math.isfinite(z)):
-            return False
-        if max(abs(x), abs(y), abs(z)) > MAX_COORD:
-            return False
-        newest = self._pt[slot] if self._pending[slot] else self.fstate.t[slot]
-        if not (t > newest) and not math.isnan(newest):
-            return False
-        self._pending[slot] = True
-        self._pt[slot] = t
-        self._pp[slot] = (x, y, z)
-        self._pseq[slot] = int(seq)
-        return True
+        p3 = np.array([[float(p[0]), float(p[1]), z]])
+        return bool(self.submit_many(np.array([slot]), np.array([float(t)]), p3, [seq])[0])
+
+    def submit_many(self, slots, t, p, seq) -> np.ndarray:
+        """`submit_slot` for many slots at once (the tick's input flush, no Python loop).
+
+        `slots` (n,) must be distinct joined slots; `t` (n,); `p` (n, 3) or (n, 2); `seq` (n,).
+        Returns the (n,) bool mask of the samples kept (the same rule as `submit`).
+        Raises ValueError for a `p` of the wrong shape.
+        """
+        slots = np.asarray(slots, dtype=np.int64)
+        t = np.asarray(t, dtype=np.float64)
+        p = np.asarray(p, dtype=np.float64)
+        if p.ndim != 2 or len(p) != len(slots) or p.shape[1] not in (2, 3):
+            raise ValueError(f"p must have shape ({len(slots)}, 2 or 3), got {p.shape}")
+        if p.shape[1] == 2:
+            p = np.concatenate([p, np.zeros((len(p), 1))], axis=1)
+        ok = np.isfinite(t) & np.isfinite(p).all(axis=1)
+        ok &= np.abs(np.nan_to_num(p)).max(axis=1, initial=0.0) <= MAX_COORD
+        newest = np.where(self._pending[slots], self._pt[slots], self.fstate.t[slots])
+        ok &= np.isnan(newest) | (t > newest)
+        kept = slots[ok]
+        self._pending[kept] = True
+        self._pt[kept] = t[ok]
+        self._pp[kept] = p[ok]
+        self._pseq[kept] = np.asarray(seq, dtype=np.int64)[ok]
+        return ok
 
     # -- the tick -----------------------------------------------------------------------
 

@@ -72,8 +72,9 @@ class Member:
     resume: str = ""
     clock: ClockOffset = field(default_factory=ClockOffset)
     slot: int = -1  # engine slot once joined there (players)
-    # Newest sample not yet handed to the engine.
-    pending: tuple[float, tuple[float, float, float], int] | None = None
+    # Newest sample received before the engine gave this avatar a slot (then it is
+    # written to the world's per-slot input arrays instead).
+    pending: tuple[float, tuple[float, float, float], int, float] | None = None
     newest_t: float = float("-inf")
     seen: dict[int, tuple[int, str]] = field(default_factory=dict)  # uid -> (handle, id) in view
     # Outbox, filled by fan_out, emptied by the app: join/leave in order, then the newest state.
@@ -131,7 +132,13 @@ class World:
         self.horizons = tuple(float(h) for h in engine.horizons)
         self.rooms: dict[str, Room] = {}
         self._uids = itertools.count(1)
-        self._dirty: dict[int, Member] = {}  # players with a pending sample
+        # Newest sample per engine slot since the last tick (latest wins), with the clock
+        # offset that anchors it on the server clock; flushed to the engine in one call.
+        self._in_has = np.zeros(engine.capacity, dtype=bool)
+        self._in_t = np.zeros(engine.capacity)
+        self._in_p = np.zeros((engine.capacity, 3))
+        self._in_seq = np.zeros(engine.capacity, dtype=np.int64)
+        self._in_off = np.zeros(engine.capacity)
         self._to_join: dict[int, Member] = {}
         self._to_leave: list[str] = []
         self._anchor = np.zeros(engine.capacity)  # server-clock time of each slot's sample
@@ -188,7 +195,8 @@ class World:
                 return
             del room.players[m.avatar]
             room.give_handle(m.handle)
-            self._dirty.pop(m.uid, None)
+            if m.slot >= 0:
+                self._in_has[m.slot] = False  # the slot may be reused before the next flush
             if self._to_join.pop(m.uid, None) is None:
                 self._to_leave.append(self._key(m))
             m.slot = -1
@@ -222,9 +230,18 @@ class World:
         m.newest_t = pos.t
         m.clock.rtt = rtt
         m.clock.update(pos.t, now)
-        m.pending = (pos.t, pos.p, pos.seq)
-        self._dirty[m.uid] = m
+        if m.slot < 0:  # joins the engine at the next tick
+            m.pending = (pos.t, pos.p, pos.seq, m.clock.offset)
+        else:
+            self._store(m.slot, pos.t, pos.p, pos.seq, m.clock.offset)
         return True
+
+    def _store(self, slot: int, t: float, p, seq: int, offset: float) -> None:
+        self._in_has[slot] = True
+        self._in_t[slot] = t
+        self._in_p[slot] = p
+        self._in_seq[slot] = seq
+        self._in_off[slot] = offset
 
     def set_view(self, m: Member, region: Region | None) -> None:
         """A spectator's region (None: whole room). Players' views follow their avatar; ignored."""
@@ -241,17 +258,25 @@ class World:
         self._to_leave.clear()
         for m in self._to_join.values():
             m.slot = eng.join(self._key(m))
+        if len(self._anchor) < eng.capacity:  # joins grew the engine
+            extra = eng.capacity - len(self._anchor)
+            self._anchor = np.concatenate([self._anchor, np.zeros(extra)])
+            self._in_has = np.concatenate([self._in_has, np.zeros(extra, dtype=bool)])
+            self._in_t = np.concatenate([self._in_t, np.zeros(extra)])
+            self._in_p = np.concatenate([self._in_p, np.zeros((extra, 3))])
+            self._in_seq = np.concatenate([self._in_seq, np.zeros(extra, dtype=np.int64)])
+            self._in_off = np.concatenate([self._in_off, np.zeros(extra)])
+        for m in self._to_join.values():
+            if m.pending is not None:
+                self._store(m.slot, *m.pending)
+                m.pending = None
         self._to_join.clear()
-        if len(self._anchor) < eng.capacity:
-            self._anchor = np.concatenate(
-                [self._anchor, np.zeros(eng.capacity - len(self._anchor))]
-            )
-        for m in self._dirty.values():
-            t, p, seq = m.pending
-            if eng.submit_slot(m.slot, t, p, seq):
-                self._anchor[m.slot] = t + m.clock.offset
-            m.pending = None
-        self._dirty.clear()
+        slots = np.flatnonzero(self._in_has)
+        self._in_has[slots] = False
+        t = self._in_t[slots]
+        ok = eng.submit_many(slots, t, self._in_p[slots], self._in_seq[slots])
+        kept = slots[ok]
+        self._anchor[kept] = t[ok] + self._in_off[kept]
 
     def step(self) -> TickResult:
         """The batched model step (may run in a worker thread; see the module docstring)."""

@@ -198,3 +198,25 @@ def test_pending_counts_the_next_batch():
     assert eng.pending == 2
     eng.tick()
     assert eng.pending == 0
+
+
+def test_submit_many_keeps_what_submit_slot_keeps(rng):
+    a, b = TickEngine(None, device="cpu"), TickEngine(None, device="cpu")
+    for e in (a, b):
+        for i in range(8):
+            e.join(f"x{i}")
+    slots = np.arange(8)
+    for k in range(3):
+        t = np.full(8, 1.0 + k) + rng.normal(0, 0.5, 8)  # some not newer than the last
+        p = rng.normal(0, 5, (8, 2))
+        p[1, 0] = np.nan
+        p[2, 1] = 2e6  # out of bounds
+        t[3] = np.inf
+        ok = a.submit_many(slots, t, p, np.full(8, k))
+        expect = [b.submit_slot(s, t[s], p[s], k) for s in slots]
+        assert ok.tolist() == expect and not ok[1:4].any()
+        ra, rb = a.tick(), b.tick()
+        np.testing.assert_array_equal(ra.slots, rb.slots)
+        np.testing.assert_allclose(ra.offsets, rb.offsets)
+    with pytest.raises(ValueError):
+        a.submit_many(slots, np.ones(8), np.zeros((8, 4)), np.zeros(8))
