@@ -45,6 +45,11 @@ ERROR_NOTES: dict[str, tuple[str, str]] = {
     ),
     "hello_timeout": ("no `hello` within the hello timeout (default 5 s)", "before hello"),
     "not_a_player": ("a spectator sent `pos`", "after hello"),
+    "unauthorized": (
+        "the server requires join tokens and the `hello` `token` is missing, not valid "
+        "(signature, algorithm), expired, or for another room or avatar",
+        "in reply to hello",
+    ),
     "avatar_taken": ("the avatar id is already connected in this room", "in reply to hello"),
     "too_slow": (
         "the client did not read its frames (`--max-dropped` states dropped in a row)",

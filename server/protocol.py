@@ -49,6 +49,7 @@ ERROR_CODES: dict[str, int] = {
     "expected_hello": CLOSE_POLICY,  # first message was not hello, or a second hello
     "hello_timeout": CLOSE_POLICY,  # no hello in time
     "not_a_player": CLOSE_POLICY,  # a spectator sent pos
+    "unauthorized": CLOSE_POLICY,  # hello token missing, invalid or expired (server.auth)
     "avatar_taken": CLOSE_POLICY,  # the avatar id is connected in this room already
     "too_slow": CLOSE_POLICY,  # the client did not read its frames
     "too_large": CLOSE_TOO_BIG,  # frame over the size limit
