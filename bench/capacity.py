@@ -1,7 +1,8 @@
 """Capacity benchmark: the largest number of clients one server process holds, GRU vs CV.
 
     python bench/capacity.py [--clients 250,500,750,1000,1250,1500,2000] [--duration 15]
-                             [--predictors gru,cv] [--processes 1] [--json OUT]
+                             [--predictors gru,cv] [--transport websockets|picows]
+                             [--client picows|websockets] [--processes 1] [--json OUT]
 
 For each predictor it starts `python -m server --predictor P` on a free loopback port,
 then runs the load tool (`client_demo.loadtest`) at each N in increasing order until the
@@ -50,20 +51,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=15.0)
     ap.add_argument("--rate", type=float, default=20.0)
     ap.add_argument("--processes", type=int, default=1, help="load generator processes")
+    ap.add_argument("--transport", default="picows", help="the server's --transport")
+    ap.add_argument("--client", default="picows", help="the load generator's WebSocket library")
     ap.add_argument("--server-args", default="", help="extra flags for python -m server")
     ap.add_argument("--json", help="write every run's figures here")
     args = ap.parse_args(argv)
     ns = [int(x) for x in args.clients.split(",")]
-    out: dict = {"runs": {}, "largest": {}}
+    out: dict = {"runs": {}, "largest": {}, "transport": args.transport, "client": args.client}
     for predictor in args.predictors.split(","):
-        proc, url = start_server(predictor, args.server_args.split())
+        proc, url = start_server(
+            predictor, ["--transport", args.transport, *args.server_args.split()]
+        )
         out["runs"][predictor] = []
         largest = 0
         try:
             for n in ns:
                 ramp = max(2.0, n / 250)
                 print(f"--- {predictor}: {n} clients", flush=True)
-                r = run(url, n, args.rate, args.duration, ramp, args.processes, server_pid=proc.pid)
+                r = run(url, n, args.rate, args.duration, ramp, args.processes,
+                        server_pid=proc.pid, client=args.client)  # fmt: skip
                 print_summary(r)
                 held = meets_service_level(r)
                 out["runs"][predictor].append({**r, "held": held})

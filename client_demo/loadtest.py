@@ -44,6 +44,7 @@ import numpy as np
 
 STATE_PREFIX = b"\xa4type\xa5state"  # bytes 1..11 of every state frame (a fixmap, "type" first)
 DENSITY_RADIUS = 30.0
+CLIENTS = ("picows", "websockets")
 
 
 @dataclass
@@ -76,6 +77,7 @@ class WorkerJob:
     density: float
     sample_every: int
     seed: int
+    client: str = "picows"
     t_connect: float = 0.0  # time.time() when the ramp starts; sent once all workers are ready
 
 
@@ -108,11 +110,12 @@ def _tracks(job: WorkerJob) -> tuple[np.ndarray, np.ndarray]:
 class _Conn:
     """One load client: its socket, its place in the motion table and its counters."""
 
-    __slots__ = ("dx", "dy", "gi", "handle", "sample", "sent_at", "stats", "track", "ws")
+    __slots__ = ("dx", "dy", "gi", "handle", "sample", "send", "sent_at", "stats", "track", "ws")
 
     def __init__(self, gi: int, track: int, dx: float, dy: float, sample: bool) -> None:
         self.gi, self.track, self.dx, self.dy, self.sample = gi, track, dx, dy, sample
-        self.ws = None
+        self.ws = None  # the library's connection object while open
+        self.send = None  # frame -> None, no await; None when not open
         self.handle: int | None = None
         self.sent_at: dict[int, float] = {}
         self.stats = ClientStats()
@@ -142,50 +145,127 @@ async def _connect(job: WorkerJob, c: _Conn, t_conn: float, window) -> None:
         c.stats.error = getattr(welcome, "code", "no_welcome")
         await ws.close()
         return
+    from websockets.asyncio.connection import broadcast
+
     c.ws, c.handle = ws, welcome.handle
+    c.send = lambda frame: broadcast((ws,), frame)  # framed and written now, no await
     c.stats.connected, c.stats.expected_hz = True, welcome.tick_hz
     try:
         await _read(c, window)
     except ConnectionClosed as e:
         if c.ws is not None:  # not closed by us at the end
             c.stats.error, c.stats.close_code = "closed", (e.rcvd.code if e.rcvd else None)
+    finally:
+        c.send = None
 
 
-async def _read(c: _Conn, window) -> None:
+def _on_state(c: _Conn, data, now: float, window) -> None:
+    """Count one received frame; a sampled client decodes its state frames for latency."""
+    from server import protocol as P
+
+    stats = c.stats
+    stats.frames += 1
+    stats.bytes_in += len(data)
+    if data[1:12] != STATE_PREFIX:
+        return
+    if window[0] <= now < window[1]:
+        stats.states_in_window += 1
+    if not c.sample:
+        return
+    st = P.decode_server(bytes(data))
+    stats.records += len(st)
+    stats.record_bytes += len(data) if len(st) else 0
+    own = np.flatnonzero(st.handle == c.handle)
+    if len(own):
+        seq = int(st.seq[own[0]])
+        t_sent = c.sent_at.pop(seq, None)
+        for old in [k for k in c.sent_at if k < seq]:  # superseded: never answered alone
+            del c.sent_at[old]
+        if t_sent is not None and window[0] <= t_sent < window[1]:
+            stats.latencies.append(now - t_sent)
+
+
+async def _connect_picows(job: WorkerJob, c: _Conn, t_conn: float, window) -> None:
+    """The same client over picows: each frame is counted in a callback, no task per read."""
+    from picows import WSListener, WSMsgType, ws_connect
+
     from server import protocol as P
 
     loop = asyncio.get_running_loop()
-    stats, t_start, t_end = c.stats, window[0], window[1]
-    last_seq = -1
+    welcomed = loop.create_future()
+
+    class Listener(WSListener):
+        def on_ws_frame(self, t, frame) -> None:
+            kind = frame.msg_type
+            if kind is WSMsgType.BINARY:
+                data = frame.get_payload_as_memoryview()
+                if c.handle is None and not welcomed.done():
+                    welcomed.set_result(P.decode_server(bytes(data)))
+                    return
+                _on_state(c, data, loop.time(), window)
+            elif kind is WSMsgType.CLOSE:
+                if c.ws is not None:  # not closed by us at the end
+                    c.stats.error, c.stats.close_code = "closed", int(frame.get_close_code().value)
+                    if not welcomed.done():
+                        welcomed.set_result(None)
+                c.send = None
+                t.send_close()
+                t.disconnect()
+
+        def on_ws_disconnected(self, t) -> None:
+            c.send = None
+            if not welcomed.done():
+                welcomed.set_result(None)
+
+    await asyncio.sleep(max(0.0, t_conn - loop.time()))
+    try:
+        t, _ = await ws_connect(Listener, job.url, max_frame_size=2**22,
+                                websocket_handshake_timeout=30)  # fmt: skip
+    except (OSError, TimeoutError) as e:
+        c.stats.error = type(e).__name__
+        return
+    except Exception as e:  # picows' handshake errors
+        c.stats.error = type(e).__name__
+        return
+    c.ws = t
+    t.send(WSMsgType.BINARY, P.encode_client(P.Hello(room=f"load{c.gi % job.rooms}",
+                                                     avatar=f"c{c.gi:06d}")))  # fmt: skip
+    welcome = await welcomed
+    if not isinstance(welcome, P.Welcome):
+        if c.stats.error is None:
+            c.stats.error = getattr(welcome, "code", "no_welcome")
+        c.ws = None
+        t.disconnect()
+        return
+    c.handle = welcome.handle
+    c.send = lambda frame: t.send(WSMsgType.BINARY, frame)
+    c.stats.connected, c.stats.expected_hz = True, welcome.tick_hz
+    await t.wait_disconnected()
+
+
+async def _close_all(conns: list[_Conn], client: str) -> None:
+    open_ws = [c.ws for c in conns if c.ws is not None]
+    for c in conns:
+        c.ws = None  # from here on a close is ours
+        c.send = None
+    if client == "picows":
+        for t in open_ws:
+            t.send_close()
+        await asyncio.gather(*(t.wait_disconnected() for t in open_ws), return_exceptions=True)
+    else:
+        await asyncio.gather(*(ws.close() for ws in open_ws), return_exceptions=True)
+
+
+async def _read(c: _Conn, window) -> None:
+    loop = asyncio.get_running_loop()
     async for data in c.ws:
-        now = loop.time()
-        stats.frames += 1
-        stats.bytes_in += len(data)
-        if data[1:12] != STATE_PREFIX:
-            continue
-        if t_start <= now < t_end:
-            stats.states_in_window += 1
-        if not c.sample:
-            continue
-        st = P.decode_server(data)
-        stats.records += len(st)
-        stats.record_bytes += len(data) if len(st) else 0
-        own = np.flatnonzero(st.handle == c.handle)
-        if len(own):
-            seq = int(st.seq[own[0]])
-            if seq > last_seq:
-                last_seq = seq
-                t_sent = c.sent_at.pop(seq, None)
-                if t_sent is not None and t_start <= t_sent < t_end:
-                    stats.latencies.append(now - t_sent)
+        _on_state(c, data, loop.time(), window)
 
 
 async def _send_group(job: WorkerJob, conns: list[_Conn], table, phase: float, t0, t_end) -> None:
     """Every client of one phase group sends its position once per period, without awaiting
     each send (one timer per group, not per client)."""
     import msgpack
-    from websockets.asyncio.connection import broadcast
-    from websockets.protocol import State
 
     loop = asyncio.get_running_loop()
     period = 1.0 / job.rate
@@ -198,12 +278,12 @@ async def _send_group(job: WorkerJob, conns: list[_Conn], table, phase: float, t
         now = loop.time()
         row = min(int((now - t0) * TRACK_HZ), table.shape[1] - 1)
         for c in conns:
-            ws = c.ws
-            if ws is None or ws.protocol.state is not State.OPEN:
+            send = c.send
+            if send is None:
                 continue
             x, y, z = table[c.track, row].tolist()
             frame = msgpack.packb({"type": "pos", "seq": k, "t": now, "p": [x + c.dx, y + c.dy, z]})
-            broadcast((ws,), frame)
+            send(frame)
             if c.sample:
                 c.sent_at[k] = now
             c.stats.sent += 1
@@ -221,9 +301,10 @@ async def _run_worker(job: WorkerJob, table: np.ndarray, shift: np.ndarray) -> d
         _Conn(job.first + i, i % table.shape[0], *shift[i], (job.first + i) % job.sample_every == 0)
         for i in range(job.count)
     ]
+    connect = _connect_picows if job.client == "picows" else _connect
     readers = [
         asyncio.create_task(
-            _connect(job, c, base + job.ramp * c.gi / max(job.total, 1), (t_start, t_end))
+            connect(job, c, base + job.ramp * c.gi / max(job.total, 1), (t_start, t_end))
         )
         for c in conns
     ]
@@ -246,10 +327,7 @@ async def _run_worker(job: WorkerJob, table: np.ndarray, shift: np.ndarray) -> d
     await asyncio.gather(*senders)
     for c in conns:
         c.stats.window_s = job.duration if c.stats.connected and not c.stats.error else 0.0
-    open_ws = [c.ws for c in conns if c.ws is not None]
-    for c in conns:
-        c.ws = None  # from here on a close is ours
-    await asyncio.gather(*(ws.close() for ws in open_ws), return_exceptions=True)
+    await _close_all(conns, job.client)
     await asyncio.gather(*readers, return_exceptions=True)
     stats = [c.stats for c in conns]
     r = resource.getrusage(resource.RUSAGE_SELF)
@@ -344,6 +422,7 @@ def run(
     sample_every: int = 20,
     seed: int = 0,
     server_pid: int | None = None,
+    client: str = "picows",
 ) -> dict:
     """Run one bounded load test; returns the figures (see the module docstring).
 
@@ -351,6 +430,8 @@ def run(
     """
     if clients < 1 or rate <= 0 or duration <= 0 or ramp < 0 or processes < 1 or rooms < 1:
         raise ValueError("need clients >= 1, rate > 0, duration > 0, ramp >= 0, processes >= 1")
+    if client not in CLIENTS:
+        raise ValueError(f"client must be one of {CLIENTS}")
     processes = min(processes, clients)
     fetch_metrics(url)  # fail fast when the server is not there
     share = [clients // processes + (k < clients % processes) for k in range(processes)]
@@ -359,7 +440,7 @@ def run(
     out = ctx.Queue()
     jobs = [
         WorkerJob(url, int(f), n, clients, rate, duration, ramp, rooms, density, sample_every,
-                  seed)
+                  seed, client)
         for f, n in zip(firsts, share, strict=True)
     ]  # fmt: skip
     pipes = [ctx.Pipe(duplex=False) for _ in jobs]
@@ -410,6 +491,7 @@ def run(
         "duration_s": duration,
         "processes": processes,
         "rooms": rooms,
+        "client": client,
         "frames_expected": round(expected),
         "frames_received": received,
         "frames_fraction": received / expected if expected else 0.0,
@@ -517,13 +599,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--density", type=float, default=30.0, help="neighbours within 30 m")
     ap.add_argument("--sample-every", type=int, default=20, help="decode every k-th client")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--client",
+        choices=CLIENTS,
+        default="picows",
+        help="the generator's WebSocket library (picows costs the generator less CPU per frame)",
+    )
     ap.add_argument("--server-pid", type=int, help="for the server's CPU (default: by port)")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args(argv)
     pid = args.server_pid or find_server_pid(args.url)
     r = run(
         args.url, args.clients, args.rate, args.duration, args.ramp, args.processes,
-        args.rooms, args.density, args.sample_every, args.seed, pid,
+        args.rooms, args.density, args.sample_every, args.seed, pid, args.client,
     )  # fmt: skip
     print_summary(r)
     if args.json:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http
 import logging
 import sys
 import time
@@ -39,16 +38,12 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from websockets.asyncio.server import ServerConnection, broadcast, serve
-from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
-from websockets.protocol import State as WsState
 
 from server import protocol as P
 from server.config import Config
 from server.engine import TickEngine
 from server.model import load_checkpoint
+from server.transports import Connection, HttpReply, make_transport
 from server.world import Member, World
 
 log = logging.getLogger("avatar_stream")
@@ -183,7 +178,6 @@ class AvatarServer:
         self.port: int | None = None
         self.n_connections = 0
         self._stop: asyncio.Event | None = None
-        self._background: set[asyncio.Task] = set()  # keep references until done
         self._routes: dict[str, RouteHandler] = {}
         self._step_cost = float("inf")  # seconds per avatar of a model step (CPU), measured
         self._executor: ThreadPoolExecutor | None = None
@@ -239,25 +233,24 @@ class AvatarServer:
         self._step_cost = step_cost(engine) if engine.device.type == "cpu" else float("inf")
         sys.setswitchinterval(cfg.switch_interval)  # the step thread gets the GIL back fast
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="avatar-step")
-        ws_server = await serve(
-            self._handle,
-            cfg.host,
-            cfg.port,
-            process_request=self._http,
-            compression="deflate" if cfg.compression else None,
+        transport = make_transport(
+            cfg.transport,
+            self,
             max_size=cfg.max_frame_hard,
             close_timeout=cfg.shutdown_timeout,
-            server_header="avatar-stream",
+            compression=cfg.compression,
         )
-        self.port = ws_server.sockets[0].getsockname()[1]
+        self.port = await transport.start(cfg.host, cfg.port)
         log.info(
-            "avatar-stream serving %s (http://%s:%d/metrics) device=%s model=%s tick=%g Hz",
+            "avatar-stream serving %s (http://%s:%d/metrics) device=%s model=%s tick=%g Hz "
+            "transport=%s",
             self.url,
             self.url.split("//")[1].split(":")[0],
             self.port,
             engine.device,
             engine.version,
             cfg.tick_hz,
+            cfg.transport,
         )
         ticker = asyncio.create_task(self._tick_loop(), name="avatar-tick")
         self.started.set()
@@ -267,13 +260,7 @@ class AvatarServer:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
-            ws_server.close(close_connections=True)  # 1001 going away to every client
-            try:
-                await asyncio.wait_for(ws_server.wait_closed(), cfg.shutdown_timeout)
-            except TimeoutError:
-                for conn in list(ws_server.connections):
-                    conn.transport.abort()
-                log.warning("shutdown: aborted connections that did not close in time")
+            await transport.stop()  # 1001 to every client; the rest aborted after the timeout
             self._executor.shutdown(wait=True, cancel_futures=True)
             log.info("avatar-stream stopped")
 
@@ -289,121 +276,53 @@ class AvatarServer:
             raise ValueError(f"{path} is served by the server itself")
         self._routes[path] = handler
 
-    def _http(self, connection: ServerConnection, request: Request) -> Response | None:
-        if request.headers.get("Upgrade", "").lower() == "websocket":
-            return None  # a WebSocket handshake, on any path
-        path = request.path.split("?", 1)[0]
-        if path == "/healthz":
-            return _response(http.HTTPStatus.OK, b"ok\n", "text/plain; charset=utf-8")
-        if path == "/metrics":
-            return _response(
-                http.HTTPStatus.OK, generate_latest(self.registry), CONTENT_TYPE_LATEST
-            )
-        if path in ("/", "/index.html") or path.startswith("/viewer/"):
-            return self._static(path)
-        if path in self._routes:
+    def http(self, path: str) -> HttpReply:
+        """The reply to a plain HTTP GET of `path` (transports call this; never raises)."""
+        route = path.split("?", 1)[0]
+        if route == "/healthz":
+            return HttpReply(200, "text/plain; charset=utf-8", b"ok\n")
+        if route == "/metrics":
+            return HttpReply(200, CONTENT_TYPE_LATEST, generate_latest(self.registry))
+        if route in ("/", "/index.html") or route.startswith("/viewer/"):
+            return self._static(route)
+        if route in self._routes:
             try:
-                status, kind, body = self._routes[path](request.path)
+                return HttpReply(*self._routes[route](path))
             except Exception:
-                log.exception("route %s failed", path)
-                return _response(http.HTTPStatus.INTERNAL_SERVER_ERROR, b"error\n", "text/plain")
-            return _response(http.HTTPStatus(status), body, kind)
-        return _response(http.HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
+                log.exception("route %s failed", route)
+                return HttpReply(500, "text/plain; charset=utf-8", b"error\n")
+        return HttpReply(404, "text/plain; charset=utf-8", b"not found\n")
 
-    def _static(self, path: str) -> Response:
+    def _static(self, path: str) -> HttpReply:
         name = "index.html" if path in ("/", "/index.html") else path.removeprefix("/viewer/")
         target = (VIEWER_DIR / name).resolve()
         if VIEWER_DIR in target.parents and target.is_file():
             kind = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}.get(
                 target.suffix, "application/octet-stream"
             )
-            return _response(http.HTTPStatus.OK, target.read_bytes(), kind + "; charset=utf-8")
+            return HttpReply(200, kind + "; charset=utf-8", target.read_bytes())
         body = (
             f"avatar-stream: connect a WebSocket client to {self.url} "
             "(protocol: docs/protocol.md); /metrics, /healthz\n"
         ).encode()
-        return _response(http.HTTPStatus.OK, body, "text/plain; charset=utf-8")
+        return HttpReply(200, "text/plain; charset=utf-8", body)
 
     # -- one connection -----------------------------------------------------------------------
 
-    async def _handle(self, ws: ServerConnection) -> None:
-        cfg, world = self.config, self.world
-        self.n_connections += 1
-        member: Member | None = None
-        try:
-            if self.n_connections > cfg.max_connections:
-                raise P.ProtocolError("server_full", "too many connections; try again later")
-            try:
-                first = await asyncio.wait_for(ws.recv(), cfg.hello_timeout)
-            except TimeoutError:
-                raise P.ProtocolError(
-                    "hello_timeout", f"send hello within {cfg.hello_timeout:g} s"
-                ) from None
-            self._count_in(first)
-            hello = P.decode_client(first, max_size=cfg.max_frame)
-            if not isinstance(hello, P.Hello):
-                raise P.ProtocolError("expected_hello", "the first message must be hello")
-            member = world.admit(hello, self.clock())
-            member.transport = ws
-            await self._send(ws, world.welcome(member, self.clock()))
-            self._probe_rtt(ws)
-            async for data in ws:
-                self.stats.frames_in += 1
-                self.stats.bytes_in += len(data)
-                msg = P.decode_client(data, max_size=cfg.max_frame)
-                if isinstance(msg, P.Pos):
-                    world.receive_pos(member, msg, self.clock(), ws.latency)
-                elif isinstance(msg, P.Ping):
-                    await self._send(ws, P.encode_pong(msg.t, self.clock()))
-                elif isinstance(msg, P.View):
-                    world.set_view(member, msg.region)
-                elif isinstance(msg, P.Bye):
-                    await ws.close(P.CLOSE_NORMAL, "bye")
-                    break
-                else:  # a second hello
-                    raise P.ProtocolError("expected_hello", "hello was already received")
-        except P.ProtocolError as e:
-            await self._refuse(ws, e)
-        except ConnectionClosed:
-            pass
-        finally:
-            self.n_connections -= 1
-            if member is not None:
-                member.transport = None
-                world.remove(member)
+    def open_session(self, conn: Connection) -> Session:
+        """A transport calls this for each new WebSocket connection (after the handshake)."""
+        return Session(self, conn)
 
-    def _count_in(self, data) -> None:
-        self.stats.frames_in += 1
-        self.stats.bytes_in += len(data)
-
-    async def _send(self, ws: ServerConnection, frame: bytes) -> None:
-        self.stats.frames_out += 1
-        self.stats.bytes_out += len(frame)
-        await ws.send(frame)
-
-    async def _refuse(self, ws: ServerConnection, e: P.ProtocolError) -> None:
+    def refuse(self, conn: Connection, e: P.ProtocolError) -> None:
+        """Send `error` for `e` (if the connection is still open) and close with its code."""
         self.stats.errors[e.code] = self.stats.errors.get(e.code, 0) + 1
-        log.info("closing %s: %s (%s)", _peer(ws), e.code, e)
-        frame = P.encode_error(e.code, str(e))
-        if ws.protocol.state is WsState.OPEN:
+        log.info("closing %s: %s (%s)", conn.peer, e.code, e)
+        if conn.is_open:
+            frame = P.encode_error(e.code, str(e))
             self.stats.frames_out += 1
             self.stats.bytes_out += len(frame)
-            broadcast([ws], frame)  # no await: a client that does not read cannot stall us
-        with contextlib.suppress(ConnectionClosed):
-            await ws.close(e.close_code, e.code)
-
-    def _probe_rtt(self, ws: ServerConnection) -> None:
-        async def probe() -> None:
-            with contextlib.suppress(ConnectionClosed, asyncio.TimeoutError):
-                waiter = await ws.ping()
-                await asyncio.wait_for(waiter, self.config.hello_timeout)
-
-        self._spawn(probe())
-
-    def _spawn(self, coro) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+            conn.send([frame])
+            conn.close(e.close_code, e.code)
 
     # -- the tick loop --------------------------------------------------------------------------
 
@@ -450,24 +369,19 @@ class AvatarServer:
     def _write(self, members: list[Member]) -> None:
         limit, max_dropped, stats = self.config.send_buffer, self.config.max_dropped, self.stats
         for m in members:
-            ws: ServerConnection | None = m.transport
-            if ws is None or ws.protocol.state is not WsState.OPEN:
+            conn: Connection | None = m.transport
+            if conn is None or not conn.is_open:
                 m.controls.clear()
                 m.state = None
                 continue
-            if ws.transport.get_write_buffer_size() > limit:
+            if conn.buffered() > limit:
                 m.dropped += 1
                 stats.dropped += 1
                 m.state = None  # the next tick's frame replaces it; join/leave are kept
-                if m.dropped == max_dropped:
-                    m.transport = None
-                    self.world.remove(m)  # others stop seeing it now, not after the close
-                    self._spawn(
-                        self._refuse(
-                            ws,
-                            P.ProtocolError(
-                                "too_slow", f"{max_dropped} frames in a row could not be sent"
-                            ),
+                if m.dropped == max_dropped:  # leaves others' views now, not after the close
+                    m.session.refuse(
+                        P.ProtocolError(
+                            "too_slow", f"{max_dropped} frames in a row could not be sent"
                         )
                     )
                 continue
@@ -475,41 +389,105 @@ class AvatarServer:
             frames = m.controls
             if m.state is not None:
                 frames.append(m.state)
-            try:  # frame them with the Sans-I/O protocol, then one vectored write, no await
-                proto = ws.protocol
-                for frame in frames:
-                    proto.send_binary(frame)
-                    stats.bytes_out += len(frame)
-                stats.frames_out += len(frames)
-                chunks = proto.data_to_send()
-                if all(chunks):
-                    ws.transport.writelines(chunks)
-                else:  # a close is under way: an empty chunk means half-close (EOF)
-                    for chunk in chunks:
-                        if chunk:
-                            ws.transport.write(chunk)
-                        elif ws.transport.can_write_eof():
-                            ws.transport.write_eof()
+            for frame in frames:
+                stats.bytes_out += len(frame)
+            stats.frames_out += len(frames)
+            try:  # written now, no await
+                conn.send(frames)
             except Exception:  # one client's broken socket never stops the fan-out
-                log.debug("write to %s failed", _peer(ws), exc_info=True)
+                log.debug("write to %s failed", conn.peer, exc_info=True)
             m.controls = []
             m.state = None
 
 
-def _response(status: http.HTTPStatus, body: bytes, content_type: str) -> Response:
-    headers = Headers(
-        [
-            ("Content-Type", content_type),
-            ("Content-Length", str(len(body))),
-            ("Cache-Control", "no-store"),
-        ]
-    )
-    return Response(status.value, status.phrase, headers, body)
+class Session:
+    """One connection's protocol state, transport-neutral: hello (within hello_timeout),
+    then pos / ping / view / bye. A bad message closes this connection only."""
 
+    __slots__ = ("_timer", "closed", "conn", "member", "server")
 
-def _peer(ws: ServerConnection) -> str:
-    try:
-        host, port = ws.remote_address[:2]
-        return f"{host}:{port}"
-    except Exception:
-        return "?"
+    def __init__(self, server: AvatarServer, conn: Connection) -> None:
+        self.server = server
+        self.conn = conn
+        self.member: Member | None = None
+        self.closed = False
+        server.n_connections += 1
+        cfg = server.config
+        self._timer: asyncio.TimerHandle | None = None
+        if server.n_connections > cfg.max_connections:
+            self.refuse(P.ProtocolError("server_full", "too many connections; try again later"))
+        else:
+            self._timer = asyncio.get_running_loop().call_later(
+                cfg.hello_timeout,
+                self.refuse,
+                P.ProtocolError("hello_timeout", f"send hello within {cfg.hello_timeout:g} s"),
+            )
+
+    def on_message(self, data: bytes | str) -> None:
+        """One whole client message (the transport calls this). Never raises."""
+        if self.closed:
+            return
+        srv = self.server
+        stats = srv.stats
+        stats.frames_in += 1
+        stats.bytes_in += len(data)
+        try:
+            msg = P.decode_client(data, max_size=srv.config.max_frame)
+            m = self.member
+            if m is None:
+                self._hello(msg)
+            elif isinstance(msg, P.Pos):
+                srv.world.receive_pos(m, msg, srv.clock(), self.conn.latency)
+            elif isinstance(msg, P.Ping):
+                frame = P.encode_pong(msg.t, srv.clock())
+                stats.frames_out += 1
+                stats.bytes_out += len(frame)
+                self.conn.send([frame])
+            elif isinstance(msg, P.View):
+                srv.world.set_view(m, msg.region)
+            elif isinstance(msg, P.Bye):
+                self._leave()
+                self.conn.close(P.CLOSE_NORMAL, "bye")
+            else:  # a second hello
+                raise P.ProtocolError("expected_hello", "hello was already received")
+        except P.ProtocolError as e:
+            self.refuse(e)
+
+    def _hello(self, msg: P.ClientMessage) -> None:
+        if not isinstance(msg, P.Hello):
+            raise P.ProtocolError("expected_hello", "the first message must be hello")
+        srv = self.server
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        m = srv.world.admit(msg, srv.clock())
+        m.transport = self.conn
+        m.session = self
+        self.member = m
+        frame = srv.world.welcome(m, srv.clock())
+        srv.stats.frames_out += 1
+        srv.stats.bytes_out += len(frame)
+        self.conn.send([frame])
+        self.conn.ping()  # the first round trip, for the clock-offset estimate
+
+    def refuse(self, e: P.ProtocolError) -> None:
+        """Close this connection with `e`'s error and code; its avatar leaves now."""
+        if self.closed:
+            return
+        self._leave()
+        self.server.refuse(self.conn, e)
+
+    def _leave(self) -> None:
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        m, self.member = self.member, None
+        if m is not None:
+            m.transport = m.session = None
+            self.server.world.remove(m)
+
+    def on_disconnect(self) -> None:
+        """The connection is gone (the transport calls this once)."""
+        self._leave()
+        self.server.n_connections -= 1

@@ -82,6 +82,7 @@ class Member:
     state: bytes | None = None
     dropped: int = 0  # consecutive state frames dropped (slow socket)
     transport: object = None  # the app's handle for this member's connection
+    session: object = None  # and for its protocol state
 
     @property
     def is_player(self) -> bool:

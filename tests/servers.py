@@ -10,16 +10,20 @@ from server.app import AvatarServer
 from server.config import Config
 
 
+# Overrides every `running` server gets (a fixture may set "transport" for a whole module).
+DEFAULTS: dict = {"port": 0, "tick_hz": 50.0}
+
+
 @contextlib.asynccontextmanager
 async def running(
     setup: Callable[[AvatarServer], None] | None = None, **overrides
 ) -> AsyncIterator[AvatarServer]:
-    """Serve `Config(port=0, tick_hz=50, **overrides)` until the block ends.
+    """Serve `Config(**DEFAULTS, **overrides)` until the block ends (port 0, 50 Hz).
 
     `setup(server)` runs before it starts (e.g. to add routes). Startup errors are raised;
     at the end the server is shut down gracefully (waited for, at most 10 s).
     """
-    srv = AvatarServer(Config(**{"port": 0, "tick_hz": 50.0, **overrides}))
+    srv = AvatarServer(Config(**{**DEFAULTS, **overrides}))
     if setup is not None:
         setup(srv)
     task = asyncio.create_task(srv.serve())

@@ -19,9 +19,18 @@ from server import protocol as P
 from server.app import AvatarServer
 from server.engine import TickEngine
 from server.model import load_checkpoint
+from server.transports import TRANSPORTS
+from tests import servers
 from tests.servers import running
 
 MAX_FRAMES = 400  # every wait below is bounded by a frame count (and the test timeout)
+
+
+@pytest.fixture(autouse=True, params=TRANSPORTS)
+def transport(request, monkeypatch) -> str:
+    """Every test here runs once per transport: both must behave the same."""
+    monkeypatch.setitem(servers.DEFAULTS, "transport", request.param)
+    return request.param
 
 
 class Client:
@@ -298,7 +307,7 @@ async def test_slow_client_is_dropped_then_closed_without_delaying_others():
         sock.setblocking(False)
         slow = await Client.open(srv, avatar="slow", sock=sock)
         member = srv.world.rooms["lobby"].players["slow"]
-        member.transport.transport.get_extra_info("socket").setsockopt(
+        member.transport.extra("socket").setsockopt(
             socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
         )
         slow.ws.transport.pause_reading()  # never reads from now on

@@ -5,20 +5,27 @@ from __future__ import annotations
 import asyncio
 import os
 
+import pytest
+
 from client_demo.loadtest import histogram_quantiles, main, meets_service_level, run
 from tests.servers import running
 
 
-async def test_short_load_run_gives_complete_consistent_figures(tmp_path):
-    async with running(tick_hz=20.0) as srv:
+# each client library against the other server transport: all four sides get exercised
+@pytest.mark.parametrize(
+    ("client", "transport"), [("picows", "websockets"), ("websockets", "picows")]
+)
+async def test_short_load_run_gives_complete_consistent_figures(client, transport):
+    async with running(tick_hz=20.0, transport=transport) as srv:
         r = await asyncio.to_thread(
             run, srv.url, 6, rate=20.0, duration=2.0, ramp=0.5, processes=2, rooms=2,
-            sample_every=2, server_pid=os.getpid(),
+            sample_every=2, server_pid=os.getpid(), client=client,
         )  # fmt: skip
     keys = {"clients", "errors", "frames_expected", "frames_received", "e2e_ms", "tick_ms",
             "bytes_out_per_s", "generator_cpu_s_per_s", "server_cpu_s_per_s", "overruns"}  # fmt: skip
     assert keys <= r.keys()
     assert r["clients"] == r["connected"] == 6 and r["errors"] == 0 and r["processes"] == 2
+    assert r["client"] == client
     assert 0 < r["frames_received"] <= r["frames_expected"] * 1.02  # a tick may straddle the edge
     assert r["frames_expected"] == 6 * 2 * 20
     e = r["e2e_ms"]
@@ -46,7 +53,5 @@ def test_service_level():
 
 
 def test_cli_refuses_a_missing_server():
-    import pytest
-
     with pytest.raises(OSError):
         main(["--url", "ws://127.0.0.1:1/", "--clients", "1", "--duration", "1"])

@@ -1,0 +1,448 @@
+"""WebSocket transports behind one small interface: `websockets` (the default) and `picows`.
+
+The app never touches a WebSocket library. A transport accepts connections and hands each
+one to the app as a `Connection`, and feeds the app's `Session` for it:
+
+    session = app.open_session(conn)      # on connect (after the WebSocket handshake)
+    session.on_message(data)              # each whole message: bytes (binary) or str (text)
+    session.on_disconnect()               # once, when the connection is gone
+
+and answers plain HTTP requests on the same port with `app.http(path) -> HttpReply`. The
+app drives a connection only through `Connection`'s five calls, none of which waits:
+`send` (whole messages, written now), `buffered`, `close`, `ping`, and `is_open`/`latency`.
+
+`websockets` is the reference implementation (Sans-I/O protocol + asyncio); `picows`
+parses and frames in Cython and calls back per frame, which costs a fraction of the
+per-message Python work (see docs/performance.md). Both pass the same end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import logging
+import time
+from collections.abc import Callable
+from typing import NamedTuple, Protocol
+
+log = logging.getLogger("avatar_stream")
+
+TRANSPORTS = ("websockets", "picows")
+
+
+class HttpReply(NamedTuple):
+    status: int
+    content_type: str
+    body: bytes
+
+
+class Connection(Protocol):
+    """What the app may do with one client connection. No call blocks or awaits."""
+
+    peer: str
+
+    @property
+    def is_open(self) -> bool:
+        """True until a close was started (by either side) or the socket is gone."""
+
+    @property
+    def latency(self) -> float:
+        """Seconds of the last ping round trip (0.0 before the first pong)."""
+
+    def send(self, frames: list[bytes]) -> None:
+        """Write each of `frames` as one binary message now (buffered if the socket is full)."""
+
+    def buffered(self) -> int:
+        """Bytes written but not yet taken by the socket."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake (idempotent); the socket goes within `close_timeout`."""
+
+    def ping(self) -> None:
+        """Send a ping; its pong updates `latency`."""
+
+    def extra(self, name: str):
+        """The socket transport's `get_extra_info(name)` ("socket", "peername", ...)."""
+
+
+class SessionLike(Protocol):
+    def on_message(self, data: bytes | str) -> None: ...
+    def on_disconnect(self) -> None: ...
+
+
+class App(Protocol):
+    """What a transport needs from the server."""
+
+    def open_session(self, conn: Connection) -> SessionLike: ...
+    def http(self, path: str) -> HttpReply: ...
+
+
+class Transport(Protocol):
+    async def start(self, host: str, port: int) -> int:
+        """Listen; returns the bound port. Raises OSError (port in use)."""
+
+    async def stop(self) -> None:
+        """Stop accepting, close every connection with 1001, abort what is left after the
+        close timeout."""
+
+
+def make_transport(
+    name: str, app: App, *, max_size: int, close_timeout: float, compression: bool = False
+) -> Transport:
+    """The transport called `name` (one of TRANSPORTS). Raises ValueError for another name
+    and ImportError when its library is not installed."""
+    if name == "websockets":
+        return WebsocketsTransport(app, max_size, close_timeout, compression)
+    if name == "picows":
+        if compression:
+            raise ValueError("compression is only available with the websockets transport")
+        return PicowsTransport(app, max_size, close_timeout)
+    raise ValueError(f"unknown transport {name!r}; one of {', '.join(TRANSPORTS)}")
+
+
+def _peer(address) -> str:
+    try:
+        host, port = address[:2]
+        return f"{host}:{port}"
+    except Exception:
+        return "?"
+
+
+# -- websockets -------------------------------------------------------------------------------
+
+
+class WebsocketsConnection:
+    """`Connection` over a `websockets` ServerConnection: frames are built by its Sans-I/O
+    protocol and written with one `writelines`, without the library's awaits."""
+
+    __slots__ = ("_closing", "_proto", "_spawn", "_transport", "peer", "ws")
+
+    def __init__(self, ws, spawn: Callable) -> None:
+        self.ws = ws
+        self.peer = _peer(ws.remote_address)
+        self._proto = ws.protocol
+        self._transport = ws.transport
+        self._closing = False
+        self._spawn = spawn
+
+    @property
+    def is_open(self) -> bool:
+        from websockets.protocol import State
+
+        return not self._closing and self._proto.state is State.OPEN
+
+    @property
+    def latency(self) -> float:
+        return self.ws.latency
+
+    def send(self, frames: list[bytes]) -> None:
+        proto = self._proto
+        for frame in frames:
+            proto.send_binary(frame)
+        chunks = proto.data_to_send()
+        if all(chunks):
+            self._transport.writelines(chunks)
+        else:  # a close is under way: an empty chunk means half-close (EOF)
+            for chunk in chunks:
+                if chunk:
+                    self._transport.write(chunk)
+                elif self._transport.can_write_eof():
+                    self._transport.write_eof()
+
+    def buffered(self) -> int:
+        return self._transport.get_write_buffer_size()
+
+    def close(self, code: int, reason: str) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._spawn(self.ws.close(code, reason))
+
+    def extra(self, name: str):
+        return self._transport.get_extra_info(name)
+
+    def ping(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        async def probe() -> None:
+            with contextlib.suppress(ConnectionClosed, asyncio.TimeoutError):
+                waiter = await self.ws.ping()
+                await asyncio.wait_for(waiter, 10.0)
+
+        self._spawn(probe())
+
+
+class WebsocketsTransport:
+    """The `websockets` asyncio server: HTTP by `process_request`, one handler task a client."""
+
+    def __init__(self, app: App, max_size: int, close_timeout: float, compression: bool) -> None:
+        self.app = app
+        self.max_size = max_size
+        self.close_timeout = close_timeout
+        self.compression = compression
+        self._server = None
+        self._background: set[asyncio.Task] = set()
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def start(self, host: str, port: int) -> int:
+        from websockets.asyncio.server import serve
+
+        self._server = await serve(
+            self._handle,
+            host,
+            port,
+            process_request=self._http,
+            compression="deflate" if self.compression else None,
+            max_size=self.max_size,
+            close_timeout=self.close_timeout,
+            server_header="avatar-stream",
+        )
+        return self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        server = self._server
+        server.close(close_connections=True)  # 1001 going away to every client
+        try:
+            await asyncio.wait_for(server.wait_closed(), self.close_timeout)
+        except TimeoutError:
+            for conn in list(server.connections):
+                conn.transport.abort()
+            log.warning("shutdown: aborted connections that did not close in time")
+
+    def _http(self, connection, request):
+        from websockets.datastructures import Headers
+        from websockets.http11 import Response
+
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return None  # a WebSocket handshake, on any path
+        reply = self.app.http(request.path)
+        status = http.HTTPStatus(reply.status)
+        headers = Headers(
+            [
+                ("Content-Type", reply.content_type),
+                ("Content-Length", str(len(reply.body))),
+                ("Cache-Control", "no-store"),
+            ]
+        )
+        return Response(status.value, status.phrase, headers, reply.body)
+
+    async def _handle(self, ws) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        session = self.app.open_session(WebsocketsConnection(ws, self._spawn))
+        try:
+            async for data in ws:
+                session.on_message(data)
+        except ConnectionClosed:
+            pass
+        finally:
+            session.on_disconnect()
+
+
+# -- picows -----------------------------------------------------------------------------------
+
+
+class PicowsConnection:
+    """`Connection` over a picows WSTransport (frames built and written in Cython)."""
+
+    __slots__ = ("_close_timeout", "_closing", "_loop", "_ping_at", "latency", "peer", "t")
+
+    def __init__(self, t, close_timeout: float) -> None:
+        self.t = t
+        self.peer = _peer(t.underlying_transport.get_extra_info("peername"))
+        self.latency = 0.0
+        self._ping_at = 0.0
+        self._closing = False
+        self._loop = asyncio.get_running_loop()
+        self._close_timeout = close_timeout
+
+    @property
+    def is_open(self) -> bool:
+        return not self._closing and not self.t.is_disconnected
+
+    def send(self, frames: list[bytes]) -> None:
+        from picows import WSMsgType
+
+        send = self.t.send
+        for frame in frames:
+            send(WSMsgType.BINARY, frame)
+
+    def buffered(self) -> int:
+        return self.t.underlying_transport.get_write_buffer_size()
+
+    def close(self, code: int, reason: str) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        if not self.t.is_disconnected:
+            from picows import WSCloseCode
+
+            self.t.send_close(WSCloseCode(code), reason.encode())
+            # The peer answers with its CLOSE (then we disconnect); one that never does is cut.
+            self._loop.call_later(self._close_timeout, self.t.disconnect, False)
+
+    def extra(self, name: str):
+        return self.t.underlying_transport.get_extra_info(name)
+
+    def ping(self) -> None:
+        self._ping_at = time.perf_counter()
+        self.t.send_ping()
+
+    def pong(self) -> None:
+        if self._ping_at:
+            self.latency = time.perf_counter() - self._ping_at
+            self._ping_at = 0.0
+
+
+def _picows_listener_class():
+    from picows import WSCloseCode, WSListener, WSMsgType
+
+    binary, text, cont = WSMsgType.BINARY, WSMsgType.TEXT, WSMsgType.CONTINUATION
+    close, pong = WSMsgType.CLOSE, WSMsgType.PONG
+
+    class Listener(WSListener):
+        """One connection: whole messages to the session (fragments joined, size-capped)."""
+
+        __slots__ = ("_kind", "_parts", "_size", "conn", "owner", "session")
+
+        def __init__(self, owner: PicowsTransport) -> None:
+            self.owner = owner
+            self.conn: PicowsConnection | None = None
+            self.session = None
+            self._parts: list[bytes] = []
+            self._kind = binary
+            self._size = 0
+
+        def on_ws_connected(self, t) -> None:
+            self.conn = PicowsConnection(t, self.owner.close_timeout)
+            self.owner.connections.add(self.conn)
+            self.session = self.owner.app.open_session(self.conn)
+
+        def on_ws_frame(self, t, frame) -> None:
+            kind = frame.msg_type
+            if kind is binary and frame.fin and not self._parts:
+                self.session.on_message(frame.get_payload_as_bytes())
+            elif kind is binary or kind is text or kind is cont:
+                self._fragment(t, frame, kind)
+            elif kind is close:
+                conn = self.conn
+                if not conn._closing:  # the peer started it: answer, then hang up
+                    conn._closing = True
+                    code = frame.get_close_code()
+                    t.send_close(code if code != WSCloseCode.NO_INFO else WSCloseCode.OK)
+                t.disconnect()
+            elif kind is pong:
+                self.conn.pong()
+
+        def _fragment(self, t, frame, kind) -> None:
+            if kind is not cont:
+                if self._parts:
+                    self._fail(t, WSCloseCode.PROTOCOL_ERROR, "new message inside a fragmented one")
+                    return
+                self._kind = kind
+            elif not self._parts:
+                self._fail(t, WSCloseCode.PROTOCOL_ERROR, "continuation without a message")
+                return
+            self._size += frame.payload_size
+            if self._size > self.owner.max_size:
+                self._fail(t, WSCloseCode.MESSAGE_TOO_BIG, "message too big")
+                return
+            self._parts.append(frame.get_payload_as_bytes())
+            if frame.fin:
+                data = b"".join(self._parts)
+                self._parts, self._size = [], 0
+                if self._kind is text:
+                    try:
+                        self.session.on_message(data.decode("utf-8"))
+                    except UnicodeDecodeError:
+                        self._fail(t, WSCloseCode.INVALID_TEXT, "invalid UTF-8")
+                else:
+                    self.session.on_message(data)
+
+        def _fail(self, t, code, reason: str) -> None:
+            self._parts, self._size = [], 0
+            if not self.conn._closing:
+                self.conn._closing = True
+                t.send_close(code, reason.encode())
+                asyncio.get_running_loop().call_later(0.01, t.disconnect)
+
+        def on_ws_disconnected(self, t) -> None:
+            if self.conn is not None:
+                self.conn._closing = True
+                self.owner.connections.discard(self.conn)
+                self.session.on_disconnect()
+
+        # picows' keepalive pings (idle connections): a pong also gives the latency.
+        def send_user_specific_ping(self, t) -> None:
+            self.conn.ping()
+
+        def is_user_specific_pong(self, frame) -> bool:
+            if frame.msg_type is pong:
+                self.conn.pong()
+                return True
+            return False
+
+    return Listener
+
+
+class PicowsTransport:
+    """The picows server. HTTP requests without an Upgrade header get the app's reply."""
+
+    def __init__(self, app: App, max_size: int, close_timeout: float) -> None:
+        self.app = app
+        self.max_size = max_size
+        self.close_timeout = close_timeout
+        self.connections: set[PicowsConnection] = set()
+        self._server: asyncio.Server | None = None
+        self._listener = _picows_listener_class()
+
+    async def start(self, host: str, port: int) -> int:
+        from picows import ws_create_server
+
+        self._server = await ws_create_server(
+            self._route,
+            host,
+            port,
+            max_frame_size=self.max_size,
+            websocket_handshake_timeout=self.close_timeout * 2.5,
+            enable_auto_ping=True,  # like websockets: ping an idle peer, cut a dead one
+            auto_ping_idle_timeout=20.0,
+            auto_ping_reply_timeout=20.0,
+        )
+        return self._server.sockets[0].getsockname()[1]
+
+    def _route(self, request):
+        from picows import WSUpgradeResponse, WSUpgradeResponseWithListener
+
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return self._listener(self)
+        reply = self.app.http(request.path.decode("latin-1"))
+        headers = {"Content-Type": reply.content_type, "Cache-Control": "no-store"}
+        if reply.status == 200:
+            response = WSUpgradeResponse.create_ok_response(reply.body, headers)
+        else:
+            response = WSUpgradeResponse.create_error_response(reply.status, reply.body, headers)
+        return WSUpgradeResponseWithListener(response, None)
+
+    async def stop(self) -> None:
+        self._server.close()  # stop accepting
+        conns = list(self.connections)
+        for conn in conns:
+            conn.close(1001, "server shutting down")
+        waits = [asyncio.ensure_future(c.t.wait_disconnected()) for c in conns]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=self.close_timeout)
+            if pending:
+                for conn in list(self.connections):
+                    conn.t.disconnect(False)
+                log.warning("shutdown: aborted connections that did not close in time")
+                await asyncio.wait(pending, timeout=1.0)
+        for w in waits:  # a failed connection's exception is already logged by picows
+            if w.done() and not w.cancelled():
+                w.exception()
+        await self._server.wait_closed()
