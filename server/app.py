@@ -223,6 +223,7 @@ class AvatarServer:
             engine,
             aoi_radius=cfg.aoi_radius,
             aoi_cap=cfg.aoi_cap,
+            aoi_refresh=cfg.aoi_refresh,
             spectator_cap=cfg.spectator_cap,
             max_room_avatars=cfg.max_room_avatars,
             tick_hz=cfg.tick_hz,

@@ -30,6 +30,7 @@ class Config:
     threads: int = 1
     aoi_radius: float = 30.0
     aoi_cap: int = 64
+    aoi_refresh: int = 4
     spectator_cap: int = 1024
     max_frame: int = 4096
     max_frame_hard: int = 65536
@@ -53,6 +54,7 @@ class Config:
             (self.threads >= 1, "threads must be >= 1"),
             (self.aoi_radius > 0, "aoi_radius must be > 0"),
             (self.aoi_cap >= 1, "aoi_cap must be >= 1"),
+            (self.aoi_refresh >= 1, "aoi_refresh must be >= 1"),
             (self.spectator_cap >= 1, "spectator_cap must be >= 1"),
             (64 <= self.max_frame <= self.max_frame_hard, "need 64 <= max_frame <= max_frame_hard"),
             (self.hello_timeout > 0, "hello_timeout must be > 0"),
@@ -113,6 +115,8 @@ HELP = {
     "device": "auto, cpu, cuda or cuda:N for the model step",
     "threads": "torch CPU threads for the model step (1 leaves the other cores to I/O)",
     "aoi_radius": "area-of-interest radius in metres: players see avatars this close",
+    "aoi_refresh": "recompute each player's view every this many ticks, a share of the "
+    "players each tick (1: every view every tick); positions in frames are always current",
     "aoi_cap": "most avatars in one player's view (nearest first, itself included)",
     "spectator_cap": "most avatars in one spectator's view",
     "max_frame": "largest client frame in bytes; bigger gets error too_large and close 1009",

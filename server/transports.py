@@ -250,11 +250,12 @@ class WebsocketsTransport:
 class PicowsConnection:
     """`Connection` over a picows WSTransport (frames built and written in Cython)."""
 
-    __slots__ = ("_close_timeout", "_closing", "_loop", "_ping_at", "latency", "peer", "t")
+    __slots__ = ("_close_timeout", "_closing", "_loop", "_ping_at", "_raw", "latency", "peer", "t")
 
     def __init__(self, t, close_timeout: float) -> None:
         self.t = t
-        self.peer = _peer(t.underlying_transport.get_extra_info("peername"))
+        self._raw = t.underlying_transport  # a property call each time otherwise
+        self.peer = _peer(self._raw.get_extra_info("peername"))
         self.latency = 0.0
         self._ping_at = 0.0
         self._closing = False
@@ -273,7 +274,7 @@ class PicowsConnection:
             send(WSMsgType.BINARY, frame)
 
     def buffered(self) -> int:
-        return self.t.underlying_transport.get_write_buffer_size()
+        return self._raw.get_write_buffer_size()
 
     def close(self, code: int, reason: str) -> None:
         if self._closing:
@@ -287,7 +288,7 @@ class PicowsConnection:
             self._loop.call_later(self._close_timeout, self.t.disconnect, False)
 
     def extra(self, name: str):
-        return self.t.underlying_transport.get_extra_info(name)
+        return self._raw.get_extra_info(name)
 
     def ping(self) -> None:
         self._ping_at = time.perf_counter()

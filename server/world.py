@@ -77,6 +77,7 @@ class Member:
     pending: tuple[float, tuple[float, float, float], int, float] | None = None
     newest_t: float = float("-inf")
     seen: dict[int, tuple[int, str]] = field(default_factory=dict)  # uid -> (handle, id) in view
+    view_sig: int = -1  # hash of the uids in view last tick (a changed view changes it)
     # Outbox, filled by fan_out, emptied by the app: join/leave in order, then the newest state.
     controls: list[bytes] = field(default_factory=list)
     state: bytes | None = None
@@ -96,6 +97,9 @@ class Room:
         self.name = name
         self.players: dict[str, Member] = {}
         self.spectators: list[Member] = []
+        # Area-of-interest cache: the visible uids it was computed for, one view per row.
+        self.aoi_key: bytes | None = None
+        self.aoi_views: list[np.ndarray] = []
         self._free: list[int] = []
         self._next = 0
 
@@ -124,9 +128,13 @@ class World:
         spectator_cap: int = 1024,
         max_room_avatars: int = 4096,
         tick_hz: float = 20.0,
+        aoi_refresh: int = 1,
     ) -> None:
+        if aoi_refresh < 1:
+            raise ValueError("aoi_refresh must be >= 1")
         self.engine = engine
         self.grid = InterestGrid(aoi_radius, aoi_cap)
+        self.aoi_refresh = aoi_refresh
         self.spectator_cap = spectator_cap
         self.max_room_avatars = min(max_room_avatars, 65535)
         self.tick_hz = tick_hz
@@ -305,43 +313,72 @@ class World:
                 off,
                 dims,
             )
+            framer = P.StateFramer(result.tick, server_time, H, dims)
             uids = np.fromiter((m.uid for m in vis), dtype=np.int64, count=len(vis))
-            row_of = {m.uid: i for i, m in enumerate(vis)}
-            viewers = [m for m in players if m.uid in row_of]
-            indptr, indices = self.grid.query(
-                pos, np.fromiter((row_of[m.uid] for m in viewers), np.int64, len(viewers))
-            )
-            # One gather for every viewer of the room; each then takes its slice.
+            indptr, indices = self._views(room, pos, uids, result.tick)
+            # One gather for every viewer of the room (raw bytes: a structured gather is
+            # slower); each viewer's frame takes a slice of it.
             size = rec.dtype.itemsize
-            all_rec = rec[indices].tobytes()
-            all_uids = uids[indices].tolist()
-            all_rows = indices.tolist()
+            all_rec = memoryview(rec.view(f"V{size}")[indices].tobytes())
+            view_uids = uids[indices]
+            # A view that did not change since the last tick needs no join/leave diff: one
+            # signature per viewer (a sum of hashed uids) tells which did.
+            cum = np.zeros(len(indices) + 1, dtype=np.uint64)
+            np.cumsum(_mix(view_uids), out=cum[1:])
+            sigs = (cum[indptr[1:]] - cum[indptr[:-1]]).tolist()
             bounds = indptr.tolist()
-            row_of_viewer = {m.uid: i for i, m in enumerate(viewers)}
+            row_of_viewer = {m.uid: i for i, m in enumerate(vis)}  # every visible one views
             for m in players:
                 i = row_of_viewer.get(m.uid)
                 if i is None:  # no position yet: an empty view
-                    self._emit(m, [], [], b"", vis, result.tick, server_time, H, dims)
+                    if m.seen:
+                        self._diff(m, [], [], vis)
+                    m.view_sig = -1
+                    m.state = framer.frame(0, b"")
                 else:
                     a, b = bounds[i], bounds[i + 1]
-                    self._emit(
-                        m, all_uids[a:b], all_rows[a:b], all_rec[a * size : b * size],
-                        vis, result.tick, server_time, H, dims,
-                    )  # fmt: skip
+                    if sigs[i] != m.view_sig or b - a != len(m.seen):
+                        self._diff(m, view_uids[a:b].tolist(), indices[a:b].tolist(), vis)
+                        m.view_sig = sigs[i]
+                    m.state = framer.frame(b - a, all_rec[a * size : b * size])
                 out.append(m)
             for m in room.spectators:
                 idx = in_region(pos, m.region, self.spectator_cap)
-                self._emit(
-                    m, uids[idx].tolist(), idx.tolist(), rec[idx].tobytes(),
-                    vis, result.tick, server_time, H, dims,
-                )  # fmt: skip
+                self._diff(m, uids[idx].tolist(), idx.tolist(), vis)
+                m.state = framer.frame(len(idx), rec[idx].tobytes())
                 out.append(m)
         return out
 
-    def _emit(self, m, now_uids, rows, recs, vis, tick, server_time, H, dims) -> None:
+    def _views(
+        self, room: Room, pos: np.ndarray, uids: np.ndarray, tick: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """CSR views of every visible player (rows of `pos`). With aoi_refresh k > 1 each
+        view is recomputed every k-th tick, a k-th of the rows per tick (so no tick pays
+        for all); a change in who is visible recomputes every row at once."""
+        k, n = self.aoi_refresh, len(uids)
+        key = uids.tobytes()
+        if k == 1 or n == 0 or room.aoi_key != key:
+            indptr, indices = self.grid.query(pos)
+            if k > 1:
+                room.aoi_key = key
+                room.aoi_views = np.split(indices, indptr[1:-1])
+            return indptr, indices
+        views = room.aoi_views
+        rows = np.arange(tick % k, n, k)
+        if len(rows):
+            sub_ptr, sub_idx = self.grid.query(pos, rows)
+            for r, view in zip(rows.tolist(), np.split(sub_idx, sub_ptr[1:-1]), strict=True):
+                views[r] = view
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, views), np.int64, n), out=indptr[1:])
+        return indptr, np.concatenate(views)
+
+    @staticmethod
+    def _diff(m: Member, now_uids: list[int], rows: list[int], vis: list[Member]) -> None:
+        """Queue leave / join frames so `m.seen` becomes `now_uids` (rows index `vis`)."""
         seen = m.seen
         current = set(now_uids)
-        if current != seen.keys():  # C-level comparison: the common case costs ~1 µs
+        if current != seen.keys():
             gone = [u for u in seen if u not in current]
             if gone:
                 m.controls.append(
@@ -354,4 +391,11 @@ class World:
                 for a in new:
                     seen[a.uid] = (a.handle, a.avatar)
                 m.controls.append(P.encode_join([a.avatar for a in new], [a.handle for a in new]))
-        m.state = P.encode_state(tick, server_time, recs, len(now_uids), H, dims)
+
+
+def _mix(uids: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each uid (splitmix64's finaliser), for order-free view signatures."""
+    z = uids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))

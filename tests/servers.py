@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Callable
 from server.app import AvatarServer
 from server.config import Config
 
-
 # Overrides every `running` server gets (a fixture may set "transport" for a whole module).
 DEFAULTS: dict = {"port": 0, "tick_hz": 50.0}
 

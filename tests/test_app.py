@@ -307,9 +307,7 @@ async def test_slow_client_is_dropped_then_closed_without_delaying_others():
         sock.setblocking(False)
         slow = await Client.open(srv, avatar="slow", sock=sock)
         member = srv.world.rooms["lobby"].players["slow"]
-        member.transport.extra("socket").setsockopt(
-            socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
-        )
+        member.transport.extra("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         slow.ws.transport.pause_reading()  # never reads from now on
         watcher = crowd[0]
         first = (await watcher.state()).tick

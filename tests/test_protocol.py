@@ -651,3 +651,24 @@ def test_docs_protocol_md_is_up_to_date():
     assert mod.stale_blocks(doc) == [], "run: python docs/protocol_examples.py --update"
     for code in P.ERROR_CODES:
         assert f"`{code}`" in doc
+
+
+@given(
+    st.integers(0, 1100),
+    st.integers(-(2**63), 2**64 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from([0, 1, 200, 300, 70000]),
+    st.sampled_from([2, 3]),
+)
+def test_state_framer_is_byte_identical_to_packing_the_map(n, tick, t, size, dims):
+    recs = bytes(range(256)) * (size // 256 + 1)
+    recs = recs[:size]
+    ref = msgpack.packb(
+        {"type": "state", "tick": tick, "server_time": t, "n": n, "nh": 10, "dims": dims,
+         "rec": recs},
+        use_bin_type=True,
+    )  # fmt: skip
+    framer = P.StateFramer(tick, t, 10, dims)
+    assert framer.frame(n, recs) == ref
+    assert framer.frame(n, memoryview(recs)) == ref
+    assert P.encode_state(tick, t, recs, n, 10, dims) == ref

@@ -173,3 +173,67 @@ def test_model_predictions_reach_the_frame(tmp_path):
         st = out["a"][-1]
         np.testing.assert_allclose(st.offsets[0], expect.offsets[0], atol=5.1e-4)
         assert st.seq[0] == k
+
+
+def test_aoi_refresh_spreads_view_updates_and_membership_changes_apply_at_once():
+    """aoi_refresh=k: a moved avatar's views catch up within k ticks, a k-th of the rows per
+    tick; a join is seen by everyone at the next tick; positions are always current."""
+    k = 4
+    w = World(TickEngine(None, device="cpu", capacity=2), aoi_radius=10.0, aoi_refresh=k)
+    ref = World(TickEngine(None, device="cpu", capacity=2), aoi_radius=10.0)
+    ms = {}
+    for world in (w, ref):
+        ms[world] = [world.admit(P.Hello(room="r", avatar=f"a{i}"), 0.0) for i in range(8)]
+    t = 0.0
+
+    def canon(out: dict) -> dict:  # comparable: (kind, avatars/handles, positions)
+        return {
+            who: [
+                ("state", m.handle.tolist(), m.pos.round(3).tolist())
+                if isinstance(m, P.State)
+                else (type(m).__name__, tuple(m.avatars), tuple(m.handles))
+                for m in msgs
+            ]
+            for who, msgs in out.items()
+        }
+
+    def step(moved_x: float) -> tuple[dict, dict]:
+        nonlocal t
+        t += 0.05
+        outs = []
+        for world in (w, ref):
+            for i, m in enumerate(ms[world]):
+                x = moved_x if i == 0 else 3.0 * i  # a0 moves; the others stand 3 m apart
+                world.receive_pos(m, pos(round(t * 20), t, (x, 0, 0)), t)
+            outs.append(canon(tick(world, t)))
+        return outs[0], outs[1]
+
+    got, want = step(0.0)  # first tick: everything computed at once
+    assert got == want
+    stale = 0
+    for _ in range(k):  # a0 jumps far away: each tick refreshes a k-th of the views
+        got, want = step(500.0)
+        stale += got != want
+        for who in got:  # positions are current even in a stale view
+            by_handle = dict(zip(got[who][-1][1], got[who][-1][2], strict=True))
+            ref_pos = dict(zip(want[who][-1][1], want[who][-1][2], strict=True))
+            assert all(by_handle[h] == ref_pos[h] for h in by_handle.keys() & ref_pos.keys())
+    assert stale >= 1  # views did lag (the last rows' leave frames arrive at tick k)
+    got, want = step(500.0)
+    assert got == want  # after k ticks every row was refreshed
+    # a join: every view is recomputed at the next tick
+    for world in (w, ref):
+        ms[world].append(world.admit(P.Hello(room="r", avatar="new"), 0.0))
+    t += 0.05
+    outs = []
+    for world in (w, ref):
+        for i, m in enumerate(ms[world]):
+            x = 500.0 if i == 0 else 3.0 * i if i < 8 else 1.0
+            world.receive_pos(m, pos(round(t * 20), t, (x, 0, 0)), t)
+        outs.append(canon(tick(world, t)))
+    assert outs[0] == outs[1]
+
+
+def test_aoi_refresh_must_be_positive():
+    with pytest.raises(ValueError):
+        World(TickEngine(None, device="cpu", capacity=2), aoi_refresh=0)
