@@ -229,6 +229,8 @@ class AvatarClient:
             elif isinstance(msg, P.Leave):
                 for h in msg.handles:
                     self.names.pop(h, None)
+            elif isinstance(msg, P.Error) and msg.code == "replaced":
+                self.reconnect = False  # another connection has this avatar: never fight it
             elif isinstance(msg, P.Pong):
                 sent = self._pings.pop(msg.t, None)
                 if sent is not None:

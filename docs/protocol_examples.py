@@ -50,7 +50,21 @@ ERROR_NOTES: dict[str, tuple[str, str]] = {
         "(signature, algorithm), expired, or for another room or avatar",
         "in reply to hello",
     ),
-    "avatar_taken": ("the avatar id is already connected in this room", "in reply to hello"),
+    "replaced": (
+        "another connection sent `hello` for this avatar and took it over (with the resume "
+        "token it also took the avatar's state); do not reconnect automatically",
+        "after hello",
+    ),
+    "rate_limited": (
+        "messages sent faster than `--max-msg-rate` (default 120/s), sustained; the excess "
+        "was dropped before that",
+        "any time",
+    ),
+    "idle_timeout": (
+        "nothing (no message, no pong to the server's pings) for `--idle-timeout` (default 30 s)",
+        "any time",
+    ),
+    "internal_error": ("a server bug while handling this connection (logged)", "any time"),
     "too_slow": (
         "the client did not read its frames (`--max-dropped` states dropped in a row)",
         "after hello",

@@ -28,6 +28,7 @@ async def run(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, server.request_shutdown)
+    loop.add_signal_handler(signal.SIGHUP, server.request_reload)  # new checkpoint, no drops
     await server.serve()
 
 

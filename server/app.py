@@ -40,9 +40,10 @@ from prometheus_client import (
 )
 
 from server import protocol as P
+from server.auth import verify_token
 from server.config import Config
 from server.engine import TickEngine
-from server.model import load_checkpoint
+from server.model import default_checkpoint_path, load_checkpoint
 from server.transports import Connection, HttpReply, make_transport
 from server.world import Member, World
 
@@ -121,6 +122,13 @@ class Stats:
     overruns: int = 0
     ticks: int = 0
     tick_errors: int = 0
+    rate_dropped: int = 0  # messages dropped by the per-connection rate limit
+    origin_refused: int = 0  # WebSocket handshakes from a browser origin not allowed
+    resumed: int = 0  # reconnects that got their avatar back with a resume token
+    replaced: int = 0  # connections closed because another took over their avatar
+    expired: int = 0  # detached avatars removed after the resume grace period
+    reloads_ok: int = 0
+    reloads_failed: int = 0
     errors: dict[str, int] = field(default_factory=dict)
 
 
@@ -141,6 +149,13 @@ class _StatsCollector:
             ("avatar_tick_overruns", "Tick deadlines missed", s.overruns),
             ("avatar_ticks", "Ticks run", s.ticks),
             ("avatar_tick_errors", "Ticks that raised (logged)", s.tick_errors),
+            ("avatar_messages_rate_dropped", "Messages dropped by the rate limit", s.rate_dropped),
+            ("avatar_origin_refused", "Handshakes refused for their Origin", s.origin_refused),
+            ("avatar_resumed", "Reconnects that resumed their avatar", s.resumed),
+            ("avatar_replaced", "Connections replaced by a newer one", s.replaced),
+            ("avatar_expired", "Detached avatars removed after the grace period", s.expired),
+            ("avatar_model_reloads", "Model reloads applied", s.reloads_ok),
+            ("avatar_model_reloads_failed", "Model reloads refused", s.reloads_failed),
         ):
             yield CounterMetricFamily(name, doc, value=value)
         errors = CounterMetricFamily(
@@ -150,12 +165,17 @@ class _StatsCollector:
             errors.add_metric([code], s.errors.get(code, 0))
         yield errors
         conns = GaugeMetricFamily("avatar_connections", "Open connections by kind", labels=["kind"])
-        n_players = w.n_players if w else 0
+        n_players = w.n_players - w.n_detached if w else 0
         n_spect = w.n_spectators if w else 0
         conns.add_metric(["player"], n_players)
         conns.add_metric(["spectator"], n_spect)
         conns.add_metric(["pending"], self.server.n_connections - n_players - n_spect)
         yield conns
+        yield GaugeMetricFamily(
+            "avatar_detached",
+            "Avatars waiting for a resume (connection dropped, within the grace period)",
+            value=w.n_detached if w else 0,
+        )
         yield GaugeMetricFamily(
             "avatar_avatars", "Avatars in the engine", value=len(w.engine) if w else 0
         )
@@ -177,7 +197,11 @@ class AvatarServer:
         self.started = asyncio.Event()
         self.port: int | None = None
         self.n_connections = 0
+        self.sessions: set[Session] = set()
         self._stop: asyncio.Event | None = None
+        self._reload: asyncio.Task | None = None
+        self._next_model: object = _NO_MODEL  # a loaded model waiting for the next tick
+        self._model_mtime: float | None = None
         self._routes: dict[str, RouteHandler] = {}
         self._step_cost = float("inf")  # seconds per avatar of a model step (CPU), measured
         self._executor: ThreadPoolExecutor | None = None
@@ -213,6 +237,60 @@ class AvatarServer:
         """Begin a graceful shutdown (loop thread; signal handlers call this)."""
         if self._stop is not None:
             self._stop.set()
+
+    def request_reload(self) -> asyncio.Task | None:
+        """Reload the model checkpoint (loop thread; SIGHUP calls this).
+
+        The file is loaded in a worker thread and swapped in between two ticks; nobody is
+        disconnected. A file that fails to load (or predicts other horizons) is refused
+        with a log line and the old model keeps serving. Returns the loading task (None
+        when the server is not running or serves constant velocity).
+        """
+        if self.world is None or self.config.predictor == "cv":
+            log.info("reload: nothing to reload (predictor %s)", self.config.predictor)
+            return None
+        if self._reload is None or self._reload.done():
+            self._reload = asyncio.get_running_loop().create_task(self._load_model())
+        return self._reload
+
+    async def _load_model(self) -> None:
+        cfg, engine = self.config, self.world.engine
+        path = cfg.model or str(default_checkpoint_path())
+        try:
+            model = await asyncio.to_thread(load_checkpoint, path, str(engine.device))
+            if tuple(model.features.horizons) != tuple(self.world.horizons):
+                raise ValueError(
+                    f"it predicts horizons {tuple(model.features.horizons)}, the clients were "
+                    f"told {self.world.horizons}; restart the server to change them"
+                )
+        except (OSError, ValueError) as e:
+            self.stats.reloads_failed += 1
+            log.error("model reload refused, still serving %s: %s", engine.version, e)
+            return
+        self._next_model = model  # swapped in by the tick loop, between two ticks
+
+    def _apply_model(self) -> None:
+        model, self._next_model = self._next_model, _NO_MODEL
+        engine = self.world.engine
+        old = engine.version
+        kept = engine.swap_model(model)
+        self.stats.reloads_ok += 1
+        self.info.clear()
+        self.info.labels(engine.version, str(engine.device)).set(1)
+        log.info(
+            "model reloaded: %s -> %s (hidden states %s)",
+            old, engine.version, "kept" if kept else "reset: another shape",
+        )  # fmt: skip
+
+    def allow_origin(self, origin: str | None) -> bool:
+        """Whether a WebSocket handshake with this Origin header may proceed (transports
+        ask; a refused one gets HTTP 403). No Origin: not a browser, allowed."""
+        allowed = self.config.origins
+        if origin is None or allowed is None or origin.rstrip("/") in allowed:
+            return True
+        self.stats.origin_refused += 1
+        log.info("refused a handshake from origin %r", origin)
+        return False
 
     async def serve(self) -> None:
         """Run until `request_shutdown`. Raises what startup raises (bad model, port in use)."""
@@ -253,6 +331,8 @@ class AvatarServer:
             cfg.tick_hz,
             cfg.transport,
         )
+        if cfg.watch_model and cfg.predictor == "gru":
+            self._model_mtime = _mtime(cfg.model or str(default_checkpoint_path()))
         ticker = asyncio.create_task(self._tick_loop(), name="avatar-tick")
         self.started.set()
         try:
@@ -341,6 +421,10 @@ class AvatarServer:
                 missed = int(-delay // period)
                 self.stats.overruns += missed
                 k += missed
+            if self._next_model is not _NO_MODEL:
+                self._apply_model()
+            if k % max(1, round(self.config.tick_hz)) == 0:
+                self._housekeeping()  # about once a second
             t0 = time.perf_counter()
             try:
                 await self._tick(loop)
@@ -349,6 +433,20 @@ class AvatarServer:
                 log.exception("tick %d failed", self.stats.ticks)
             self.stats.ticks += 1
             self.tick_seconds.observe(time.perf_counter() - t0)
+
+    def _housekeeping(self) -> None:
+        cfg, now = self.config, time.monotonic()
+        expired = self.world.expire(self.clock(), cfg.resume_grace)
+        self.stats.expired += expired
+        ping_every = cfg.idle_timeout / 3.0
+        for session in list(self.sessions):
+            session.check_idle(now, cfg.idle_timeout, ping_every)
+        if self._model_mtime is not None:
+            mtime = _mtime(cfg.model or str(default_checkpoint_path()))
+            if mtime != self._model_mtime:
+                self._model_mtime = mtime
+                log.info("model file changed: reloading")
+                self.request_reload()
 
     async def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
         world = self.world
@@ -403,17 +501,34 @@ class AvatarServer:
 
 class Session:
     """One connection's protocol state, transport-neutral: hello (within hello_timeout),
-    then pos / ping / view / bye. A bad message closes this connection only."""
+    then pos / ping / view / bye. A bad message closes this connection only: a protocol
+    error with its documented code, anything else (a server bug) with internal_error."""
 
-    __slots__ = ("_timer", "closed", "conn", "member", "server")
+    __slots__ = (
+        "_drops",
+        "_last_ping",
+        "_refill_at",
+        "_timer",
+        "_tokens",
+        "closed",
+        "conn",
+        "last_rx",
+        "member",
+        "server",
+    )
 
     def __init__(self, server: AvatarServer, conn: Connection) -> None:
         self.server = server
         self.conn = conn
         self.member: Member | None = None
         self.closed = False
-        server.n_connections += 1
+        self.last_rx = self._last_ping = self._refill_at = time.monotonic()
         cfg = server.config
+        self._tokens = cfg.max_msg_rate  # token bucket: one second's worth of burst
+        self._drops = 0.0
+        server.n_connections += 1
+        server.sessions.add(self)
+        conn.on_pong = self._pong
         self._timer: asyncio.TimerHandle | None = None
         if server.n_connections > cfg.max_connections:
             self.refuse(P.ProtocolError("server_full", "too many connections; try again later"))
@@ -432,12 +547,29 @@ class Session:
         stats = srv.stats
         stats.frames_in += 1
         stats.bytes_in += len(data)
+        now = time.monotonic()
+        self.last_rx = now
+        cfg = srv.config
+        # Rate limit: a token bucket refilled at max_msg_rate. Excess is dropped; a client
+        # that keeps sending over the limit (drops outpace their decay) is closed.
+        rate = cfg.max_msg_rate
+        self._tokens = min(rate, self._tokens + (now - self._refill_at) * rate)
+        self._drops = max(0.0, self._drops - (now - self._refill_at) * rate * 0.5)
+        self._refill_at = now
+        if self._tokens < 1.0:
+            stats.rate_dropped += 1
+            self._drops += 1.0
+            if self._drops > 2.0 * rate:
+                self.refuse(P.ProtocolError("rate_limited", f"over {rate:g} messages/s, sustained"))
+            return
+        self._tokens -= 1.0
         try:
-            msg = P.decode_client(data, max_size=srv.config.max_frame)
             m = self.member
             if m is None:
-                self._hello(msg)
-            elif isinstance(msg, P.Pos):
+                self._hello(P.decode_client(data, max_size=cfg.max_hello_frame))
+                return
+            msg = P.decode_client(data, max_size=cfg.max_frame)
+            if isinstance(msg, P.Pos):
                 srv.world.receive_pos(m, msg, srv.clock(), self.conn.latency)
             elif isinstance(msg, P.Ping):
                 frame = P.encode_pong(msg.t, srv.clock())
@@ -453,23 +585,59 @@ class Session:
                 raise P.ProtocolError("expected_hello", "hello was already received")
         except P.ProtocolError as e:
             self.refuse(e)
+        except Exception:  # a bug: this connection goes, the server and the others stay
+            log.exception("handling a message from %s failed", self.conn.peer)
+            self.refuse(P.ProtocolError("internal_error", "the server failed on a message"))
 
     def _hello(self, msg: P.ClientMessage) -> None:
         if not isinstance(msg, P.Hello):
             raise P.ProtocolError("expected_hello", "the first message must be hello")
         srv = self.server
+        if srv.config.secret is not None:
+            verify_token(srv.config.secret, msg.token, msg.avatar, msg.room)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        m = srv.world.admit(msg, srv.clock())
+        world = srv.world
+        prev = world.player(msg.room, msg.avatar)
+        prev_session = prev.session if prev is not None else None
+        prev_resume = prev.resume if prev is not None else None
+        m = world.admit(msg, srv.clock())
+        if prev_session is not None:  # another connection had this avatar: it goes
+            prev_session.replaced()
+        if m is prev and msg.resume == prev_resume:
+            srv.stats.resumed += 1
         m.transport = self.conn
         m.session = self
         self.member = m
-        frame = srv.world.welcome(m, srv.clock())
+        frame = world.welcome(m, srv.clock())
         srv.stats.frames_out += 1
         srv.stats.bytes_out += len(frame)
         self.conn.send([frame])
-        self.conn.ping()  # the first round trip, for the clock-offset estimate
+        self.ping()  # the first round trip, for the clock-offset estimate
+
+    def ping(self) -> None:
+        self._last_ping = time.monotonic()
+        self.conn.ping()
+
+    def _pong(self) -> None:
+        self.last_rx = time.monotonic()
+
+    def check_idle(self, now: float, idle_timeout: float, ping_every: float) -> None:
+        """Close after idle_timeout without a message or pong; ping every ping_every."""
+        if self.closed:
+            return
+        if now - self.last_rx > idle_timeout:
+            self.refuse(P.ProtocolError("idle_timeout", f"nothing received for {idle_timeout:g} s"))
+        elif now - self._last_ping >= ping_every and self.member is not None:
+            self.ping()
+
+    def replaced(self) -> None:
+        """Another connection took this one's avatar: close this one, keep the avatar."""
+        if self.member is not None:
+            self.member = None  # now the new connection's
+            self.server.stats.replaced += 1
+        self.refuse(P.ProtocolError("replaced", "another connection took over this avatar"))
 
     def refuse(self, e: P.ProtocolError) -> None:
         """Close this connection with `e`'s error and code; its avatar leaves now."""
@@ -488,7 +656,27 @@ class Session:
             m.transport = m.session = None
             self.server.world.remove(m)
 
-    def on_disconnect(self) -> None:
-        """The connection is gone (the transport calls this once)."""
+    def on_disconnect(self, clean: bool = False) -> None:
+        """The connection is gone (the transport calls this once; `clean`: the client sent
+        a close frame). A player whose connection dropped (no bye, no close frame, not
+        refused) keeps its avatar for resume_grace seconds."""
+        srv = self.server
+        m, self.member = self.member, None
+        if m is not None and not self.closed and not clean and srv.config.resume_grace > 0:
+            srv.world.detach(m, srv.clock())
+        elif m is not None:
+            m.transport = m.session = None
+            srv.world.remove(m)
         self._leave()
-        self.server.n_connections -= 1
+        srv.n_connections -= 1
+        srv.sessions.discard(self)
+
+
+_NO_MODEL = object()
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return Path(path).stat().st_mtime
+    except OSError:
+        return None

@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from server.transports import TRANSPORTS
 
@@ -34,7 +34,14 @@ class Config:
     spectator_cap: int = 1024
     max_frame: int = 4096
     max_frame_hard: int = 65536
+    max_hello_frame: int = 2048
     hello_timeout: float = 5.0
+    idle_timeout: float = 30.0
+    max_msg_rate: float = 120.0
+    resume_grace: float = 10.0
+    secret: str | None = field(default=None, repr=False)
+    allowed_origins: str = ""
+    watch_model: bool = False
     send_buffer: int = 262144
     max_dropped: int = 40
     max_connections: int = 10000
@@ -58,6 +65,14 @@ class Config:
             (self.spectator_cap >= 1, "spectator_cap must be >= 1"),
             (64 <= self.max_frame <= self.max_frame_hard, "need 64 <= max_frame <= max_frame_hard"),
             (self.hello_timeout > 0, "hello_timeout must be > 0"),
+            (
+                64 <= self.max_hello_frame <= self.max_frame,
+                "need 64 <= max_hello_frame <= max_frame",
+            ),
+            (self.idle_timeout >= 1.0, "idle_timeout must be >= 1 s"),
+            (self.max_msg_rate >= 1.0, "max_msg_rate must be >= 1 message/s"),
+            (self.resume_grace >= 0, "resume_grace must be >= 0"),
+            (self.secret is None or len(self.secret) >= 16, "secret must be >= 16 characters"),
             (self.send_buffer >= 1024, "send_buffer must be >= 1024 bytes"),
             (self.max_dropped >= 1, "max_dropped must be >= 1"),
             (self.max_connections >= 1, "max_connections must be >= 1"),
@@ -82,6 +97,13 @@ class Config:
     @property
     def tick_period(self) -> float:
         return 1.0 / self.tick_hz
+
+    @property
+    def origins(self) -> tuple[str, ...] | None:
+        """Allowed browser origins (None: any). A request without Origin (not a browser)
+        is always allowed."""
+        items = tuple(o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip())
+        return items or None
 
     def replace(self, **changes) -> Config:
         """A copy with `changes` applied (validated again). Raises ValueError."""
@@ -121,7 +143,20 @@ HELP = {
     "spectator_cap": "most avatars in one spectator's view",
     "max_frame": "largest client frame in bytes; bigger gets error too_large and close 1009",
     "max_frame_hard": "WebSocket max_size: bigger frames are cut off by the WebSocket layer (1009)",
+    "max_hello_frame": "largest frame before hello is accepted (bytes); bigger: too_large, 1009",
     "hello_timeout": "seconds a new connection has to send hello (else close 1008)",
+    "idle_timeout": "seconds without any message or pong before a connection is closed (1008); "
+    "the server pings every connection every idle_timeout / 3",
+    "max_msg_rate": "messages per second per connection (burst: one second's worth); excess "
+    "is dropped, a sustained excess closes the connection (rate_limited, 1008)",
+    "resume_grace": "seconds an abruptly disconnected avatar keeps its slot and hidden state "
+    "for a reconnect with its resume token (0: removed at once)",
+    "secret": "HMAC secret for join tokens: when set, hello needs a valid token for its avatar "
+    "and room (else unauthorized, 1008); mint with `avatar-server token`. Prefer the "
+    "environment variable to the flag (flags show in ps)",
+    "allowed_origins": "comma-separated browser origins allowed to connect "
+    "(e.g. https://app.example); empty: any. Requests without Origin are not from browsers",
+    "watch_model": "reload the checkpoint when its file changes (as SIGHUP does)",
     "send_buffer": "bytes buffered to one client before its state frames are dropped",
     "max_dropped": "consecutive dropped state frames before a slow client is closed (1008)",
     "max_connections": "most open WebSocket connections (more get close 1013)",
@@ -189,6 +224,8 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         default = env.get(f.name, getattr(defaults, f.name))
         kind = _field_type(f)
         help_ = HELP[f.name] + f" [env {ENV_PREFIX}{f.name.upper()}]"
+        if f.name == "secret":  # never print it (its default may come from the environment)
+            help_ += "%(default).0s"
         if kind is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_)
         else:

@@ -11,6 +11,11 @@ array code only: features for all pending slots at once, one host->device copy i
 `index_select` the states, one model step, `index_copy_` them back, one device->host
 copy out. With no model (`model=None`) the engine serves constant-velocity dead
 reckoning through the same path, which is the "model off" comparison.
+
+`swap_model` replaces the model between two ticks (hot reload), keeping avatars and, when
+the state shape matches, their hidden states. A model step whose new hidden state or
+prediction is not finite for some rows resets those rows (zero state, CV prediction) and
+counts them in `nonfinite_resets`; the hot path pays one finiteness check per tick.
 """
 
 from __future__ import annotations
@@ -26,6 +31,23 @@ from server.features import FeatureConfig, FeatureState
 from server.model import LoadedModel, resolve_device
 
 MAX_COORD = 1e6  # metres; positions beyond are rejected as corrupt
+
+
+def _state_shape(model: LoadedModel | None) -> tuple[int, int]:
+    """(layers, hidden) of a model's GRU state; CV keeps a (1, 1) placeholder."""
+    if model is None:
+        return 1, 1
+    return model.model.cfg.layers, model.model.cfg.hidden
+
+
+def _check_model(model: LoadedModel) -> None:
+    """Raise ValueError unless the network fits the feature pipeline it is served with."""
+    cfg = model.model.cfg
+    if cfg.n_features != F.N_FEATURES or cfg.n_horizons != model.features.n_horizons:
+        raise ValueError(
+            f"model {model.version!r}: {cfg.n_features} features / {cfg.n_horizons} horizons, "
+            f"the pipeline has {F.N_FEATURES} / {model.features.n_horizons}"
+        )
 
 
 class HiddenStatePool:
@@ -92,22 +114,25 @@ class TickEngine:
     ) -> None:
         """`model=None` serves CV dead reckoning (then `features` sets the horizons).
 
-        Raises ValueError for an unknown device or cuda without a GPU.
+        The model's module is moved, in place, to the engine's device (`model.device` is
+        updated). Raises ValueError for an unknown device, cuda without a GPU, or a
+        network that does not fit its feature configuration.
         """
         if num_threads is not None:
             torch.set_num_threads(num_threads)
-        self.model = model
         if model is not None:
+            _check_model(model)
             self.device = resolve_device(device) if device != "auto" else model.device
             model.model.to(self.device).eval()
+            model.device = self.device
             self.cfg = model.features
-            layers, hidden = model.model.cfg.layers, model.model.cfg.hidden
-            self.version = model.version
         else:
             self.device = resolve_device(device)
             self.cfg = features or FeatureConfig()
-            layers, hidden = 1, 1
-            self.version = "cv"
+        self.model = model
+        self.version = model.version if model is not None else "cv"
+        self.nonfinite_resets = 0  # model-step rows whose hidden state/prediction was not finite
+        layers, hidden = _state_shape(model)
         self.horizons = np.asarray(self.cfg.horizons)
         H = len(self.horizons)
         capacity = max(1, int(capacity))
@@ -129,10 +154,65 @@ class TickEngine:
         self.ticks = 0
         self._pinned = self.device.type == "cuda"
         self._h = torch.tensor(self.horizons, dtype=torch.float32, device=self.device)
+        self._set_scale()
+        self._alloc_host_buffers(capacity)
+
+    def _set_scale(self) -> None:
         self._scale = torch.tensor(self.cfg.scales(), dtype=torch.float32, device=self.device)[
             None, :, None
         ]
-        self._alloc_host_buffers(capacity)
+
+    # -- model --------------------------------------------------------------------------
+
+    def swap_model(self, model: LoadedModel | None) -> bool:
+        """Serve `model` (None: constant-velocity dead reckoning) from the next `tick()` on.
+
+        Avatars, slots, pending samples, feature state and last predictions stay. The
+        hidden states are kept (returns True) when the old and the new model both exist
+        and have the same (layers, hidden) and the same `FeatureConfig`; otherwise the
+        pool is replaced by a zeroed one of the new shape (returns False) and every
+        avatar's GRU state warms up again from its next sample. Swapping between a model
+        and None returns False (None to None returns True: CV has no state). `version`
+        becomes the new model's (or "cv"). With None the feature configuration stays the
+        current one.
+
+        The model's module is moved, in place, to the engine's device and put in eval
+        mode (as the constructor does), and `model.device` is set to that device.
+
+        The caller must call this between two ticks on the thread that drives the
+        engine, never while `tick()` runs in another thread (the swap is not atomic
+        against a running step).
+
+        Raises ValueError, leaving the engine unchanged, if the new model's horizons
+        differ from the engine's (clients are framed with a fixed horizon count) or its
+        network does not fit its own feature configuration; the errors of moving the
+        module to the device (e.g. a CUDA out-of-memory RuntimeError) also leave the
+        engine unchanged.
+        """
+        if model is not None:
+            _check_model(model)
+            if tuple(model.features.horizons) != tuple(self.cfg.horizons):
+                raise ValueError(
+                    f"model {model.version!r} predicts horizons {model.features.horizons}, "
+                    f"the engine serves {tuple(self.cfg.horizons)}"
+                )
+            model.model.to(self.device).eval()
+            model.device = self.device
+        keep = (
+            model is not None
+            and self.model is not None
+            and _state_shape(model) == _state_shape(self.model)
+            and model.features == self.cfg
+        ) or (model is None and self.model is None)
+        self.model = model
+        self.version = model.version if model is not None else "cv"
+        if model is not None:
+            self.cfg = model.features
+            self._set_scale()
+        if not keep:
+            layers, hidden = _state_shape(model)
+            self.pool = HiddenStatePool(layers, hidden, self.capacity, self.device)
+        return keep
 
     # -- membership -------------------------------------------------------------------
 
@@ -299,9 +379,6 @@ class TickEngine:
         h = self.pool.gather(idx)  # (L, n, hidden)
         h = h * (1.0 - x[:, F.RESET])[None, :, None]  # reset rows start from a zero state
         y, h = self.model.model.step(x, h)  # y (n, H, 3) normalised residual, heading frame
-        bad = ~torch.isfinite(h.sum(dim=(0, 2)))  # (n,) a NaN/inf anywhere poisons the sum
-        h = h.masked_fill(bad[None, :, None], 0.0)  # never store NaN/inf
-        self.pool.scatter(idx, h)
         # Decode on the device: offset = v * horizon + residual rotated to the world frame.
         r = y * self._scale  # (n, H, 3) metres
         v, c, s = xd[:, nf + 1 : nf + 4], xd[:, nf + 4 : nf + 5], xd[:, nf + 5 : nf + 6]
@@ -309,6 +386,10 @@ class TickEngine:
         off[..., 0] = c * r[..., 0] - s * r[..., 1] + v[:, 0:1] * self._h
         off[..., 1] = s * r[..., 0] + c * r[..., 1] + v[:, 1:2] * self._h
         off[..., 2] = r[..., 2] + v[:, 2:3] * self._h
+        # One check per tick on the whole batch; per-row work only when it fails.
+        if not bool(torch.isfinite(h).all() & torch.isfinite(off).all()):
+            h, off = self._reset_nonfinite(h, off, v)
+        self.pool.scatter(idx, h)  # never stores NaN/inf
         yb = self._ybuf[:n]
         if self._pinned:
             yb.copy_(off.reshape(n, -1), non_blocking=True)  # the one device->host copy
@@ -316,6 +397,24 @@ class TickEngine:
         else:
             yb.copy_(off.reshape(n, -1))
         return yb.numpy().reshape(n, -1, 3).copy()
+
+    def _reset_nonfinite(
+        self, h: torch.Tensor, off: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows with a NaN/inf hidden state or prediction: zero state, CV prediction.
+
+        The model predicts a residual over constant velocity, so the honest fallback is
+        the CV prior alone (what the engine serves with `model=None`); the velocity
+        comes from finite, bounded samples, but a non-finite one falls back to zero
+        offsets. Counts the rows in `nonfinite_resets`.
+        """
+        bad = ~(torch.isfinite(h).all(dim=2).all(dim=0) & torch.isfinite(off).flatten(1).all(1))
+        h = h.masked_fill(bad[None, :, None], 0.0)
+        cv = v[:, None, :] * self._h[None, :, None]  # (n, H, 3)
+        cv = cv.masked_fill(~torch.isfinite(cv).flatten(1).all(1)[:, None, None], 0.0)
+        off = torch.where(bad[:, None, None], cv, off)
+        self.nonfinite_resets += int(bad.sum())
+        return h, off
 
     # -- reading ------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ CLOSE_GOING_AWAY = 1001  # server shutdown
 CLOSE_UNSUPPORTED = 1003  # text frame, bytes that are not msgpack
 CLOSE_POLICY = 1008  # a valid frame with a wrong message, too slow, refused
 CLOSE_TOO_BIG = 1009  # frame over the limit
+CLOSE_INTERNAL = 1011  # a server bug while handling this connection
 CLOSE_TRY_AGAIN = 1013  # server or room full
 
 # error code -> close code. The table in docs/protocol.md mirrors this one.
@@ -50,8 +51,11 @@ ERROR_CODES: dict[str, int] = {
     "hello_timeout": CLOSE_POLICY,  # no hello in time
     "not_a_player": CLOSE_POLICY,  # a spectator sent pos
     "unauthorized": CLOSE_POLICY,  # hello token missing, invalid or expired (server.auth)
-    "avatar_taken": CLOSE_POLICY,  # the avatar id is connected in this room already
     "too_slow": CLOSE_POLICY,  # the client did not read its frames
+    "rate_limited": CLOSE_POLICY,  # messages sent faster than the limit, sustained
+    "idle_timeout": CLOSE_POLICY,  # no message or pong for too long
+    "replaced": CLOSE_POLICY,  # another connection took over this avatar
+    "internal_error": CLOSE_INTERNAL,  # a server bug while handling this connection
     "too_large": CLOSE_TOO_BIG,  # frame over the size limit
     "room_full": CLOSE_TRY_AGAIN,
     "server_full": CLOSE_TRY_AGAIN,

@@ -5,7 +5,7 @@ one to the app as a `Connection`, and feeds the app's `Session` for it:
 
     session = app.open_session(conn)      # on connect (after the WebSocket handshake)
     session.on_message(data)              # each whole message: bytes (binary) or str (text)
-    session.on_disconnect()               # once, when the connection is gone
+    session.on_disconnect(clean)          # once, when gone; clean: the peer sent a close frame
 
 and answers plain HTTP requests on the same port with `app.http(path) -> HttpReply`. The
 app drives a connection only through `Connection`'s five calls, none of which waits:
@@ -60,7 +60,9 @@ class Connection(Protocol):
         """Start the closing handshake (idempotent); the socket goes within `close_timeout`."""
 
     def ping(self) -> None:
-        """Send a ping; its pong updates `latency`."""
+        """Send a ping; its pong updates `latency` and then calls `on_pong()`."""
+
+    on_pong: Callable[[], None]  # set by the app; called on every pong
 
     def extra(self, name: str):
         """The socket transport's `get_extra_info(name)` ("socket", "peername", ...)."""
@@ -68,7 +70,7 @@ class Connection(Protocol):
 
 class SessionLike(Protocol):
     def on_message(self, data: bytes | str) -> None: ...
-    def on_disconnect(self) -> None: ...
+    def on_disconnect(self, clean: bool = False) -> None: ...
 
 
 class App(Protocol):
@@ -76,6 +78,7 @@ class App(Protocol):
 
     def open_session(self, conn: Connection) -> SessionLike: ...
     def http(self, path: str) -> HttpReply: ...
+    def allow_origin(self, origin: str | None) -> bool: ...
 
 
 class Transport(Protocol):
@@ -101,6 +104,10 @@ def make_transport(
     raise ValueError(f"unknown transport {name!r}; one of {', '.join(TRANSPORTS)}")
 
 
+def _nothing() -> None:
+    pass
+
+
 def _peer(address) -> str:
     try:
         host, port = address[:2]
@@ -116,10 +123,11 @@ class WebsocketsConnection:
     """`Connection` over a `websockets` ServerConnection: frames are built by its Sans-I/O
     protocol and written with one `writelines`, without the library's awaits."""
 
-    __slots__ = ("_closing", "_proto", "_spawn", "_transport", "peer", "ws")
+    __slots__ = ("_closing", "_proto", "_spawn", "_transport", "on_pong", "peer", "ws")
 
     def __init__(self, ws, spawn: Callable) -> None:
         self.ws = ws
+        self.on_pong: Callable[[], None] = _nothing
         self.peer = _peer(ws.remote_address)
         self._proto = ws.protocol
         self._transport = ws.transport
@@ -168,7 +176,8 @@ class WebsocketsConnection:
         async def probe() -> None:
             with contextlib.suppress(ConnectionClosed, asyncio.TimeoutError):
                 waiter = await self.ws.ping()
-                await asyncio.wait_for(waiter, 10.0)
+                await asyncio.wait_for(waiter, 60.0)
+                self.on_pong()
 
         self._spawn(probe())
 
@@ -200,6 +209,7 @@ class WebsocketsTransport:
             compression="deflate" if self.compression else None,
             max_size=self.max_size,
             close_timeout=self.close_timeout,
+            ping_interval=None,  # the app pings (idle_timeout) and closes the silent
             server_header="avatar-stream",
         )
         return self._server.sockets[0].getsockname()[1]
@@ -219,8 +229,11 @@ class WebsocketsTransport:
         from websockets.http11 import Response
 
         if request.headers.get("Upgrade", "").lower() == "websocket":
-            return None  # a WebSocket handshake, on any path
-        reply = self.app.http(request.path)
+            if self.app.allow_origin(request.headers.get("Origin")):
+                return None  # a WebSocket handshake, on any path
+            reply = HttpReply(403, "text/plain; charset=utf-8", b"origin not allowed\n")
+        else:
+            reply = self.app.http(request.path)
         status = http.HTTPStatus(reply.status)
         headers = Headers(
             [
@@ -241,7 +254,7 @@ class WebsocketsTransport:
         except ConnectionClosed:
             pass
         finally:
-            session.on_disconnect()
+            session.on_disconnect(ws.protocol.close_rcvd is not None)
 
 
 # -- picows -----------------------------------------------------------------------------------
@@ -250,10 +263,21 @@ class WebsocketsTransport:
 class PicowsConnection:
     """`Connection` over a picows WSTransport (frames built and written in Cython)."""
 
-    __slots__ = ("_close_timeout", "_closing", "_loop", "_ping_at", "_raw", "latency", "peer", "t")
+    __slots__ = (
+        "_close_timeout",
+        "_closing",
+        "_loop",
+        "_ping_at",
+        "_raw",
+        "latency",
+        "on_pong",
+        "peer",
+        "t",
+    )
 
     def __init__(self, t, close_timeout: float) -> None:
         self.t = t
+        self.on_pong: Callable[[], None] = _nothing
         self._raw = t.underlying_transport  # a property call each time otherwise
         self.peer = _peer(self._raw.get_extra_info("peername"))
         self.latency = 0.0
@@ -298,6 +322,7 @@ class PicowsConnection:
         if self._ping_at:
             self.latency = time.perf_counter() - self._ping_at
             self._ping_at = 0.0
+        self.on_pong()
 
 
 def _picows_listener_class():
@@ -376,17 +401,8 @@ def _picows_listener_class():
             if self.conn is not None:
                 self.conn._closing = True
                 self.owner.connections.discard(self.conn)
-                self.session.on_disconnect()
-
-        # picows' keepalive pings (idle connections): a pong also gives the latency.
-        def send_user_specific_ping(self, t) -> None:
-            self.conn.ping()
-
-        def is_user_specific_pong(self, frame) -> bool:
-            if frame.msg_type is pong:
-                self.conn.pong()
-                return True
-            return False
+                handshake = t.close_handshake
+                self.session.on_disconnect(handshake is not None and handshake.recv is not None)
 
     return Listener
 
@@ -411,9 +427,7 @@ class PicowsTransport:
             port,
             max_frame_size=self.max_size,
             websocket_handshake_timeout=self.close_timeout * 2.5,
-            enable_auto_ping=True,  # like websockets: ping an idle peer, cut a dead one
-            auto_ping_idle_timeout=20.0,
-            auto_ping_reply_timeout=20.0,
+            enable_auto_ping=False,  # the app pings (idle_timeout) and closes the silent
         )
         return self._server.sockets[0].getsockname()[1]
 
@@ -421,8 +435,11 @@ class PicowsTransport:
         from picows import WSUpgradeResponse, WSUpgradeResponseWithListener
 
         if request.headers.get("Upgrade", "").lower() == "websocket":
-            return self._listener(self)
-        reply = self.app.http(request.path.decode("latin-1"))
+            if self.app.allow_origin(request.headers.get("Origin")):
+                return self._listener(self)
+            reply = HttpReply(403, "text/plain; charset=utf-8", b"origin not allowed\n")
+        else:
+            reply = self.app.http(request.path.decode("latin-1"))
         headers = {"Content-Type": reply.content_type, "Cache-Control": "no-store"}
         if reply.status == 200:
             response = WSUpgradeResponse.create_ok_response(reply.body, headers)

@@ -82,6 +82,7 @@ class Member:
     controls: list[bytes] = field(default_factory=list)
     state: bytes | None = None
     dropped: int = 0  # consecutive state frames dropped (slow socket)
+    detached_at: float | None = None  # server time its connection dropped (None: connected)
     transport: object = None  # the app's handle for this member's connection
     session: object = None  # and for its protocol state
 
@@ -151,13 +152,21 @@ class World:
         self._to_join: dict[int, Member] = {}
         self._to_leave: list[str] = []
         self._anchor = np.zeros(engine.capacity)  # server-clock time of each slot's sample
-        self.n_players = 0
+        self.n_players = 0  # players in rooms, detached ones included
         self.n_spectators = 0
+        self.n_detached = 0
+        self._detached: dict[int, Member] = {}  # uid -> player waiting for a resume
 
     # -- membership (loop thread, any time) ---------------------------------------------------
 
     def admit(self, hello: P.Hello, now: float) -> Member:
-        """Admit a connection that sent `hello`. Raises ProtocolError avatar_taken / room_full."""
+        """Admit a connection that sent `hello`. Raises ProtocolError room_full.
+
+        A player id already in the room (connected, or detached within its grace period)
+        is taken over: with that member's `resume` token the same member comes back (slot,
+        handle, hidden state); without it the old member is removed and a fresh one joins.
+        The caller closes the old connection, if any (`player` finds it first).
+        """
         room = self.rooms.get(hello.room)
         if room is None:
             room = self.rooms[hello.room] = Room(hello.room)
@@ -166,20 +175,63 @@ class World:
             room.spectators.append(m)
             self.n_spectators += 1
         else:
-            if hello.avatar in room.players:
-                self._drop_empty(room)
-                raise P.ProtocolError(
-                    "avatar_taken", f"avatar {hello.avatar!r} is connected in room {room.name!r}"
-                )
-            if len(room.players) >= self.max_room_avatars:
-                self._drop_empty(room)
-                raise P.ProtocolError("room_full", f"room {room.name!r} is full")
-            m = Member(next(self._uids), room, hello.avatar, room.take_handle())
-            room.players[hello.avatar] = m
-            self._to_join[m.uid] = m
-            self.n_players += 1
+            old = room.players.get(hello.avatar)
+            if (
+                old is not None
+                and hello.resume
+                and secrets.compare_digest(hello.resume.encode(), old.resume.encode())
+            ):
+                m = self._reattach(old)
+            else:
+                if old is not None:
+                    self.remove(old)
+                    room = self.rooms.setdefault(hello.room, room)
+                if len(room.players) >= self.max_room_avatars:
+                    self._drop_empty(room)
+                    raise P.ProtocolError("room_full", f"room {room.name!r} is full")
+                m = Member(next(self._uids), room, hello.avatar, room.take_handle())
+                room.players[hello.avatar] = m
+                self._to_join[m.uid] = m
+                self.n_players += 1
         m.resume = secrets.token_urlsafe(16)
         return m
+
+    def player(self, room: str, avatar: str | None) -> Member | None:
+        """The member playing `avatar` in `room` (connected or detached), if any."""
+        r = self.rooms.get(room)
+        return None if r is None or avatar is None else r.players.get(avatar)
+
+    def _reattach(self, m: Member) -> Member:
+        if self._detached.pop(m.uid, None) is not None:
+            self.n_detached -= 1
+        m.detached_at = None
+        m.transport = m.session = None
+        m.seen.clear()  # the new connection knows no handles: joins for its whole view
+        m.view_sig = -1
+        m.controls = []
+        m.state = None
+        m.dropped = 0
+        m.clock = ClockOffset()
+        return m
+
+    def detach(self, m: Member, now: float) -> None:
+        """A player's connection dropped: keep its avatar (visible, slot, hidden state) for
+        a reconnect with its resume token until `expire` removes it. Spectators go now."""
+        if not m.is_player or m.room.players.get(m.avatar) is not m:
+            self.remove(m)
+            return
+        m.transport = m.session = None
+        if m.uid not in self._detached:
+            m.detached_at = now
+            self._detached[m.uid] = m
+            self.n_detached += 1
+
+    def expire(self, now: float, grace: float) -> int:
+        """Remove players detached for `grace` seconds or more; returns how many."""
+        gone = [m for m in self._detached.values() if now - m.detached_at >= grace]
+        for m in gone:
+            self.remove(m)
+        return len(gone)
 
     def welcome(self, m: Member, server_time: float) -> bytes:
         """The `welcome` frame for a just admitted member."""
@@ -202,6 +254,9 @@ class World:
         if m.is_player:
             if room.players.get(m.avatar) is not m:
                 return
+            if self._detached.pop(m.uid, None) is not None:
+                self.n_detached -= 1
+                m.detached_at = None
             del room.players[m.avatar]
             room.give_handle(m.handle)
             if m.slot >= 0:
@@ -329,6 +384,8 @@ class World:
             bounds = indptr.tolist()
             row_of_viewer = {m.uid: i for i, m in enumerate(vis)}  # every visible one views
             for m in players:
+                if m.detached_at is not None:  # no connection: visible to others only
+                    continue
                 i = row_of_viewer.get(m.uid)
                 if i is None:  # no position yet: an empty view
                     if m.seen:

@@ -238,18 +238,76 @@ async def test_before_hello_and_hard_limit_and_timeout():
         assert (err.code, code) == ("bad_version", 1008)
 
 
-async def test_avatar_taken_and_bye():
+async def test_a_second_connection_replaces_the_first_and_bye_leaves():
     async with running() as srv:
         a = await Client.open(srv, avatar="a")
-        ws = await connect(srv.url)
-        await ws.send(P.encode_client(P.Hello(room="lobby", avatar="a")))
-        err, code = await expect_refusal(ws)
-        assert (err.code, code) == ("avatar_taken", 1008)
-        await a.ws.send(P.encode_client(P.Bye()))
+        await a.pos(0, 1.0, (1.0, 2.0, 0.0))
+        await a.state_where(lambda s: len(s) == 1)
+        b = await Client.open(srv, avatar="a")  # no resume token: a fresh avatar "a"
         err, code = await expect_refusal(a.ws)
+        assert (err.code, code) == ("replaced", 1008)
+        assert srv.stats.replaced == 1 and srv.world.n_players == 1
+        st = await b.state_where(lambda s: True)
+        assert len(st) == 0  # the old avatar left; the new one has sent nothing yet
+        await b.ws.send(P.encode_client(P.Bye()))
+        err, code = await expect_refusal(b.ws)
         assert err is None and code == 1000
-        b = await Client.open(srv, avatar="a")  # the id is free again
-        await b.close()
+        assert srv.world.n_players == 0 and srv.world.n_detached == 0
+
+
+async def test_resume_within_grace_keeps_the_hidden_state_after_grace_it_does_not():
+    ref = TickEngine(load_checkpoint(), device="cpu")
+    ref.join("me")
+    async with running(resume_grace=0.5) as srv:
+        world = srv.world
+        detached, expired = asyncio.Event(), asyncio.Event()
+        detach, expire = world.detach, world.expire
+
+        def on_detach(m, now):
+            detach(m, now)
+            detached.set()
+
+        def on_expire(now, grace):
+            n = expire(now, grace)
+            if n:
+                expired.set()
+            return n
+
+        world.detach, world.expire = on_detach, on_expire
+        c = await Client.open(srv, avatar="me")
+        p, t = np.zeros(3), 0.0
+
+        async def step(c: Client, k: int, ref: TickEngine) -> tuple[P.State, np.ndarray]:
+            nonlocal p, t
+            t += 0.1
+            p = p + np.array([0.12 + 0.01 * k, 0.03 * np.sin(k), 0.0])
+            await c.pos(k, t, p)
+            st = await c.state_where(lambda s: c.welcome.handle in s.handle and s.seq[0] == k)
+            ref.submit("me", t, p, k)
+            return st, ref.tick().offsets[0]
+
+        for k in range(12):
+            await step(c, k, ref)
+        c.ws.transport.abort()  # dropped: no close frame
+        await detached.wait()
+        assert world.n_detached == 1 and world.n_players == 1
+        token = c.welcome.resume
+        c = await Client.open(srv, avatar="me", resume=token)
+        assert c.welcome.handle == 0 and srv.stats.resumed == 1 and world.n_detached == 0
+        st, expect = await step(c, 12, ref)  # as if the connection had never dropped
+        np.testing.assert_allclose(st.offsets[0], expect, atol=5.1e-4)
+        token = c.welcome.resume
+        c.ws.transport.abort()
+        await expired.wait()  # the grace period passed: the avatar is gone
+        assert world.n_players == 0 and world.n_detached == 0
+        c = await Client.open(srv, avatar="me", resume=token)
+        fresh = TickEngine(load_checkpoint(), device="cpu")
+        fresh.join("me")
+        st, expect = await step(c, 13, ref)
+        fresh.submit("me", t, p, 13)
+        np.testing.assert_allclose(st.offsets[0], fresh.tick().offsets[0], atol=5.1e-4)
+        assert np.abs(st.offsets[0] - expect).max() > 5e-3  # the old state is not used
+        await c.close()
 
 
 async def test_shutdown_sends_going_away():

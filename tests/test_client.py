@@ -39,23 +39,39 @@ async def test_stream_and_receive_own_and_others_predictions():
         assert a.frames_out >= 4 and a.bytes_in > 0
 
 
-async def test_refused_and_reconnect_after_drop():
-    async with running() as srv, AvatarClient(srv.url, "r", "x", backoff=(0.01, 0.05)) as c:
-        with pytest.raises(Refused) as e:
-            await AvatarClient(srv.url, "r", "x", reconnect=False).connect()
-        assert e.value.code == "avatar_taken" and e.value.close_code == 1008
+async def test_refused_replaced_and_resumed_after_a_drop():
+    async with (
+        running(max_room_avatars=1) as srv,
+        AvatarClient(srv.url, "r", "x", backoff=(0.01, 0.05)) as c,
+    ):
+        with pytest.raises(Refused) as e:  # another avatar: the room is full
+            await AvatarClient(srv.url, "r", "y", reconnect=False).connect()
+        assert e.value.code == "room_full" and e.value.close_code == 1013
         c.send_pos(0, 1.0, (0, 0))
         await next_state(c, lambda s: len(s) == 1)
-        member = srv.world.rooms["r"].players["x"]
-        member.transport.transport.abort()  # the network drops the connection
+        c.ws.transport.abort()  # the network drops the connection (no close frame)
         for _ in range(400):
             msg = await c.recv()
             if isinstance(msg, P.Welcome):
                 break
         assert isinstance(msg, P.Welcome) and c.connects == 2
+        assert srv.stats.resumed == 1  # it sent its resume token: same avatar back
         c.send_pos(1, 2.0, (1, 0))
         st = await next_state(c, lambda s: len(s) == 1)
         assert np.allclose(st.pos[0][:2], (1, 0))
+        # the same avatar from elsewhere takes over; the first client stops, no fight
+        async with AvatarClient(srv.url, "r", "x", reconnect=False) as d:
+            errors = []
+            for _ in range(400):
+                msg = await c.recv()
+                if msg is None:
+                    break
+                if isinstance(msg, P.Error):
+                    errors.append(msg.code)
+            assert errors == ["replaced"] and not c.reconnect and c.connects == 2
+            d.send_pos(0, 5.0, (3, 0))
+            st = await next_state(d, lambda s: len(s) == 1)
+            assert np.allclose(st.pos[0][:2], (3, 0))
 
 
 async def test_unreachable_server_raises_after_attempts():

@@ -9,16 +9,17 @@ from server.engine import TickEngine
 from server.features import FeatureConfig
 from server.model import LoadedModel, ModelConfig, MotionGRU
 
+FEATS = FeatureConfig(horizons=(0.1, 0.2, 0.4, 0.7, 1.0), out_scale=(0.05, 0.1, 0.2, 0.3, 0.5))
 
-def make_model(hidden=16, layers=1, seed=0) -> LoadedModel:
+
+def make_model(hidden=16, layers=1, seed=0, version="test", feats=FEATS) -> LoadedModel:
     torch.manual_seed(seed)
-    cfg = ModelConfig(hidden=hidden, layers=layers, n_horizons=5)
+    cfg = ModelConfig(hidden=hidden, layers=layers, n_horizons=feats.n_horizons)
     m = MotionGRU(cfg)
     with torch.no_grad():
         for p in m.parameters():
             p.normal_(0, 0.3)
-    feats = FeatureConfig(horizons=(0.1, 0.2, 0.4, 0.7, 1.0), out_scale=(0.05, 0.1, 0.2, 0.3, 0.5))
-    return LoadedModel(m.eval(), feats, "test", torch.device("cpu"), {})
+    return LoadedModel(m.eval(), feats, version, torch.device("cpu"), {})
 
 
 def reference_predictions(lm: LoadedModel, t, p) -> np.ndarray:
@@ -179,12 +180,15 @@ def test_non_finite_hidden_state_is_never_stored():
     eng.submit("a", 0.0, (0, 0, 0))
     eng.submit("b", 0.0, (1, 0, 0))
     eng.tick()
+    assert eng.nonfinite_resets == 0
     with torch.no_grad():
         lm.model.gru.bias_hh_l0[0] = float("nan")  # a broken model poisons every row
     eng.submit("a", 0.1, (0.1, 0, 0))
-    eng.tick()
+    res = eng.tick()
     assert torch.count_nonzero(eng.hidden("a")) == 0  # zeroed, not NaN
     assert torch.count_nonzero(eng.hidden("b")) > 0  # untouched: no sample this tick
+    assert eng.nonfinite_resets == 1
+    np.testing.assert_allclose(res.offsets[0], np.outer(lm.features.horizons, [1.0, 0, 0]))
 
 
 def test_pending_counts_the_next_batch():
@@ -220,3 +224,218 @@ def test_submit_many_keeps_what_submit_slot_keeps(rng):
         np.testing.assert_allclose(ra.offsets, rb.offsets)
     with pytest.raises(ValueError):
         a.submit_many(slots, np.ones(8), np.zeros((8, 4)), np.zeros(8))
+
+
+# -- hot model swap ---------------------------------------------------------------------
+
+
+def track(n: int, i: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth curving walk (no resets): times (n,), positions (n, 3)."""
+    t = np.arange(n) * 0.1
+    p = np.stack([np.sin(t + i) * 3 + i * 5, np.cos(1.3 * t) * 2, 0.1 * t], axis=1)
+    return t, p
+
+
+def split_reference(first: LoadedModel | None, second: LoadedModel, t, p, k: int):
+    """Prediction (H, 3) and state (layers, hidden) at sample k of one avatar: `first`
+    runs samples [0, k) from a zero state (None: the state stays zero), then `second`
+    steps sample k from that state."""
+    sf = F.sequence_features([t], [p], second.features)
+    x, out = torch.from_numpy(sf.x[0]), sf.out[0]
+    assert out.reset.tolist() == [True] + [False] * (len(t) - 1)
+    with torch.no_grad():
+        h = second.model.init_hidden(1) if first is None else first.model(x[None, :k])[1]
+        y, h = second.model(x[None, k : k + 1], h)
+    row = F.StepOutput(out.x[k : k + 1], out.reset[k : k + 1], out.p[k : k + 1], out.v[k : k + 1],
+                       out.head[k : k + 1])  # fmt: skip
+    return F.decode(y[0].numpy(), row, second.features)[0], h[:, 0]
+
+
+def run_ticks(eng: TickEngine, tracks: dict, ks) -> None:
+    for k in ks:
+        for av, (t, p) in tracks.items():
+            assert eng.submit(av, t[k], p[k], seq=k)
+        eng.tick()
+
+
+def test_swap_same_shape_keeps_hidden_state_and_predictions():
+    old, new = make_model(seed=0, version="old"), make_model(seed=1, version="new")
+    eng = TickEngine(old, device="cpu")
+    tracks = {"a": track(8, 0), "b": track(8, 1)}
+    for av in tracks:
+        eng.join(av)
+    run_ticks(eng, tracks, range(5))
+    h, before = eng.hidden("a"), eng.snapshot()
+    assert torch.count_nonzero(h) > 0
+    assert eng.swap_model(new) is True
+    assert eng.version == "new" and eng.model is new
+    torch.testing.assert_close(eng.hidden("a"), h, rtol=0, atol=0)
+    after = eng.snapshot()  # last predictions stay
+    np.testing.assert_array_equal(after.avatars, before.avatars)
+    np.testing.assert_array_equal(after.pred, before.pred)
+    t, p = tracks["a"]
+    assert eng.submit("a", t[5], p[5], seq=5)
+    res = eng.tick()
+    ref, h_ref = split_reference(old, new, t, p, 5)
+    np.testing.assert_allclose(res.pred[0], ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(eng.hidden("a"), h_ref, rtol=1e-5, atol=1e-5)
+    stale, _ = split_reference(old, old, t, p, 5)
+    assert np.abs(stale - ref).max() > 1e-3  # the new model really served this step
+    assert eng.nonfinite_resets == 0
+
+
+@pytest.mark.parametrize("hidden,layers", [(8, 2), (16, 2), (24, 1)])
+def test_swap_other_shape_resets_hidden_states_and_keeps_ticking(hidden, layers):
+    old, new = make_model(seed=0, version="old"), make_model(hidden, layers, seed=2, version="x")
+    eng = TickEngine(old, device="cpu", capacity=2)
+    tracks = {"a": track(9, 0), "b": track(9, 1)}
+    for av in tracks:
+        eng.join(av)
+    run_ticks(eng, tracks, range(5))
+    t, p = tracks["a"]
+    assert eng.submit("a", t[5], p[5], seq=5)  # pending across the swap
+    before = eng.snapshot()
+    assert eng.swap_model(new) is False
+    assert eng.version == "x"
+    for av in tracks:
+        assert eng.hidden(av).shape == (layers, hidden)
+        assert torch.count_nonzero(eng.hidden(av)) == 0
+    np.testing.assert_array_equal(eng.snapshot().pred, before.pred)
+    assert eng.pending == 1
+    res = eng.tick()
+    assert res.avatars.tolist() == ["a"] and res.reset.tolist() == [False]
+    ref, h_ref = split_reference(None, new, t, p, 5)  # the new model from a zero state
+    np.testing.assert_allclose(res.pred[0], ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(eng.hidden("a"), h_ref, rtol=1e-5, atol=1e-5)
+    tracks["c"] = track(9, 2)
+    eng.join("c")  # grows the new pool 2 -> 4
+    assert eng.capacity == 4
+    run_ticks(eng, tracks, range(6, 9))
+    for av in tracks:
+        h = eng.hidden(av)
+        assert h.shape == (layers, hidden) and torch.isfinite(h).all()
+        assert torch.count_nonzero(h) > 0
+
+
+def test_swap_to_other_feature_config_resets_and_serves_it():
+    old = make_model(seed=0)
+    scale = tuple(2 * s for s in FEATS.out_scale)
+    feats = FeatureConfig(horizons=FEATS.horizons, out_scale=scale, max_speed=30.0)
+    new = make_model(seed=0, version="fc", feats=feats)  # same weights and state shape
+    eng = TickEngine(old, device="cpu")
+    eng.join("a")
+    t, p = track(4)
+    run_ticks(eng, {"a": (t, p)}, range(3))
+    assert torch.count_nonzero(eng.hidden("a")) > 0
+    assert eng.swap_model(new) is False
+    assert eng.cfg == feats and torch.count_nonzero(eng.hidden("a")) == 0
+    eng.submit("a", t[3], p[3], seq=3)
+    ref, _ = split_reference(None, new, t, p, 3)  # decoded with the new residual scale
+    np.testing.assert_allclose(eng.tick().pred[0], ref, rtol=0, atol=1e-5)
+
+
+def test_swap_rejects_other_horizons_and_leaves_engine_unchanged():
+    old = make_model(seed=0, version="old")
+    eng = TickEngine(old, device="cpu")
+    eng.join("a")
+    run_ticks(eng, {"a": track(3)}, range(3))
+    h = eng.hidden("a")
+    other = make_model(seed=1, version="h10", feats=FeatureConfig())
+    with pytest.raises(ValueError, match="horizons"):
+        eng.swap_model(other)
+    broken = make_model(seed=1, version="broken")
+    broken.features = FeatureConfig()  # 10 horizons for a 5-horizon network
+    with pytest.raises(ValueError):
+        eng.swap_model(broken)
+    assert eng.model is old and eng.version == "old" and eng.cfg == FEATS
+    torch.testing.assert_close(eng.hidden("a"), h, rtol=0, atol=0)
+    cv = TickEngine(None, device="cpu")  # default features: 10 horizons
+    with pytest.raises(ValueError, match="horizons"):
+        cv.swap_model(old)
+    assert cv.model is None and cv.version == "cv"
+
+
+def test_swap_model_to_cv_and_back():
+    old, new = make_model(seed=0, version="old"), make_model(seed=3, version="new")
+    eng = TickEngine(old, device="cpu")
+    cv = TickEngine(None, features=FEATS, device="cpu")
+    t, p = track(10)
+    for e in (eng, cv):
+        e.join("a")
+    run_ticks(eng, {"a": (t, p)}, range(4))
+    run_ticks(cv, {"a": (t, p)}, range(4))
+    assert eng.swap_model(None) is False
+    assert eng.version == "cv" and eng.model is None and eng.cfg == FEATS
+    for k in (4, 5):  # served as constant-velocity dead reckoning
+        for e in (eng, cv):
+            e.submit("a", t[k], p[k], seq=k)
+        np.testing.assert_allclose(eng.tick().pred, cv.tick().pred, rtol=0, atol=1e-9)
+    assert eng.swap_model(None) is True  # CV to CV: nothing to reset
+    assert eng.swap_model(new) is False
+    assert eng.version == "new" and eng.model is new
+    assert eng.hidden("a").shape == (1, 16) and torch.count_nonzero(eng.hidden("a")) == 0
+    eng.submit("a", t[6], p[6], seq=6)
+    res = eng.tick()
+    ref, _ = split_reference(new, new, t, p, 6)
+    zero_ref, h_ref = split_reference(None, new, t, p, 6)  # from a zero state
+    np.testing.assert_allclose(res.pred[0], zero_ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(eng.hidden("a"), h_ref, rtol=1e-5, atol=1e-5)
+    assert np.abs(ref - zero_ref).max() > 1e-4  # the reset is visible
+    run_ticks(eng, {"a": (t, p)}, range(7, 10))
+    assert torch.isfinite(eng.hidden("a")).all()
+    # A CV engine takes a model too.
+    assert cv.swap_model(old) is False and cv.version == "old"
+    assert cv.hidden("a").shape == (1, 16)
+
+
+def test_nonfinite_step_rows_are_reset_and_counted(monkeypatch):
+    lm, twin_lm = make_model(seed=0), make_model(seed=0)
+    eng, twin = TickEngine(lm, device="cpu"), TickEngine(twin_lm, device="cpu")
+    cv = TickEngine(None, features=FEATS, device="cpu")
+    tracks = {f"a{i}": track(8, i) for i in range(4)}
+    for e in (eng, twin, cv):
+        for av in tracks:
+            e.join(av)
+        run_ticks(e, tracks, range(4))
+    assert eng.nonfinite_resets == 0  # healthy ticks count nothing
+    step = lm.model.step
+
+    def poisoned(x, h):
+        y, h = step(x, h)
+        y, h = y.clone(), h.clone()
+        h[-1, 1, 3] = float("nan")  # row 1: hidden state
+        y[2, 4, 0] = float("inf")  # row 2: prediction only
+        return y, h
+
+    monkeypatch.setattr(lm.model, "step", poisoned)
+    for e in (eng, twin, cv):
+        for av, (t, p) in tracks.items():
+            e.submit(av, t[4], p[4], seq=4)
+    res, ref, ref_cv = eng.tick(), twin.tick(), cv.tick()
+    assert res.avatars.tolist() == ["a0", "a1", "a2", "a3"]
+    assert eng.nonfinite_resets == 2
+    assert np.isfinite(res.offsets).all()
+    np.testing.assert_array_equal(res.offsets[[0, 3]], ref.offsets[[0, 3]])
+    np.testing.assert_allclose(res.offsets[[1, 2]], ref_cv.offsets[[1, 2]], rtol=0, atol=1e-6)
+    for i in (1, 2):
+        assert torch.count_nonzero(eng.hidden(f"a{i}")) == 0
+    for i in (0, 3):
+        torch.testing.assert_close(eng.hidden(f"a{i}"), twin.hidden(f"a{i}"), rtol=0, atol=0)
+    np.testing.assert_array_equal(eng.snapshot().offsets[[1, 2]], res.offsets[[1, 2]])
+    monkeypatch.setattr(lm.model, "step", step)
+    run_ticks(eng, tracks, range(5, 8))
+    assert eng.nonfinite_resets == 2
+    assert torch.isfinite(eng.pool.h).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_swap_moves_model_to_engine_device():
+    old = make_model(seed=0)
+    eng = TickEngine(old, device="cuda")
+    new = make_model(seed=1, version="new")  # on the CPU
+    eng.join("a")
+    run_ticks(eng, {"a": track(4)}, range(2))
+    assert eng.swap_model(new) is True
+    assert new.device == eng.device and next(new.model.parameters()).is_cuda
+    run_ticks(eng, {"a": track(4)}, range(2, 4))
+    assert torch.isfinite(eng.hidden("a")).all() and eng.nonfinite_resets == 0

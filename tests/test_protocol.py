@@ -413,7 +413,8 @@ def test_too_large():
 
 
 def test_every_error_code_has_a_websocket_close_code():
-    assert set(P.ERROR_CODES.values()) <= {1003, 1008, 1009, 1013}
+    assert set(P.ERROR_CODES.values()) <= {1003, 1008, 1009, 1011, 1013}
+    assert P.ERROR_CODES["internal_error"] == 1011
     assert {"room_full", "server_full"} <= {k for k, v in P.ERROR_CODES.items() if v == 1013}
     for code, close in P.ERROR_CODES.items():
         e = P.ProtocolError(code, "m")

@@ -42,7 +42,9 @@ async def test_a_fragmented_message_is_one_message(transport):
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_fragments_over_the_hard_limit_close_1009(transport):
     async with (
-        running(transport=transport, max_frame=1024, max_frame_hard=2048) as srv,
+        running(
+            transport=transport, max_frame=1024, max_hello_frame=512, max_frame_hard=2048
+        ) as srv,
         connect(srv.url, max_size=2**20) as ws,
     ):
         await ws.send([b"\x00" * 1500, b"\x00" * 1500])  # 3000 bytes in two frames

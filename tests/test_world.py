@@ -48,14 +48,17 @@ def test_clock_offset_tracks_minimum_delay_and_drift():
     assert c.offset == pytest.approx(c.base - 0.01)
 
 
-def test_admit_handles_taken_full_and_room_cleanup():
+def test_admit_handles_takeover_resume_full_and_room_cleanup():
     w = make_world(max_room_avatars=2)
     a = w.admit(P.Hello(room="r", avatar="a"), 0.0)
     b = w.admit(P.Hello(room="r", avatar="b"), 0.0)
     assert (a.handle, b.handle) == (0, 1)
-    with pytest.raises(P.ProtocolError) as e:
-        w.admit(P.Hello(room="r", avatar="a"), 0.0)
-    assert e.value.code == "avatar_taken"
+    assert w.player("r", "a") is a and w.player("r", "zz") is None
+    a2 = w.admit(P.Hello(room="r", avatar="a", resume=a.resume), 0.0)  # resume: same member
+    assert a2 is a
+    wrong = w.admit(P.Hello(room="r", avatar="a", resume="not-it"), 0.0)  # takeover: fresh
+    assert wrong is not a and w.player("r", "a") is wrong and w.n_players == 2
+    a = wrong
     with pytest.raises(P.ProtocolError) as e:
         w.admit(P.Hello(room="r", avatar="c"), 0.0)
     assert e.value.code == "room_full" and e.value.close_code == 1013
@@ -68,6 +71,24 @@ def test_admit_handles_taken_full_and_room_cleanup():
     w.remove(s)
     assert set(w.rooms) == {"r"}
     assert (w.n_players, w.n_spectators) == (2, 0)
+
+
+def test_detached_players_stay_until_resumed_or_expired():
+    w = make_world()
+    a = w.admit(P.Hello(room="r", avatar="a"), 0.0)
+    token = a.resume
+    w.detach(a, 10.0)
+    assert (w.n_players, w.n_detached) == (1, 1) and w.player("r", "a") is a
+    assert w.expire(12.0, grace=5.0) == 0
+    back = w.admit(P.Hello(room="r", avatar="a", resume=token), 13.0)
+    assert back is a and back.detached_at is None and w.n_detached == 0
+    assert back.resume != token  # a new token for the next drop
+    w.detach(a, 20.0)
+    assert w.expire(25.0, grace=5.0) == 1
+    assert (w.n_players, w.n_detached) == (0, 0) and "r" not in w.rooms
+    s = w.admit(P.Hello(room="r"), 30.0)
+    w.detach(s, 31.0)  # spectators are removed at once
+    assert w.n_spectators == 0 and w.n_detached == 0
 
 
 def test_spectator_cannot_send_pos_and_old_samples_are_ignored():
