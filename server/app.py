@@ -410,6 +410,8 @@ class AvatarServer:
     async def _tick_loop(self) -> None:
         loop = asyncio.get_running_loop()
         period = self.config.tick_period
+        # idle checks and pings at least 6 times per idle timeout, at most once a second
+        housekeeping_every = max(1, round(min(1.0, self.config.idle_timeout / 6) / period))
         start = loop.time()
         k = 0
         while True:
@@ -423,8 +425,8 @@ class AvatarServer:
                 k += missed
             if self._next_model is not _NO_MODEL:
                 self._apply_model()
-            if k % max(1, round(self.config.tick_hz)) == 0:
-                self._housekeeping()  # about once a second
+            if k % housekeeping_every == 0:
+                self._housekeeping()
             t0 = time.perf_counter()
             try:
                 await self._tick(loop)

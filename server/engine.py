@@ -15,7 +15,8 @@ reckoning through the same path, which is the "model off" comparison.
 `swap_model` replaces the model between two ticks (hot reload), keeping avatars and, when
 the state shape matches, their hidden states. A model step whose new hidden state or
 prediction is not finite for some rows resets those rows (zero state, CV prediction) and
-counts them in `nonfinite_resets`; the hot path pays one finiteness check per tick.
+counts them in `nonfinite_resets`. On the CPU the hot path pays one finiteness check per
+tick; on CUDA the repair always runs on the device, so a tick keeps its single host sync.
 """
 
 from __future__ import annotations
@@ -131,7 +132,9 @@ class TickEngine:
             self.cfg = features or FeatureConfig()
         self.model = model
         self.version = model.version if model is not None else "cv"
-        self.nonfinite_resets = 0  # model-step rows whose hidden state/prediction was not finite
+        # model-step rows whose hidden state / prediction was not finite (see nonfinite_resets)
+        self._nonfinite = 0
+        self._nonfinite_dev: torch.Tensor | None = None  # CUDA: counted on the device
         layers, hidden = _state_shape(model)
         self.horizons = np.asarray(self.cfg.horizons)
         H = len(self.horizons)
@@ -386,8 +389,10 @@ class TickEngine:
         off[..., 0] = c * r[..., 0] - s * r[..., 1] + v[:, 0:1] * self._h
         off[..., 1] = s * r[..., 0] + c * r[..., 1] + v[:, 1:2] * self._h
         off[..., 2] = r[..., 2] + v[:, 2:3] * self._h
-        # One check per tick on the whole batch; per-row work only when it fails.
-        if not bool(torch.isfinite(h).all() & torch.isfinite(off).all()):
+        if self.device.type == "cpu":  # one check on the whole batch; rows only on failure
+            if not bool(torch.isfinite(h).all() & torch.isfinite(off).all()):
+                h, off = self._reset_nonfinite(h, off, v)
+        else:  # a check would be a second host sync per tick: repair on the device always
             h, off = self._reset_nonfinite(h, off, v)
         self.pool.scatter(idx, h)  # never stores NaN/inf
         yb = self._ybuf[:n]
@@ -413,8 +418,19 @@ class TickEngine:
         cv = v[:, None, :] * self._h[None, :, None]  # (n, H, 3)
         cv = cv.masked_fill(~torch.isfinite(cv).flatten(1).all(1)[:, None, None], 0.0)
         off = torch.where(bad[:, None, None], cv, off)
-        self.nonfinite_resets += int(bad.sum())
+        if self.device.type == "cpu":
+            self._nonfinite += int(bad.sum())
+        elif self._nonfinite_dev is None:
+            self._nonfinite_dev = bad.sum()
+        else:
+            self._nonfinite_dev += bad.sum()  # read (one sync) only when asked
         return h, off
+
+    @property
+    def nonfinite_resets(self) -> int:
+        """Model-step rows reset because their hidden state or prediction was not finite."""
+        dev = 0 if self._nonfinite_dev is None else int(self._nonfinite_dev.item())
+        return self._nonfinite + dev
 
     # -- reading ------------------------------------------------------------------------
 

@@ -410,3 +410,111 @@ def test_step_cost_is_measured_and_leaves_the_engine_clean():
     cost = step_cost(eng, n=64, repeats=2)
     assert 0 < cost < 0.01  # seconds per avatar: any machine is well under 10 ms
     assert len(eng) == 0 and eng.ticks == 0 and eng.pending == 0
+
+
+SECRET = "test-secret-0123456789abcdef-0123456789"
+
+
+async def test_join_tokens_missing_wrong_expired_wrong_room_refused_valid_admitted():
+    from server.auth import mint_token
+
+    async with running(secret=SECRET) as srv:
+        now = time.time()
+        cases = {
+            "missing": None,
+            "wrong signature": mint_token("another-secret-0123456789abcdef-xyz", "a", "lobby", 60),
+            "expired": mint_token(SECRET, "a", "lobby", 10, now=now - 100),
+            "wrong room": mint_token(SECRET, "a", "elsewhere", 60),
+            "wrong avatar": mint_token(SECRET, "b", "lobby", 60),
+        }
+        for why, token in cases.items():
+            ws = await connect(srv.url)
+            await ws.send(P.encode_client(P.Hello(room="lobby", avatar="a", token=token)))
+            err, code = await expect_refusal(ws)
+            assert (err.code, code) == ("unauthorized", 1008), why
+        c = await Client.open(srv, avatar="a", token=mint_token(SECRET, "a", "lobby", 60))
+        assert c.welcome.avatar == "a" and srv.stats.errors["unauthorized"] == len(cases)
+        await c.close()
+
+
+async def test_allowed_origins_refuse_other_browsers():
+    from websockets.exceptions import InvalidStatus
+
+    async with running(allowed_origins="https://app.example, https://b.example/") as srv:
+        for origin in ("https://app.example", "https://b.example", None):  # None: no browser
+            ws = await connect(srv.url, origin=origin)
+            await ws.close()
+        with pytest.raises(InvalidStatus) as e:
+            await connect(srv.url, origin="https://evil.example")
+        assert e.value.response.status_code == 403 and srv.stats.origin_refused == 1
+
+
+async def test_a_flood_is_dropped_then_closed_and_others_are_not_limited():
+    async with running(max_msg_rate=20.0) as srv:
+        calm = await Client.open(srv, avatar="calm")
+        flood = await Client.open(srv, avatar="flood")
+        for k in range(400):  # bounded: closes after about 20 + 2 * 20 messages
+            try:
+                await flood.pos(k, 1.0 + k * 1e-3, (0, 0, 0))
+            except ConnectionClosed:
+                break
+        err, code = await expect_refusal(flood.ws)
+        assert (err.code, code) == ("rate_limited", 1008)
+        assert srv.stats.rate_dropped >= 40
+        for k in range(3):  # the calm one was never limited
+            await calm.pos(k, 1.0 + k, (1.0, 0, 0))
+            await calm.state_where(lambda s, k=k: len(s) and s.seq[0] == k)
+        await calm.close()
+
+
+async def test_a_silent_connection_is_closed_but_one_that_answers_pings_is_not():
+    from websockets.client import ClientProtocol
+    from websockets.uri import parse_uri
+
+    async with running(idle_timeout=1.0) as srv:
+        alive = await Client.open(srv, avatar="alive")  # reads, sends nothing, answers pings
+        reading = asyncio.create_task(drain(alive.ws))
+        # a raw client: handshake and hello, then it never answers anything
+        proto = ClientProtocol(parse_uri(srv.url))
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        proto.send_request(proto.connect())
+        writer.write(b"".join(proto.data_to_send()))
+        while not proto.handshake_exc and proto.state.name == "CONNECTING":
+            proto.receive_data(await reader.read(4096))
+        proto.send_binary(P.encode_client(P.Hello(room="lobby", avatar="silent")))
+        writer.write(b"".join(proto.data_to_send()))
+        t0 = time.perf_counter()
+        while data := await asyncio.wait_for(reader.read(65536), 10):  # until the server closes
+            proto.receive_data(data)  # its pings are read, never answered
+        waited = time.perf_counter() - t0
+        events = proto.events_received()
+        frames = [e for e in events if getattr(e, "opcode", None) is not None]
+        errors = [P.decode_server(e.data) for e in frames if e.opcode.name == "BINARY"]
+        assert any(isinstance(m, P.Error) and m.code == "idle_timeout" for m in errors)
+        assert proto.close_rcvd is not None and proto.close_rcvd.code == 1008
+        assert 1.0 <= waited < 4.0
+        writer.close()
+        assert alive.ws.state.name == "OPEN"  # pinged too, and its pongs count
+        assert srv.stats.errors.get("idle_timeout") == 1
+        await alive.close()
+        await reading
+
+
+async def test_a_bug_while_handling_one_client_closes_only_that_client(monkeypatch):
+    async with running() as srv:
+        good = await Client.open(srv, avatar="good")
+        bad = await Client.open(srv, avatar="bad")
+        real = srv.world.set_view
+
+        def broken(m, region):
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(srv.world, "set_view", broken)
+        await bad.ws.send(P.encode_client(P.View(region=None)))
+        err, code = await expect_refusal(bad.ws)
+        assert (err.code, code) == ("internal_error", 1011)
+        monkeypatch.setattr(srv.world, "set_view", real)
+        await good.pos(0, 1.0, (0, 0, 0))
+        await good.state_where(lambda s: len(s) == 1)
+        assert srv.stats.tick_errors == 0
+        await good.close()
