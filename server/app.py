@@ -44,7 +44,7 @@ from server.auth import verify_token
 from server.config import Config
 from server.engine import TickEngine
 from server.model import default_checkpoint_path, load_checkpoint
-from server.transports import Connection, HttpReply, make_transport
+from server.transports import Connection, HttpReply, Transport, make_transport
 from server.world import Member, World
 
 log = logging.getLogger("avatar_stream")
@@ -205,6 +205,7 @@ class AvatarServer:
         self._routes: dict[str, RouteHandler] = {}
         self._step_cost = float("inf")  # seconds per avatar of a model step (CPU), measured
         self._executor: ThreadPoolExecutor | None = None
+        self._transport: Transport | None = None
         self.registry = CollectorRegistry()
         self.registry.register(_StatsCollector(self))
         self.tick_seconds = Histogram(
@@ -263,7 +264,7 @@ class AvatarServer:
                     f"it predicts horizons {tuple(model.features.horizons)}, the clients were "
                     f"told {self.world.horizons}; restart the server to change them"
                 )
-        except (OSError, ValueError) as e:
+        except Exception as e:  # unreadable, corrupt, wrong horizons, out of device memory
             self.stats.reloads_failed += 1
             log.error("model reload refused, still serving %s: %s", engine.version, e)
             return
@@ -320,6 +321,7 @@ class AvatarServer:
             compression=cfg.compression,
         )
         self.port = await transport.start(cfg.host, cfg.port)
+        self._transport = transport
         log.info(
             "avatar-stream serving %s (http://%s:%d/metrics) device=%s model=%s tick=%g Hz "
             "transport=%s",
@@ -424,7 +426,11 @@ class AvatarServer:
                 self.stats.overruns += missed
                 k += missed
             if self._next_model is not _NO_MODEL:
-                self._apply_model()
+                try:
+                    self._apply_model()
+                except Exception:  # the engine is unchanged when a swap raises
+                    self.stats.reloads_failed += 1
+                    log.exception("model swap failed, still serving %s", self.world.engine.version)
             if k % housekeeping_every == 0:
                 self._housekeeping()
             t0 = time.perf_counter()
@@ -469,6 +475,7 @@ class AvatarServer:
 
     def _write(self, members: list[Member]) -> None:
         limit, max_dropped, stats = self.config.send_buffer, self.config.max_dropped, self.stats
+        batch: list[tuple[Connection, list[bytes]]] = []
         for m in members:
             conn: Connection | None = m.transport
             if conn is None or not conn.is_open:
@@ -493,12 +500,10 @@ class AvatarServer:
             for frame in frames:
                 stats.bytes_out += len(frame)
             stats.frames_out += len(frames)
-            try:  # written now, no await
-                conn.send(frames)
-            except Exception:  # one client's broken socket never stops the fan-out
-                log.debug("write to %s failed", conn.peer, exc_info=True)
+            batch.append((conn, frames))
             m.controls = []
             m.state = None
+        self._transport.send_batch(batch)  # written now, no await
 
 
 class Session:
