@@ -319,6 +319,7 @@ class AvatarServer:
             max_size=cfg.max_frame_hard,
             close_timeout=cfg.shutdown_timeout,
             compression=cfg.compression,
+            send_buffer=cfg.send_buffer,
         )
         self.port = await transport.start(cfg.host, cfg.port)
         self._transport = transport

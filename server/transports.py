@@ -5,7 +5,8 @@ one to the app as a `Connection`, and feeds the app's `Session` for it:
 
     session = app.open_session(conn)      # on connect (after the WebSocket handshake)
     session.on_message(data)              # each whole message: bytes (binary) or str (text)
-    session.on_disconnect(clean)          # once, when gone; clean: the peer sent a close frame
+    session.on_disconnect(clean)          # once, when gone; clean: a close frame was sent or
+                                          # received (else the socket dropped: resumable)
 
 and answers plain HTTP requests on the same port with `app.http(path) -> HttpReply`. The
 app drives a connection only through `Connection`'s five calls, none of which waits:
@@ -23,6 +24,7 @@ import contextlib
 import http
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -97,21 +99,41 @@ class Transport(Protocol):
 
 
 def make_transport(
-    name: str, app: App, *, max_size: int, close_timeout: float, compression: bool = False
+    name: str,
+    app: App,
+    *,
+    max_size: int,
+    close_timeout: float,
+    compression: bool = False,
+    send_buffer: int | None = None,
 ) -> Transport:
-    """The transport called `name` (one of TRANSPORTS). Raises ValueError for another name
+    """The transport called `name` (one of TRANSPORTS). `send_buffer`: each client socket's
+    kernel send buffer (None: the system's autotuning). Raises ValueError for another name
     and ImportError when its library is not installed."""
     if name == "websockets":
-        return WebsocketsTransport(app, max_size, close_timeout, compression)
-    if name == "picows":
+        t = WebsocketsTransport(app, max_size, close_timeout, compression)
+    elif name == "picows":
         if compression:
             raise ValueError("compression is only available with the websockets transport")
-        return PicowsTransport(app, max_size, close_timeout)
-    raise ValueError(f"unknown transport {name!r}; one of {', '.join(TRANSPORTS)}")
+        t = PicowsTransport(app, max_size, close_timeout)
+    else:
+        raise ValueError(f"unknown transport {name!r}; one of {', '.join(TRANSPORTS)}")
+    t.send_buffer = send_buffer
+    return t
 
 
 def _nothing() -> None:
     pass
+
+
+def _bound_kernel_buffer(transport, size: int | None) -> None:
+    """Cap the kernel's send buffer for one client (Linux doubles the value), so a client
+    that stops reading fills the transport's buffer, where the app sees it and drops
+    frames, instead of megabytes of kernel autotuned buffer."""
+    sock = transport.get_extra_info("socket")
+    if size and sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
 def _peer(address) -> str:
@@ -123,6 +145,13 @@ def _peer(address) -> str:
 
 
 # -- websockets -------------------------------------------------------------------------------
+
+try:
+    from websockets.protocol import State as _WsState
+
+    _WS_OPEN = _WsState.OPEN
+except ImportError:  # pragma: no cover - websockets is a dependency
+    _WS_OPEN = None
 
 
 class WebsocketsConnection:
@@ -142,9 +171,7 @@ class WebsocketsConnection:
 
     @property
     def is_open(self) -> bool:
-        from websockets.protocol import State
-
-        return not self._closing and self._proto.state is State.OPEN
+        return not self._closing and self._proto.state is _WS_OPEN
 
     @property
     def latency(self) -> float:
@@ -152,6 +179,8 @@ class WebsocketsConnection:
 
     def send(self, frames: list[bytes]) -> None:
         proto = self._proto
+        if proto.state is not _WS_OPEN:  # closing: messages already read get no reply
+            return
         for frame in frames:
             proto.send_binary(frame)
         chunks = proto.data_to_send()
@@ -196,6 +225,7 @@ class WebsocketsTransport:
         self.max_size = max_size
         self.close_timeout = close_timeout
         self.compression = compression
+        self.send_buffer: int | None = None  # kernel send buffer per client socket
         self._server = None
         self._background: set[asyncio.Task] = set()
 
@@ -260,14 +290,16 @@ class WebsocketsTransport:
     async def _handle(self, ws) -> None:
         from websockets.exceptions import ConnectionClosed
 
+        _bound_kernel_buffer(ws.transport, self.send_buffer)
         session = self.app.open_session(WebsocketsConnection(ws, self._spawn))
         try:
             async for data in ws:
                 session.on_message(data)
         except ConnectionClosed:
             pass
-        finally:
-            session.on_disconnect(ws.protocol.close_rcvd is not None)
+        finally:  # a close frame either way is a leave; only a dropped socket is resumable
+            proto = ws.protocol
+            session.on_disconnect(proto.close_rcvd is not None or proto.close_sent is not None)
 
 
 # -- picows -----------------------------------------------------------------------------------
@@ -361,12 +393,16 @@ def _picows_listener_class():
             self._size = 0
 
         def on_ws_connected(self, t) -> None:
+            _bound_kernel_buffer(t.underlying_transport, self.owner.send_buffer)
             self.conn = PicowsConnection(t, self.owner.close_timeout)
             self.owner.connections.add(self.conn)
             self.session = self.owner.app.open_session(self.conn)
 
         def on_ws_frame(self, t, frame) -> None:
             kind = frame.msg_type
+            if frame.payload_size > self.owner.max_size:  # picows is closing it (1009)
+                self.conn._closing = True
+                return
             if kind is binary and frame.fin and not self._parts:
                 self.session.on_message(frame.get_payload_as_bytes())
             elif kind is binary or kind is text or kind is cont:
@@ -417,8 +453,8 @@ def _picows_listener_class():
             if self.conn is not None:
                 self.conn._closing = True
                 self.owner.connections.discard(self.conn)
-                handshake = t.close_handshake
-                self.session.on_disconnect(handshake is not None and handshake.recv is not None)
+                # a close frame either way is a leave; only a dropped socket is resumable
+                self.session.on_disconnect(t.close_handshake is not None)
 
     return Listener
 
@@ -431,6 +467,7 @@ class PicowsTransport:
         self.max_size = max_size
         self.close_timeout = close_timeout
         self.connections: set[PicowsConnection] = set()
+        self.send_buffer: int | None = None  # kernel send buffer per client socket
         self._server: asyncio.Server | None = None
         self._listener = _picows_listener_class()
         self._writer: ThreadPoolExecutor | None = None
@@ -482,6 +519,7 @@ class PicowsTransport:
             max_frame_size=self.max_size,
             websocket_handshake_timeout=self.close_timeout * 2.5,
             enable_auto_ping=False,  # the app pings (idle_timeout) and closes the silent
+            logger_name=_PicowsLog(logging.getLogger("picows.server"), {}),
         )
         return self._server.sockets[0].getsockname()[1]
 
@@ -520,6 +558,20 @@ class PicowsTransport:
             if w.done() and not w.cancelled():
                 w.exception()
         await self._server.wait_closed()
+
+
+class _PicowsLog(logging.LoggerAdapter):
+    """picows' log, levelled for a public server: a client's malformed or oversized frame
+    (any client can send one; it is closed with the right code) is INFO, not ERROR, and
+    the per-connection open/close lines are DEBUG."""
+
+    def log(self, level, msg, *args, **kwargs):
+        text = msg if isinstance(msg, str) else ""
+        if level >= logging.ERROR and text.startswith("WS parser error"):
+            level = logging.INFO
+        elif level == logging.INFO and text.startswith(("New connection", "Disconnected")):
+            level = logging.DEBUG
+        super().log(level, msg, *args, **kwargs)
 
 
 PARALLEL_WRITES_FROM = 64  # clients in one tick's batch before a second thread helps
