@@ -45,7 +45,7 @@ from server.auth import verify_token
 from server.config import Config
 from server.engine import TickEngine
 from server.model import default_checkpoint_path, load_checkpoint
-from server.transports import Connection, HttpReply, Transport, make_transport
+from server.transports import Connection, HttpReply, make_transport
 from server.world import Member, World
 
 log = logging.getLogger("avatar_stream")
@@ -206,7 +206,6 @@ class AvatarServer:
         self._routes: dict[str, RouteHandler] = {}
         self._step_cost = float("inf")  # seconds per avatar of a model step (CPU), measured
         self._executor: ThreadPoolExecutor | None = None
-        self._transport: Transport | None = None
         self.registry = CollectorRegistry()
         self.registry.register(_StatsCollector(self))
         self.tick_seconds = Histogram(
@@ -327,7 +326,6 @@ class AvatarServer:
             send_buffer=cfg.send_buffer,
         )
         self.port = await transport.start(cfg.host, cfg.port)
-        self._transport = transport
         log.info(
             "avatar-stream serving %s (http://%s:%d/metrics) device=%s model=%s tick=%g Hz "
             "transport=%s",
@@ -489,7 +487,6 @@ class AvatarServer:
 
     def _write(self, members: list[Member]) -> None:
         limit, max_dropped, stats = self.config.send_buffer, self.config.max_dropped, self.stats
-        batch: list[tuple[Connection, list[bytes]]] = []
         for m in members:
             conn: Connection | None = m.transport
             if conn is None or not conn.is_open:
@@ -514,10 +511,12 @@ class AvatarServer:
             for frame in frames:
                 stats.bytes_out += len(frame)
             stats.frames_out += len(frames)
-            batch.append((conn, frames))
+            try:  # written now, no await
+                conn.send(frames)
+            except Exception:  # one client's broken socket never stops the fan-out
+                log.debug("write to %s failed", conn.peer, exc_info=True)
             m.controls = []
             m.state = None
-        self._transport.send_batch(batch)  # written now, no await
 
 
 class Session:

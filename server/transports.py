@@ -91,10 +91,6 @@ class Transport(Protocol):
         """Stop accepting, close every connection with 1001, abort what is left after the
         close timeout."""
 
-    def send_batch(self, batch: list[tuple[Connection, list[bytes]]]) -> None:
-        """`conn.send(frames)` for each pair (a tick's fan-out); one connection's failure
-        never stops the others."""
-
 
 def make_transport(
     name: str,
@@ -248,13 +244,6 @@ class WebsocketsTransport:
         )
         return self._server.sockets[0].getsockname()[1]
 
-    def send_batch(self, batch: list[tuple[Connection, list[bytes]]]) -> None:
-        for conn, frames in batch:
-            try:
-                conn.send(frames)
-            except Exception:
-                log.debug("write to %s failed", conn.peer, exc_info=True)
-
     async def stop(self) -> None:
         server = self._server
         server.close(close_connections=True)  # 1001 going away to every client
@@ -307,6 +296,7 @@ class PicowsConnection:
     """`Connection` over a picows WSTransport (frames built and written in Cython)."""
 
     __slots__ = (
+        "_binary",
         "_close_timeout",
         "_closing",
         "_loop",
@@ -328,17 +318,18 @@ class PicowsConnection:
         self._closing = False
         self._loop = asyncio.get_running_loop()
         self._close_timeout = close_timeout
+        from picows import WSMsgType
+
+        self._binary = WSMsgType.BINARY
 
     @property
     def is_open(self) -> bool:
         return not self._closing and not self.t.is_disconnected
 
     def send(self, frames: list[bytes]) -> None:
-        from picows import WSMsgType
-
-        send = self.t.send
+        send, binary = self.t.send, self._binary
         for frame in frames:
-            send(WSMsgType.BINARY, frame)
+            send(binary, frame)
 
     def buffered(self) -> int:
         return self._raw.get_write_buffer_size()
@@ -465,17 +456,6 @@ class PicowsTransport:
         self.send_buffer: int | None = None  # kernel send buffer per client socket
         self._server: asyncio.Server | None = None
         self._listener = _picows_listener_class()
-
-    def send_batch(self, batch: list[tuple[Connection, list[bytes]]]) -> None:
-        # Measured: framing each client's frames into one buffer and writing half of the
-        # clients from a second thread (os.write releases the GIL) saved a third of the
-        # write time in isolation but nothing in a served tick at 1,000 clients (the
-        # second core is busy), so the writes stay on the loop, through picows.
-        for conn, frames in batch:
-            try:
-                conn.send(frames)
-            except Exception:
-                log.debug("write to %s failed", conn.peer, exc_info=True)
 
     async def start(self, host: str, port: int) -> int:
         from picows import ws_create_server
