@@ -8,9 +8,11 @@ one to the app as a `Connection`, and feeds the app's `Session` for it:
     session.on_disconnect(clean)          # once, when gone; clean: a close frame was sent or
                                           # received (else the socket dropped: resumable)
 
-and answers plain HTTP requests on the same port with `app.http(path) -> HttpReply`. The
-app drives a connection only through `Connection`'s five calls, none of which waits:
-`send` (whole messages, written now), `buffered`, `close`, `ping`, and `is_open`/`latency`.
+and answers plain HTTP requests on the same port with `app.http(path) -> HttpReply` (and
+asks `app.allow_origin(origin)` before a WebSocket handshake). The app drives a
+connection only through `Connection`, and none of its calls waits: `send` (whole
+messages, written now), `buffered`, `close`, `ping` (whose pong calls `on_pong`),
+`is_open`, `latency`, `extra`.
 
 `websockets` is the reference implementation (Sans-I/O protocol + asyncio); `picows`
 parses and frames in Cython and calls back per frame, which costs a fraction of the

@@ -24,7 +24,20 @@ def test_env_overrides_defaults_and_flags_override_env():
 
 @pytest.mark.parametrize(
     "change",
-    [{"tick_hz": 0}, {"port": 70000}, {"predictor": "lstm"}, {"aoi_cap": 0}, {"max_frame": 10}],
+    [
+        {"tick_hz": 0},
+        {"port": 70000},
+        {"predictor": "lstm"},
+        {"aoi_cap": 0},
+        {"max_frame": 10},
+        {"max_hello_frame": 8192},  # over max_frame
+        {"idle_timeout": 0.5},
+        {"max_msg_rate": 0},
+        {"resume_grace": -1},
+        {"secret": "short"},
+        {"aoi_refresh": 0},
+        {"transport": "zmq"},
+    ],
 )
 def test_invalid_values_raise(change):
     with pytest.raises(ValueError):
@@ -40,3 +53,17 @@ def test_bad_flag_exits(capsys):
     with pytest.raises(SystemExit):
         Config.from_args(["--tick-hz", "-1"], environ={})
     assert "tick_hz" in capsys.readouterr().err
+
+
+def test_secret_from_the_environment_is_never_shown():
+    env = {"AVATAR_SECRET": "s3cret-s3cret-s3cret-42"}
+    cfg = Config.from_args([], environ=env)
+    assert cfg.secret == "s3cret-s3cret-s3cret-42"
+    assert "s3cret" not in repr(cfg)
+    assert "s3cret" not in build_parser(env).format_help()
+
+
+def test_allowed_origins_are_parsed():
+    assert Config().origins is None
+    cfg = Config(allowed_origins=" https://a.example/ ,https://b.example,, ")
+    assert cfg.origins == ("https://a.example", "https://b.example")
