@@ -75,6 +75,7 @@ import msgpack
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from client_demo.loadtest import bucket_quantiles
 from server import protocol as P
 from server.config import Config
 
@@ -186,17 +187,9 @@ def quantiles(m0: dict, m1: dict, name: str, qs=(0.5, 0.99)) -> dict:
          v - m0.get(k, 0.0))
         for k, v in m1.items() if pat.match(k)
     )  # fmt: skip
-    total = rows[-1][1] if rows else 0.0
-    out = {"n": int(total)}
-    for q in qs:
-        val, lo_le, lo_n = None, 0.0, 0.0
-        for le, n in rows:
-            if total > 0 and n >= q * total:
-                hi = le if math.isfinite(le) else lo_le
-                val = 1000 * (lo_le + (hi - lo_le) * (q * total - lo_n) / max(n - lo_n, 1e-12))
-                break
-            lo_le, lo_n = le, n
-        out[f"p{round(q * 100)}"] = None if val is None else round(val, 3)
+    out = {"n": int(rows[-1][1]) if rows else 0}
+    for k, v in bucket_quantiles(rows, qs).items():
+        out[k] = None if v is None else round(v, 3)
     return out
 
 

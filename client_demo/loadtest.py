@@ -380,12 +380,17 @@ def _buckets(metrics: str, name: str) -> list[tuple[float, float]]:
 def histogram_quantiles(before: str, after: str, name: str, qs=(0.5, 0.99)) -> dict:
     """Quantiles (ms) of a Prometheus histogram over the window between two scrapes."""
     b = dict(_buckets(before, name))
-    delta = [(le, n - b.get(le, 0.0)) for le, n in _buckets(after, name)]
-    total = delta[-1][1] if delta else 0.0
+    return bucket_quantiles([(le, n - b.get(le, 0.0)) for le, n in _buckets(after, name)], qs)
+
+
+def bucket_quantiles(rows: list[tuple[float, float]], qs=(0.5, 0.99)) -> dict:
+    """Quantiles (ms) from cumulative histogram buckets [(le seconds, count)], sorted by le,
+    interpolated within a bucket as Prometheus' histogram_quantile; None when empty."""
+    total = rows[-1][1] if rows else 0.0
     out = {}
     for q in qs:
         val, lo_le, lo_n = None, 0.0, 0.0
-        for le, n in delta:
+        for le, n in rows:
             if total > 0 and n >= q * total:
                 hi = le if math.isfinite(le) else lo_le
                 val = 1000 * (lo_le + (hi - lo_le) * (q * total - lo_n) / max(n - lo_n, 1e-12))
