@@ -14,7 +14,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from server import auth, runner
+from server import auth, cli, runner
 from server.config import Config
 
 SECRET_ENV = "AVATAR_SECRET"
@@ -66,10 +66,13 @@ def token_main(argv: Sequence[str]) -> int:
     return 0
 
 
+@cli.command("avatar-server")
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse flags and environment (see ``--help``), serve, return the exit status.
 
-    ``token`` as the first argument mints a join token instead (`token_main`).
+    ``token`` as the first argument mints a join token instead (`token_main`). A device
+    that is not there, a missing or foreign checkpoint, an address in use: one
+    ``cannot start: ...`` log line and 1.
     """
     args = sys.argv[1:] if argv is None else list(argv)
     if args[:1] == ["token"]:
@@ -80,9 +83,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        cli.check_device(config.device)  # before the server, for a message that says what to do
+        if config.predictor == "gru":
+            cli.load_model(config.model, "cpu")
         runner.run(run(config))
-    except (FileNotFoundError, ValueError, OSError) as e:
-        logging.getLogger("avatar_stream").error("cannot start: %s", e)
+    except (cli.UserError, ValueError, OSError) as e:
+        why = cli.describe(e) or cli.first_line(e)
+        logging.getLogger("avatar_stream").error("cannot start: %s", why)
         return 1
     return 0
 

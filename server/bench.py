@@ -15,8 +15,8 @@ import time
 import numpy as np
 import torch
 
+from server import cli
 from server.engine import TickEngine
-from server.model import load_checkpoint
 
 
 def time_engine(engine: TickEngine, n: int, ticks: int, warmup: int = 5) -> dict:
@@ -51,7 +51,9 @@ def time_engine(engine: TickEngine, n: int, ticks: int, warmup: int = 5) -> dict
     }
 
 
+@cli.command("python -m server.bench")
 def main(argv: list[str] | None = None) -> list[dict]:
+    """Time the engine (see ``--help``); returns the rows it printed."""
     ap = argparse.ArgumentParser(prog="python -m server.bench", description=__doc__.split("\n")[0])
     ap.add_argument("--avatars", default="1000,10000", help="comma-separated avatar counts")
     ap.add_argument("--ticks", type=int, default=40, help="timed ticks per count")
@@ -60,13 +62,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--model", help="checkpoint (default: the shipped model)")
     ap.add_argument("--json", help="write results here")
     args = ap.parse_args(argv)
+    try:
+        counts = [int(s) for s in args.avatars.split(",")]
+    except ValueError:
+        ap.error(f"--avatars {args.avatars!r}: expected comma-separated numbers, e.g. 1000,10000")
+    if not counts or min(counts) < 1 or args.ticks < 1 or args.threads < 0:
+        ap.error("need --avatars >= 1 each, --ticks >= 1 and --threads >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
-    lm = load_checkpoint(args.model, args.device)
+    lm = cli.load_model(args.model, args.device)
     rows = []
     print(f"device {lm.device}, torch threads {torch.get_num_threads()}, model {lm.version}")
     print(f"{'avatars':>8} {'predictor':>9} {'p50 ms':>8} {'p99 ms':>8} {'us/avatar':>9}")
-    for n in [int(s) for s in args.avatars.split(",")]:
+    for n in counts:
         for name, model in (("gru", lm), ("cv", None)):
             eng = TickEngine(model, features=lm.features, device=args.device, capacity=n)
             r = time_engine(eng, n, args.ticks) | {"predictor": name, "device": str(eng.device)}
