@@ -23,7 +23,6 @@ import contextlib
 import json
 import logging
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
@@ -36,8 +35,8 @@ from rich.table import Table
 from client_demo.client import AvatarClient, Refused
 from client_demo.netem import LatencyProxy
 from client_demo.reckoning import DeadReckoner, FixedRate, SendPolicy, ThresholdPolicy
+from server import cli, runner
 from server import protocol as P
-from server import runner
 from training.simulate import SimConfig, simulate
 
 METHODS = ("gru", "cv", "hold", "interp")
@@ -261,6 +260,8 @@ async def demo(args) -> dict:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
     server = server_task = None
+    if args.url is not None:
+        await cli.probe(args.url)  # fail fast, naming the URL (not after the retries)
     t0 = time.monotonic()
     short = 0 < args.duration + args.warmup < SEGMENT - 10  # a short run needs one short segment
     segment = args.duration + args.warmup + 10 if short else SEGMENT
@@ -302,7 +303,12 @@ async def demo(args) -> dict:
         for i, (client, welcome) in enumerate(zip(clients, results, strict=True)):
             if isinstance(welcome, BaseException):
                 await asyncio.gather(*(c.close() for c in clients))
-                raise welcome
+                if isinstance(welcome, Refused) or cli.describe(welcome) is None:
+                    raise welcome
+                raise cli.UserError(
+                    f"cannot join {url}: {cli.first_line(welcome)}",
+                    "is it an avatar-stream server? check --url",
+                ) from welcome
             horizons = np.asarray(welcome.horizons)
             bot = Bot(i, client.avatar, client, make_policy(args, horizons))
             bot.reckoners = {
@@ -385,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    ap.add_argument("--url", help="server to use (default: start an embedded one)")
+    ap.add_argument("--url", type=cli.ws_url, help="server to use (default: start an embedded one)")
     ap.add_argument("--host", default="127.0.0.1", help="embedded server: interface")
     ap.add_argument("--port", type=int, default=8765, help="embedded server: port (0: any free)")
     ap.add_argument("--tick-hz", type=float, default=20.0, help="embedded server: tick rate")
@@ -414,14 +420,36 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+@cli.command("python -m client_demo")
 def main(argv: list[str] | None = None) -> dict:
-    """Run the demo (see ``--help``); returns the figures it printed / wrote."""
-    args = build_parser().parse_args(argv)
+    """Run the demo (see ``--help``); returns the figures it printed / wrote.
+
+    A user's mistake (a server that is not there or refuses, a bad checkpoint or device for
+    the embedded one) exits with one line on stderr (`server.cli`).
+    """
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    positive = ("bots", "send_rate", "threshold", "heartbeat", "max_rate", "tick_hz", "world")
+    for name in positive:
+        if not getattr(args, name) > 0:
+            ap.error(f"--{name.replace('_', '-')} must be > 0")
+    for name in ("duration", "latency", "convergence", "warmup"):
+        if not getattr(args, name) >= 0:
+            ap.error(f"--{name} must be >= 0")
+    if not 0 <= args.port <= 65535:
+        ap.error("--port must be 0..65535")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.url is None:  # the embedded server: its device and checkpoint, checked first
+        cli.check_device(args.device)
+        if args.predictor == "gru":
+            cli.load_model(args.model, "cpu")
     try:
         out = runner.run(demo(args))
     except Refused as e:
-        sys.exit(f"refused by the server: {e}")
+        raise cli.UserError(
+            f"refused by the server at {args.url or 'the embedded server'}: {e}",
+            "check --room and the server's settings",
+        ) from None
     print(json.dumps(out["render_error"], indent=2))
     if args.json:
         with open(args.json, "w") as f:
