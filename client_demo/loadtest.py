@@ -28,19 +28,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import multiprocessing as mp
 import os
 import re
 import resource
+import signal
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import numpy as np
+
+from server import cli
 
 STATE_PREFIX = b"\xa4type\xa5state"  # bytes 1..11 of every state frame (a fixmap, "type" first)
 DENSITY_RADIUS = 30.0
@@ -365,8 +370,7 @@ def _worker_main(job: WorkerJob, out, start) -> None:
 
 def fetch_metrics(url: str) -> str:
     """The server's /metrics text (same host and port as the WebSocket URL)."""
-    u = urlsplit(url)
-    with urllib.request.urlopen(f"http://{u.hostname}:{u.port}/metrics", timeout=10) as r:
+    with urllib.request.urlopen(metrics_url(url), timeout=10) as r:
         return r.read().decode()
 
 
@@ -415,6 +419,41 @@ def process_cpu(pid: int) -> float:
 # -- the run ---------------------------------------------------------------------------------
 
 
+def check_args(
+    clients: int,
+    rate: float,
+    duration: float,
+    ramp: float,
+    processes: int,
+    rooms: int,
+    sample_every: int,
+    client: str,
+) -> None:
+    """Raise ValueError (saying which) unless the arguments of `run` make sense."""
+    if clients < 1 or rate <= 0 or duration <= 0 or ramp < 0 or processes < 1 or rooms < 1:
+        raise ValueError(
+            "need clients >= 1, rate > 0, duration > 0, ramp >= 0, processes >= 1, rooms >= 1"
+        )
+    if sample_every < 1:
+        raise ValueError("need sample_every >= 1")
+    if client not in CLIENTS:
+        raise ValueError(f"client must be one of {CLIENTS}")
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Processes started inside inherit an ignored SIGINT: Ctrl-C is the parent's to handle
+    (it stops the run; the daemonic workers are terminated when it exits)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 def run(
     url: str,
     clients: int,
@@ -433,10 +472,7 @@ def run(
 
     Raises ValueError for bad arguments and OSError if the server's /metrics is unreachable.
     """
-    if clients < 1 or rate <= 0 or duration <= 0 or ramp < 0 or processes < 1 or rooms < 1:
-        raise ValueError("need clients >= 1, rate > 0, duration > 0, ramp >= 0, processes >= 1")
-    if client not in CLIENTS:
-        raise ValueError(f"client must be one of {CLIENTS}")
+    check_args(clients, rate, duration, ramp, processes, rooms, sample_every, client)
     processes = min(processes, clients)
     fetch_metrics(url)  # fail fast when the server is not there
     share = [clients // processes + (k < clients % processes) for k in range(processes)]
@@ -453,8 +489,9 @@ def run(
         ctx.Process(target=_worker_main, args=(j, out, recv), daemon=True)
         for j, (recv, _) in zip(jobs, pipes, strict=True)
     ]
-    for w in workers:
-        w.start()
+    with _sigint_ignored():
+        for w in workers:
+            w.start()
     for _ in workers:  # every worker has imported and made its motion: start together
         msg = out.get(timeout=300)
         if msg != "ready":
@@ -588,13 +625,24 @@ def find_server_pid(url: str) -> int | None:
     return None
 
 
+def metrics_url(url: str) -> str:
+    """The server's /metrics URL for its WebSocket URL."""
+    u = urlsplit(url)
+    return f"http://{u.hostname}:{u.port}/metrics"
+
+
+@cli.command("python -m client_demo.loadtest")
 def main(argv: list[str] | None = None) -> int:
+    """Run one load test (see ``--help``), print its summary; returns 0.
+
+    A server that is not there (or has no /metrics) exits with one line naming the URL.
+    """
     ap = argparse.ArgumentParser(
         prog="python -m client_demo.loadtest",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    ap.add_argument("--url", default="ws://127.0.0.1:8765/")
+    ap.add_argument("--url", type=cli.ws_url, default="ws://127.0.0.1:8765/")
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--rate", type=float, default=20.0, help="pos per client per second")
     ap.add_argument("--duration", type=float, default=10.0, help="measured seconds")
@@ -613,6 +661,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--server-pid", type=int, help="for the server's CPU (default: by port)")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args(argv)
+    try:
+        check_args(args.clients, args.rate, args.duration, args.ramp, args.processes,
+                   args.rooms, args.sample_every, args.client)  # fmt: skip
+    except ValueError as e:
+        ap.error(str(e))
+    if args.server_pid and os.path.isdir("/proc") and not os.path.isdir(f"/proc/{args.server_pid}"):
+        ap.error(f"--server-pid {args.server_pid}: no such process")
+    try:
+        fetch_metrics(args.url)
+    except OSError as e:
+        raise cli.UserError(
+            f"cannot read {metrics_url(args.url)} (the server of --url {args.url}): "
+            f"{cli.explain(e)[0]}",
+            "is an avatar-stream server running there? start one with avatar-server",
+        ) from None
     pid = args.server_pid or find_server_pid(args.url)
     r = run(
         args.url, args.clients, args.rate, args.duration, args.ramp, args.processes,

@@ -52,6 +52,13 @@ def test_service_level():
     assert not meets_service_level({**ok, "frames_fraction": 0.9})
 
 
-def test_cli_refuses_a_missing_server():
-    with pytest.raises(OSError):
+def test_cli_refuses_a_missing_server(capsys):
+    with pytest.raises(SystemExit) as e:
         main(["--url", "ws://127.0.0.1:1/", "--clients", "1", "--duration", "1"])
+    assert e.value.code == 1
+    assert "http://127.0.0.1:1/metrics" in capsys.readouterr().err
+
+
+def test_run_refuses_a_missing_server_with_oserror():
+    with pytest.raises(OSError):
+        run("ws://127.0.0.1:1/", 1, duration=1.0)
