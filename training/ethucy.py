@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from server import cli
 from server import features as F
 from server.features import FeatureConfig
 from training import datasets as D
@@ -161,7 +162,9 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+@cli.command("python -m training.ethucy")
 def main(argv: list[str] | None = None) -> dict:
+    """Run the protocol (see ``--help``); returns the per-scene results it printed."""
     ap = argparse.ArgumentParser(
         prog="python -m training.ethucy", description=__doc__.split("\n")[0]
     )
@@ -177,6 +180,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default="", help="directory for the per-fold checkpoints")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
+    scenes = args.scenes.split(",")
+    unknown = [s for s in scenes if s not in SCENES]
+    if unknown:
+        ap.error(f"--scenes: unknown {', '.join(map(repr, unknown))} (known: {','.join(SCENES)})")
+    if args.epochs < 1 or args.hidden < 1 or args.batch < 1 or args.noisy_copies < 0:
+        ap.error("need --epochs, --hidden, --batch >= 1 and --noisy-copies >= 0")
+    hint = "set AVATAR_ETHUCY to the directory holding all_data/, train/ and val/"
+    with cli.user_errors(FileNotFoundError, "ETH/UCY data", hint):
+        D.ethucy_root()  # before anything else
     cfg = TrainConfig(
         out=args.out,
         name="ethucy",
@@ -194,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     t0 = time.time()
     results = {}
-    for scene in args.scenes.split(","):
+    for scene in scenes:
         torch.manual_seed(cfg.seed)
         r = run_fold(scene, cfg)
         results[scene] = r
