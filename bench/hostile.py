@@ -76,6 +76,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from client_demo.loadtest import bucket_quantiles
+from server import cli
 from server import protocol as P
 from server.config import Config
 
@@ -103,12 +104,15 @@ class Server:
         self.tracebacks = 0
         self.errors: Counter = Counter()  # ERROR lines, digits and peers blanked
         self.url: str | None = None
+        self.last_line = ""  # the log's last line (why it did not start, if it did not)
         self._serving = threading.Event()
         self._drain = threading.Thread(target=self._read_log, daemon=True)
         self._drain.start()  # reads the log to the end: a full pipe would stall the server
         if not self._serving.wait(120) or self.url is None:
             self.proc.kill()
-            raise RuntimeError("the server did not start")
+            self.proc.wait()
+            why = self.last_line.split("cannot start: ", 1)[-1] or "no output"
+            raise cli.UserError(f"the server ({' '.join(cmd[1:])}) did not start: {why}")
         self.http = self.url.replace("ws://", "http://").rstrip("/")
 
     def _scan(self, line: str) -> None:
@@ -124,6 +128,7 @@ class Server:
     def _read_log(self) -> None:
         for line in self.proc.stderr:
             self._scan(line)
+            self.last_line = line.strip() or self.last_line
             if self.url is None:
                 m = re.search(r"serving (ws://\S+)", line)
                 if m:
@@ -932,8 +937,10 @@ def report(title: str, r: dict) -> None:
     )
 
 
+@cli.command("bench/hostile.py")
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """Run the benchmark (see ``--help``); 1 if it found a problem (printed), else 0."""
+    ap = argparse.ArgumentParser(prog="bench/hostile.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--transport", default="websockets", choices=("websockets", "picows"))
     ap.add_argument("--predictor", default="gru", choices=("gru", "cv"))
     ap.add_argument("--good", type=int, default=50, help="well-behaved players")

@@ -5,21 +5,56 @@ python bench/report.py [runs/targets]
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from server import cli
 
 SCENES = ("eth", "hotel", "univ", "zara1", "zara2")
 CLASSICAL = ("hold", "interp", "cv", "cv_window", "kalman")
 
 
 def load(d: Path, name: str) -> dict | list | None:
+    """The figures in ``d/name.json``, None if there is no such file.
+
+    Raises UserError naming file:line when it is not JSON.
+    """
     p = d / f"{name}.json"
-    return json.loads(p.read_text()) if p.exists() else None
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise cli.UserError(
+            f"{p}:{e.lineno}: not JSON ({e.msg})", "run bench/targets.sh again for that file"
+        ) from None
 
 
-def main() -> None:
-    d = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/targets")
+@cli.command("bench/report.py")
+def main(argv: list[str] | None = None) -> None:
+    """Print the tables (see ``--help``) from the JSON files in a directory."""
+    ap = argparse.ArgumentParser(prog="bench/report.py", description=__doc__.split("\n")[0])
+    ap.add_argument("dir", nargs="?", default="runs/targets", help="bench/targets.sh's output")
+    args = ap.parse_args(argv)
+    d = Path(args.dir)
+    if not d.is_dir():
+        raise cli.UserError(
+            f"{d}: no such directory", "run bench/targets.sh first, or pass the directory it wrote"
+        )
+    try:
+        tables(d)
+    except (KeyError, TypeError, IndexError) as e:
+        raise cli.UserError(
+            f"{d}: a file without the expected figures (missing {cli.first_line(e)})",
+            "run bench/targets.sh again with this version",
+        ) from None
+
+
+def tables(d: Path) -> None:
     print("Clean ETH/UCY val parts (held out in time), GRU error / CV error at each horizon:\n")
     print(
         "| scene | 0.1 s | 0.2 | 0.3 | 0.4 | 0.5 | 0.6 | 0.7 | 0.8 | 0.9 | 1.0 s | worst | render mean GRU / CV (m) |"
