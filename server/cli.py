@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import functools
 import os
 import sys
@@ -102,11 +103,15 @@ def _os_hint(exc: OSError) -> str:
         return "pass a file, not a directory"
     if isinstance(exc, PermissionError):
         return "check the permissions"
+    if exc.errno == errno.EADDRINUSE:
+        return "pass another --port (0: any free one) or stop what uses it"
+    if exc.errno == errno.ENOSPC:
+        return "free some disk space"
     return ""
 
 
-def describe(exc: BaseException) -> str | None:
-    """One line for an error the user can fix (what is wrong — what to do), None for a bug.
+def explain(exc: BaseException) -> tuple[str, str] | None:
+    """(what is wrong, what to do) for an error the user can fix, None for a bug.
 
     User errors: `UserError`; missing, unreadable or unwritable files and other `OSError`s
     (the environment, not the code: refused connections, unreachable hosts, a full disk,
@@ -114,24 +119,32 @@ def describe(exc: BaseException) -> str | None:
     websockets' handshake and URI errors (a server that does not speak WebSocket).
     """
     if isinstance(exc, UserError):
-        return str(exc)
+        return exc.message, exc.hint
     hint = _foreign_hint(exc)
     if hint is not None:
-        return f"{first_line(exc)} — {hint}"
+        return first_line(exc), hint
     if isinstance(exc, OSError):
-        hint = _os_hint(exc)
-        msg = _os_error(exc)
-        return f"{msg} — {hint}" if hint else msg
+        return _os_error(exc), _os_hint(exc)
     if "websockets" in sys.modules:  # only loaded where a client connects
         from websockets.exceptions import InvalidHandshake, InvalidURI
 
         if isinstance(exc, InvalidURI):
-            return f"{first_line(exc)} — pass a ws://HOST:PORT/ URL"
+            return first_line(exc), "pass a ws://HOST:PORT/ URL"
         if isinstance(exc, InvalidHandshake):
             return (
-                f"WebSocket handshake failed: {first_line(exc)} — is that an avatar-stream server?"
+                f"WebSocket handshake failed: {first_line(exc)}",
+                "is that an avatar-stream server?",
             )
     return None
+
+
+def describe(exc: BaseException) -> str | None:
+    """One line, ``what is wrong — what to do``, for a user's error (`explain`); None for a bug."""
+    parts = explain(exc)
+    if parts is None:
+        return None
+    message, hint = parts
+    return f"{message} — {hint}" if hint else message
 
 
 def fail(prog: str, message: str, code: int = EXIT_ERROR) -> None:
@@ -201,6 +214,8 @@ def user_errors(
     except UserError:
         raise
     except types as e:
+        if _foreign_hint(e) is not None:  # already says where (a DatasetError: file:line)
+            raise
         raise UserError(f"{what}: {first_line(e)}", hint) from e
 
 

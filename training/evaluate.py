@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from server import cli
 from server import features as F
-from server.model import LoadedModel, load_checkpoint
+from server.model import LoadedModel
 from training import baselines as B
 from training import datasets as D
 from training.datasets import Track
@@ -260,6 +261,7 @@ def public(result: dict) -> dict:
     return {k: v for k, v in result.items() if not k.startswith("_")}
 
 
+@cli.command("python -m training.evaluate")
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(
         prog="python -m training.evaluate", description=__doc__.split("\n")[0]
@@ -281,8 +283,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     t0 = time.time()
-    lm = load_checkpoint(args.model, args.device)
-    tracks = load_data(args.data)
+    lm = cli.load_model(args.model, args.device)
+    with cli.user_errors((ValueError, KeyError), f"--data {args.data}", "see --help for --data"):
+        tracks = load_data(args.data)
     if args.max_tracks and len(tracks) > args.max_tracks:
         pick = np.random.default_rng(args.seed).permutation(len(tracks))[: args.max_tracks]
         tracks = [tracks[i] for i in sorted(pick)]
