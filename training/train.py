@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from server import cli
 from server import features as F
 from server.features import DEFAULT_HORIZONS, FeatureConfig
 from server.model import ModelConfig, MotionGRU, resolve_device, save_checkpoint
@@ -448,9 +449,20 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
     return TrainConfig(**values)
 
 
+@cli.command("python -m training.train")
 def main(argv: list[str] | None = None) -> None:
-    cfg = config_from_args(argv)
-    summary = train(cfg)
+    with cli.user_errors((ValueError, TypeError), "bad configuration", "check --preset and flags"):
+        cfg = config_from_args(argv)
+    cli.check_device(cfg.device)
+    t0 = time.time()
+    try:
+        summary = train(cfg)
+    except KeyboardInterrupt:
+        out = Path(cfg.out) if cfg.out else None
+        kept = out is not None and out.exists() and out.stat().st_mtime >= t0
+        raise cli.Interrupted(
+            f"the best checkpoint so far is in {out}" if kept else "no checkpoint written"
+        ) from None
     summary.pop("model")
     Path(cfg.out).with_suffix(".json").write_text(json.dumps(summary, indent=2))
     print(
