@@ -30,6 +30,7 @@ from typing import Literal, overload
 
 import numpy as np
 
+from server import cli
 from training.datasets import Track
 
 BEHAVIOURS: tuple[str, ...] = (
@@ -507,6 +508,7 @@ def write_csv(tracks: Sequence[Track], path: str | Path, *, with_z: bool = False
                 w.writerow([tr.user, fmt.format(ti), *(fmt.format(v) for v in pi[: cols - 1])])
 
 
+@cli.command("python -m training.simulate")
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI: simulate avatars and write their observed samples as CSV (see ``--help``)."""
     ap = argparse.ArgumentParser(
