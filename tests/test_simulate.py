@@ -9,7 +9,18 @@ import numpy as np
 import pytest
 
 from training.datasets import Track
-from training.simulate import BEHAVIOURS, TELEPORT, SimConfig, main, simulate, write_csv
+from training.simulate import (
+    BEHAVIOURS,
+    TELEPORT,
+    SimConfig,
+    _controller,
+    main,
+    simulate,
+    write_csv,
+)
+
+KEYBOARD, IDLE = BEHAVIOURS.index("keyboard"), BEHAVIOURS.index("idle")
+DT = 1 / 120
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +81,7 @@ def test_speeds_plausible_except_teleports(run):
     for tr in tracks:
         jump = labels[tr.user][1:] == TELEPORT
         v = _truth_speed(tr)
-        assert v[~jump].max() <= 8.0
+        assert v[~jump].max() <= SimConfig().run_speed[1] + 0.15  # run cap + idle sway
         if jump.any():
             assert v[jump].min() >= 10.0 * 120 * 0.99  # ≥ 10 m in one step
         dv = np.linalg.norm(np.diff(np.diff(tr.truth_p, axis=0), axis=0), axis=1) * 120
@@ -206,3 +217,168 @@ def test_cli_writes_file(tmp_path, capsys):
     assert "--rate-min" in text and "--rate-max" in text
     with pytest.raises(SystemExit):
         main(["--avatars", "0", "--out", str(out)])
+
+
+# ---- kinematics: the UE-style controller and what the behaviours do with it ----
+
+
+def _run_controller(v0, in_dir, mag, cap, steps, accel=10.0, fric=8.0, bf=16.0, bd=20.48):
+    """Speeds (steps + 1,) and final velocity of one avatar under constant input."""
+    a = lambda x: np.array([x], dtype=float)  # noqa: E731
+    vel, speeds = np.array([complex(v0)]), [abs(v0)]
+    for _ in range(steps):
+        vel = _controller(
+            vel, np.abs(vel), np.array([complex(in_dir)]), a(mag), a(cap), a(accel),
+            a(min(fric * DT, 1.0)), a(bf), a(bd), DT,
+        )  # fmt: skip
+        speeds.append(abs(vel[0]))
+    return np.array(speeds), vel[0]
+
+
+def test_controller_accelerates_linearly_to_the_cap():
+    s, v = _run_controller(0, 1j, 1.0, 5.0, 120, accel=10.0)
+    k = np.arange(s.size)
+    np.testing.assert_allclose(s, np.minimum(10.0 * k * DT, 5.0), atol=1e-9)  # 0.5 s ramp
+    assert abs(v - 5j) < 1e-9
+    # analog stick at half tilt: half the acceleration and half the speed cap (UE, Unity)
+    s, _ = _run_controller(0, 1, 0.5, 2.5, 120, accel=10.0)
+    np.testing.assert_allclose(s, np.minimum(5.0 * k * DT, 2.5), atol=1e-9)
+
+
+def test_controller_braking_stops_at_zero_in_bounded_time():
+    # UE defaults: GroundFriction 8 x BrakingFrictionFactor 2, BrakingDecelerationWalking 20.48
+    s, v = _run_controller(6.0, 1, 0.0, 0.0, 60, bf=16.0, bd=20.48)
+    assert np.all(np.diff(s) <= 0) and v == 0 and s[-1] == 0.0
+    t_stop = np.argmax(s == 0) * DT
+    t_cont = np.log((6.0 + 20.48 / 16.0) / (20.48 / 16.0)) / 16.0  # dv/dt = -(16 v + 20.48)
+    assert abs(t_stop - t_cont) <= 2 * DT and t_stop < 0.15
+    # almost no constant part (Unity-like exponential stop) still ends at zero
+    s, v = _run_controller(2.0, 1, 0.0, 0.0, 120, bf=10.0, bd=1.0)
+    assert v == 0 and 0.2 < np.argmax(s == 0) * DT < 0.35
+
+
+def test_controller_turns_without_gaining_speed_and_brakes_to_a_lower_cap():
+    # input at 90° to the motion: friction turns the velocity, |v| stays <= the cap
+    s, v = _run_controller(4.0, 1j, 1.0, 4.0, 60, fric=8.0)
+    assert s.max() <= 4.0 + 1e-9 and abs(v - 4j) < 0.05
+    # reversing: the speed dips, then rises again at no more than accel
+    s, v = _run_controller(4.0, -1, 1.0, 4.0, 120, accel=10.0)
+    assert s.min() < 1.0 and np.all(np.diff(s) <= 10.0 * DT + 1e-9) and abs(v + 4) < 1e-6
+    # cap lowered under a moving avatar (sprint released): brake down to the cap, not below
+    s, v = _run_controller(5.0, 1, 1.0, 1.5, 60, bf=16.0, bd=20.48)
+    assert s.min() >= 1.5 - 1e-9 and abs(v - 1.5) < 1e-9
+    assert np.all(np.diff(s) <= 1e-12)
+
+
+# One fixed-parameter avatar type, so limits are exact: walk 1.5, run 5, accel 1.5 / 0.1 = 15,
+# braking dv/dt = -(10 v + 10).
+_FIXED = SimConfig(
+    walk_speed=(1.5, 1.5),
+    run_speed=(5.0, 5.0),
+    accel_ramp=(0.1, 0.1),
+    braking_friction=(10.0, 10.0),
+    braking_decel=(10.0, 10.0),
+    teleport_per_min=0.0,
+)
+
+
+def _kin(tr: Track, lab: np.ndarray):
+    """Per step: speed s (S-1,), speed change rate ds (S-2,), and labels aligned with ds."""
+    s = _truth_speed(tr)
+    return s, np.diff(s) / DT, lab[1:-1]
+
+
+@pytest.fixture(scope="module")
+def keys():
+    cfg = replace(_FIXED, behaviour_mix={"keyboard": 1.0}, key_stop_prob=0.5, stick_prob=0.0)
+    return simulate(12, 60.0, seed=11, config=cfg, return_labels=True)
+
+
+def test_keyboard_speed_caps_and_acceleration_limit(keys):
+    tracks, labels = keys
+    plateau = []
+    for tr in tracks:
+        s, ds, lab = _kin(tr, labels[tr.user])
+        assert s.max() <= 5.0 + 0.15  # sprint cap (+ idle sway after a detour)
+        kb = (lab == KEYBOARD) & (labels[tr.user][:-2] == KEYBOARD)
+        assert ds[kb].max() <= 15.0 + 1.5  # never gains speed faster than MaxAcceleration
+        steady = kb & (np.abs(ds) < 1e-3) & (s[1:] > 0.3)
+        plateau.append(s[1:][steady])
+    p = np.concatenate(plateau)
+    on_cap = (np.abs(p - 1.5) < 0.02) | (np.abs(p - 5.0) < 0.02)
+    assert p.size > 1000 and on_cap.mean() > 0.95  # keys: walk or sprint speed, no in-between
+
+
+def test_keyboard_stops_reach_zero_in_bounded_time(keys):
+    tracks, labels = keys
+    bound = np.log((5.0 + 1.0) / 1.0) / 10.0 + 2 * DT  # from sprint speed; walk: 0.09 s
+    n = 0
+    for tr in tracks:
+        s, _, _ = _kin(tr, labels[tr.user])
+        lab = labels[tr.user][:-1]
+        for j in np.flatnonzero((s[:-1] > 1e-3) & (s[1:] <= 1e-3) & (lab[1:] == KEYBOARD)):
+            k = j
+            while k > 0 and s[k - 1] > s[k]:
+                k -= 1
+            if s[k] >= 1.4:  # a release from walking or sprinting
+                n += 1
+                assert (j + 1 - k) * DT <= bound
+                after = s[j + 1 : j + 4]  # the next key comes >= 0.1 s after the stop
+                assert np.all(after[lab[j + 1 : j + 4] == KEYBOARD] <= 1e-3)  # stays put
+    assert n >= 20
+
+
+def test_thumbstick_speeds_vary_with_tilt():
+    cfg = replace(_FIXED, behaviour_mix={"keyboard": 1.0}, key_stop_prob=0.0, key_run_prob=0.0)
+    out = {}
+    for prob in (0.0, 1.0):
+        tracks, labels = simulate(6, 30.0, seed=5, config=replace(cfg, stick_prob=prob),
+                                  return_labels=True)  # fmt: skip
+        p = []
+        for tr in tracks:
+            s, ds, lab = _kin(tr, labels[tr.user])
+            steady = (lab == KEYBOARD) & (np.abs(ds) < 1e-3) & (s[1:] > 0.1)
+            p.append(s[1:][steady])
+        out[prob] = np.concatenate(p)
+    keys, stick = out[0.0], out[1.0]
+    assert np.mean(keys < 1.45) < 0.02  # keys: full walking speed
+    partial = stick < 1.45
+    assert 0.2 < partial.mean() < 0.9  # stick: partial tilt is slower ...
+    assert np.unique(np.round(stick[partial], 2)).size > 20  # ... at many speeds
+    assert stick.min() >= 0.25 * 1.5 - 0.02 and stick.max() <= 1.5 + 1e-6
+
+
+def test_mouse_steering_curves_keyboard_moves():
+    cfg = replace(_FIXED, behaviour_mix={"keyboard": 1.0}, key_stop_prob=0.0, stick_prob=0.0)
+    rates = {}
+    for std in (0.0, 0.8):
+        tracks, labels = simulate(6, 20.0, seed=2, config=replace(cfg, look_yaw_std=std),
+                                  return_labels=True)  # fmt: skip
+        r = []
+        for tr in tracks:
+            v = np.diff(tr.truth_p[:, :2], axis=0)
+            h = np.unwrap(np.arctan2(v[:, 1], v[:, 0]))
+            s, ds, lab = _kin(tr, labels[tr.user])
+            steady = (lab == KEYBOARD) & (np.abs(ds) < 1e-3) & (s[1:] > 1.0)
+            r.append(np.abs(np.diff(h))[steady] / DT)
+        rates[std] = np.median(np.concatenate(r))
+    assert rates[0.0] < 1e-6  # key held, camera still: straight line
+    assert rates[0.8] > 0.05  # camera yawed by the mouse: the same key curves
+
+
+def test_steered_behaviours_respect_walk_and_run_caps():
+    cfg = replace(_FIXED, behaviour_mix={"poi": 1, "circle": 1, "strafe": 1, "run": 1, "idle": 1})
+    tracks, labels = simulate(8, 45.0, seed=4, config=cfg, return_labels=True)
+    walk_only = [BEHAVIOURS.index(b) for b in ("poi", "circle", "strafe")]
+    for tr in tracks:
+        lab = labels[tr.user]
+        s, ds, _ = _kin(tr, lab)
+        assert s.max() <= 5.0 + 0.15
+        # 1 s into a walking segment (after braking from a run) the walk cap holds
+        seg_start = np.r_[0, np.flatnonzero(np.diff(lab) != 0) + 1]
+        since = np.arange(lab.size) - np.maximum.accumulate(
+            np.where(np.isin(np.arange(lab.size), seg_start), np.arange(lab.size), 0)
+        )
+        ok = np.isin(lab[:-1], walk_only) & (since[:-1] > 120)
+        assert s[ok].max() <= 1.5 * 1.05 + 1e-6
+        assert ds.max() <= 15.0 + 1.5  # no behaviour gains speed faster than MaxAcceleration

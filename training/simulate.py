@@ -3,16 +3,23 @@
 All avatars are simulated together at a fixed base rate (vectorised over avatars per step) so
 that followers can read their leader's state. Each avatar runs a small state machine of
 behaviour segments (see `BEHAVIOURS`); position and velocity are continuous except at
-teleports. Two motion models are used:
+teleports. Every behaviour drives one game-engine style character controller
+(`_controller`, after Unreal Engine's ``UCharacterMovementComponent::CalcVelocity`` in walking
+mode): an input direction with an analog magnitude accelerates the velocity at a constant
+rate up to a speed cap, friction turns the velocity toward the input direction, and releasing
+the input brakes it (friction plus a constant deceleration) to exactly zero. Inputs come from:
 
 - *steering* (``poi``, ``run``, ``circle``, ``follow``): a heading turned toward a goal under a
-  turn-rate limit (``min(max_turn_rate, max_lateral_accel / speed)``) and a speed that
-  approaches its target first-order (slowing in sharp turns and when arriving), so paths curve;
-- *velocity target* (``idle``, ``keyboard``, ``strafe``): the velocity approaches a target
-  velocity first-order, like a keyboard-driven game character with input smoothing.
+  turn-rate limit (``min(max_turn_rate, max_lateral_accel / speed)``) and a requested speed
+  (slowing in sharp turns and when arriving), like click-to-move / path following;
+- *direct input* (``keyboard``, ``strafe``): camera-relative 8-way keys or an analog stick
+  (speed scales with tilt), with the camera yaw turned by the mouse / right stick while moving,
+  occasional 45° VR snap turns, key releases (stops) and a sprint key;
+- ``idle``: no input (braking), plus a slow body sway of a few cm.
 
 Each avatar then reports samples at its own client rate with timestamp jitter, drops and
-optional position noise; the dense truth is kept in the returned `Track`.
+optional position noise; the dense truth is kept in the returned `Track`. The engine defaults
+each parameter is based on are listed in docs/simulator.md.
 
 CLI: ``python -m training.simulate --avatars 50 --duration 120 --seed 1 --out sim.csv``.
 """
@@ -20,6 +27,7 @@ CLI: ``python -m training.simulate --avatars 50 --duration 120 --seed 1 --out si
 from __future__ import annotations
 
 import argparse
+import cmath
 import csv
 import math
 import time
@@ -36,9 +44,9 @@ from training.datasets import Track
 BEHAVIOURS: tuple[str, ...] = (
     "idle",  # standing with slow sway of a few cm (also the pause after arriving)
     "poi",  # walk to a point of interest with smooth turns, decelerate on arrival
-    "keyboard",  # 8-direction camera-relative stop/start moves with short ramps
+    "keyboard",  # camera-relative keys or analog stick, mouse-steered, with stops and sprints
     "run",  # run to a distant point of interest (wide turns at speed)
-    "strafe",  # sideways/diagonal constant-velocity move
+    "strafe",  # sideways/diagonal move with a fixed camera
     "circle",  # constant turn rate, radius 2–8 m
     "follow",  # steer toward a point behind a leader avatar
     "teleport",  # the truth step at which an instant 10–50 m jump lands
@@ -69,12 +77,21 @@ class SimConfig:
     n_pois: int = 12  # points of interest (placed 3 m or more from the edges)
     base_rate: float = 120.0  # simulation / dense-truth rate, Hz
     behaviour_mix: dict[str, float] = field(default_factory=_default_mix)  # segment choice weights
-    walk_speed: tuple[float, float] = (1.2, 1.8)  # per-avatar walking speed, m/s
-    run_speed: tuple[float, float] = (3.5, 6.0)  # per-avatar running speed, m/s
-    accel_ramp: tuple[float, float] = (
-        0.15,
-        0.4,
-    )  # per-avatar time to reach ~95 % of a target velocity, s
+    walk_speed: tuple[float, float] = (1.2, 2.0)  # per-avatar walking speed (speed cap), m/s
+    run_speed: tuple[float, float] = (3.5, 6.0)  # per-avatar running/sprint speed cap, m/s
+    # per-avatar time from standing to walking speed at full input; sets the controller's
+    # constant acceleration walk / accel_ramp (UE MaxAcceleration 20.48 m/s^2: 0.07 s), s
+    accel_ramp: tuple[float, float] = (0.07, 0.2)
+    ground_friction: tuple[float, float] = (4.0, 8.0)  # turns velocity to the input, 1/s (UE: 8)
+    braking_friction: tuple[float, float] = (6.0, 16.0)  # speed-proportional braking, 1/s
+    braking_decel: tuple[float, float] = (1.0, 20.48)  # constant braking with no input, m/s^2
+    stick_prob: float = 0.35  # chance a keyboard segment uses an analog stick (gamepad / VR)
+    stick_magnitude: tuple[float, float] = (0.25, 1.0)  # partial stick tilt (speed fraction)
+    stick_full_prob: float = 0.4  # chance a stick move is at full tilt
+    snap_turn_prob: float = 0.1  # chance a stick move starts with a VR snap turn
+    snap_turn: float = 45.0  # snap-turn angle, degrees
+    look_yaw_std: float = 0.8  # std of the mouse / right-stick camera yaw rate, rad/s
+    look_yaw_time: float = 1.0  # correlation time of that yaw rate (Ornstein-Uhlenbeck), s
     max_turn_rate: float = 6.0  # heading-rate cap when nearly still, rad/s
     max_lateral_accel: float = 3.5  # caps the turn rate at speed v to this / v, m/s^2
     wander_std: float = 0.15  # std of a slow random heading offset while steering, rad
@@ -126,18 +143,73 @@ class SimConfig:
             raise ValueError(f"rate must satisfy 0 < min <= max <= base_rate; got {self.rate}")
         if self.wander_std < 0 or self.wander_time <= 0:
             raise ValueError("need wander_std >= 0 and wander_time > 0")
+        if self.look_yaw_std < 0 or self.look_yaw_time <= 0:
+            raise ValueError("need look_yaw_std >= 0 and look_yaw_time > 0")
+        for name in ("stick_prob", "stick_full_prob", "snap_turn_prob", "key_stop_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1]; got {getattr(self, name)}")
         if self.jitter_std < 0 or self.noise_std < 0 or self.teleport_per_min < 0:
             raise ValueError("jitter_std, noise_std and teleport_per_min must be >= 0")
         if not 0 <= self.drop_prob < 1:
             raise ValueError(f"drop_prob must be in [0, 1); got {self.drop_prob}")
-        for name in ("walk_speed", "run_speed", "accel_ramp", "arrive_decel", "key_hold"):
+        for name in (
+            "walk_speed",
+            "run_speed",
+            "accel_ramp",
+            "ground_friction",
+            "braking_friction",
+            "braking_decel",
+            "stick_magnitude",
+            "arrive_decel",
+            "key_hold",
+        ):
             a, b = getattr(self, name)
             if not 0 < a <= b:
                 raise ValueError(f"{name} must satisfy 0 < low <= high; got {(a, b)}")
+        if self.stick_magnitude[1] > 1:
+            raise ValueError(f"stick_magnitude must be <= 1; got {self.stick_magnitude}")
 
 
 def _wrap(a: np.ndarray) -> np.ndarray:
     return (a + np.pi) % (2 * np.pi) - np.pi
+
+
+def _controller(
+    vel: np.ndarray,
+    speed: np.ndarray,
+    in_dir: np.ndarray,
+    mag: np.ndarray,
+    cap: np.ndarray,
+    accel: np.ndarray,
+    turn_k: np.ndarray,
+    brake_fric: np.ndarray,
+    brake_dec: np.ndarray,
+    dt: float,
+) -> np.ndarray:
+    """One walking step of a UE-style character controller, vectorised over avatars.
+
+    2-D vectors are complex (x + iy). `vel` (n,) and its modulus `speed` (n,); `in_dir` (n,)
+    unit input direction, `mag` (n,) input magnitude in [0, 1] (0 = no input), `cap` (n,) the
+    speed cap at that magnitude; `turn_k` (n,) = ``min(ground_friction * dt, 1)``.
+    Follows ``UCharacterMovementComponent::CalcVelocity``: with no input, or above the cap,
+    brake (``dv/dt = -(brake_fric * v + brake_dec * v/|v|)``, stopping at exactly zero and,
+    with input along the motion, not below the cap); otherwise friction turns the velocity
+    toward the input (``v -= (v - in_dir |v|) * turn_k``, which never adds speed); then
+    accelerate at ``mag * accel`` along the input and clamp to the cap (or to the speed left
+    after braking if that is higher). So |v| never grows by more than ``accel * dt`` a step
+    and never above ``max(cap, previous speed)``.
+    """
+    over = speed > cap
+    s_b = np.maximum(speed - (brake_fric * speed + brake_dec) * dt, 0.0)
+    along = (vel * in_dir.conj()).real > 0.0
+    s_b = np.where(over & along & (mag > 0.0), np.maximum(s_b, cap), s_b)
+    braked = vel * (s_b / np.maximum(speed, 1e-12))
+    turned = vel - (vel - in_dir * speed) * turn_k
+    v = np.where((mag <= 0.0) | over, braked, turned)
+    s1 = np.abs(v)
+    v = v + in_dir * (mag * accel * dt)
+    s2 = np.abs(v)
+    return v * np.minimum(1.0, np.maximum(s1, cap) / np.maximum(s2, 1e-12))
 
 
 class _World:
@@ -148,15 +220,23 @@ class _World:
         self.dt = 1.0 / cfg.base_rate
         W = cfg.world_size
         u = rng.uniform
-        self.pois = u(3.0, W - 3.0, size=(cfg.n_pois, 2))
-        self.pos = u(2.0, W - 2.0, size=(n, 2))
-        self.vel = np.zeros((n, 2))
+        # 2-D points and vectors are complex (x + iy)
+        self.pois = u(3.0, W - 3.0, size=(cfg.n_pois, 2)) @ np.array([1.0, 1j])
+        self.pos = u(2.0, W - 2.0, size=(n, 2)) @ np.array([1.0, 1j])
+        self.vel = np.zeros(n, dtype=complex)
         self.heading = u(-np.pi, np.pi, n)
         self.speed = np.zeros(n)
         self.beh = np.full(n, IDLE, dtype=np.int8)
         self.walk = u(*cfg.walk_speed, n)
         self.run = u(*cfg.run_speed, n)
-        self.alpha = 1.0 - np.exp(-self.dt * 3.0 / u(*cfg.accel_ramp, n))
+        self.accel = self.walk / u(*cfg.accel_ramp, n)
+        self.turn_k = np.minimum(u(*cfg.ground_friction, n) * self.dt, 1.0)
+        self.b_fric = u(*cfg.braking_friction, n)
+        self.b_dec = u(*cfg.braking_decel, n)
+        self.sway_v = np.zeros(n, dtype=complex)
+        self.sway_k = 1.0 - math.exp(-self.dt / 0.1)
+        self.req = np.zeros(n)  # steering: requested speed, low-passed over ~0.15 s
+        self.req_k = 1.0 - math.exp(-self.dt / 0.15)
         self.decel = u(*cfg.arrive_decel, n)
         self.seg_end = np.zeros(n)
         self.sub_end = np.full(n, np.inf)
@@ -165,16 +245,22 @@ class _World:
         self.cruise = self.walk.copy()
         self.goal = self.pos.copy()
         self.poi_idx = np.full(n, -1)
-        self.v_tgt = np.zeros((n, 2))
         self.omega = np.zeros(n)
         self.leader = np.arange(n)
         self.gap = np.ones(n)
         self.gain = np.ones(n)
-        self.sway_amp = np.zeros(n)
-        self.sway_w = np.ones(n)
-        self.sway_ph = np.zeros((n, 2))
-        self.key_dir = np.zeros(n)
+        self.sway_w = np.ones(n)  # idle sway velocity: c1 e^{iwt} + c2 e^{-iwt} (0 if not idle)
+        self.sway_c1 = np.zeros(n, dtype=complex)
+        self.sway_c2 = np.zeros(n, dtype=complex)
+        self.key_off = np.zeros(n)  # input direction relative to the camera yaw, rad
+        self.in_mag = np.zeros(n)  # input magnitude (0 = no input, 1 = key / full tilt)
+        self.top = self.walk.copy()  # speed at full input for the current key / stick move
+        self.stick = np.zeros(n, dtype=bool)
         self.cam = self.heading.copy()
+        self.look = np.zeros(n)  # camera yaw rate (mouse / right stick), rad/s
+        self.look_amt = np.zeros(n)  # per-segment share of that yaw rate applied
+        self.l_decay = math.exp(-self.dt / cfg.look_yaw_time)
+        self.l_kick = cfg.look_yaw_std * math.sqrt(1.0 - self.l_decay**2)
         self.wander = rng.normal(0.0, cfg.wander_std, n)
         self.w_decay = math.exp(-self.dt / cfg.wander_time)
         self.w_kick = cfg.wander_std * math.sqrt(1.0 - self.w_decay**2)
@@ -196,40 +282,48 @@ class _World:
         return int(self.mix_names[self.rng.choice(len(self.mix_p), p=self.mix_p)])
 
     def _leader_for(self, i: int) -> int:
-        d = np.hypot(*(self.pos - self.pos[i]).T)
+        d = np.abs(self.pos - self.pos[i])
         ok = (self.beh != FOLLOW) & (d < self.cfg.follow_radius) & (d > 0.5)
         ok[i] = False
         cand = np.flatnonzero(ok)
         return int(self.rng.choice(cand)) if cand.size else -1
 
-    def _inward(self, i: int, d: float) -> float:
-        """Angle toward the world centre if moving `d` metres along key_dir leaves the world."""
-        W, a = self.cfg.world_size, self.key_dir[i]
-        end = self.pos[i] + d * np.array([math.cos(a), math.sin(a)])
-        if np.all((end > 2.0) & (end < W - 2.0)):
+    def _inward(self, i: int, a: float, d: float) -> float:
+        """`a`, or the camera-relative 45° direction nearest the world centre if moving `d`
+        metres along `a` would leave the world."""
+        W = self.cfg.world_size
+        end = self.pos[i] + d * cmath.exp(1j * a)
+        if 2.0 < end.real < W - 2.0 and 2.0 < end.imag < W - 2.0:
             return a
-        c = W / 2 - self.pos[i]
-        rel = math.atan2(c[1], c[0]) - self.cam[i]
+        c = W / 2 * (1 + 1j) - self.pos[i]
+        rel = math.atan2(c.imag, c.real) - self.cam[i]
         return self.cam[i] + round(rel / (np.pi / 4)) * (np.pi / 4)
 
     def _set_key(self, i: int, t: float) -> None:
+        """Next input of a keyboard segment: a key release (stop) or a new key / stick move."""
         cfg, rng = self.cfg, self.rng
         if rng.random() < cfg.key_stop_prob and self.speed[i] > 0.3:
-            self.v_tgt[i] = 0.0
+            self.in_mag[i] = 0.0
             self.sub_end[i] = t + rng.uniform(*cfg.key_stop)
             return
+        stick = bool(self.stick[i])
         if self.speed[i] > 0.3:  # change relative to the current key direction
             turn = rng.choice([0, 1, -1, 2, -2, 4], p=[0.2, 0.175, 0.175, 0.15, 0.15, 0.15])
-            self.key_dir[i] += turn * np.pi / 4
+            self.key_off[i] += turn * np.pi / 4
         else:  # from a stop: any of the 8 camera-relative directions, mostly forward
             self.cam[i] += rng.normal(0.0, 0.3)
             k = rng.choice(8, p=[0.37] + [0.09] * 7)
-            self.key_dir[i] = self.cam[i] + k * np.pi / 4
+            self.key_off[i] = k * np.pi / 4
+        if stick:  # analog: any angle, any tilt, and sometimes a VR snap turn first
+            self.key_off[i] += rng.normal(0.0, 0.25)
+            if rng.random() < cfg.snap_turn_prob:
+                self.cam[i] += rng.choice([-1.0, 1.0]) * math.radians(cfg.snap_turn)
+        full = not stick or rng.random() < cfg.stick_full_prob
+        self.in_mag[i] = 1.0 if full else rng.uniform(*cfg.stick_magnitude)
         hold = rng.uniform(*cfg.key_hold)
-        spd = self.run[i] if rng.random() < cfg.key_run_prob else self.walk[i]
-        self.key_dir[i] = self._inward(i, spd * hold)
-        a = self.key_dir[i]
-        self.v_tgt[i] = spd * np.array([math.cos(a), math.sin(a)])
+        self.top[i] = self.run[i] if rng.random() < cfg.key_run_prob else self.walk[i]
+        a = self._inward(i, self.cam[i] + self.key_off[i], self.top[i] * self.in_mag[i] * hold)
+        self.key_off[i] = a - self.cam[i]
         self.sub_end[i] = t + hold
 
     def _start(self, i: int, b: int, t: float) -> None:
@@ -246,8 +340,11 @@ class _World:
                 self.seg_end[i] = t + rng.uniform(*cfg.follow_duration)
         if b != FOLLOW:
             self.leader[i] = i
+        self.look_amt[i] = 0.0
+        self.sway_c1[i] = self.sway_c2[i] = 0.0
+        self.req[i] = self.speed[i]
         if b in (POI, RUN):
-            d = np.hypot(*(self.pois - self.pos[i]).T)
+            d = np.abs(self.pois - self.pos[i])
             ok = d > (15.0 if b == RUN else 2.0)
             ok[self.poi_idx[i]] = False
             if not ok.any():
@@ -263,21 +360,23 @@ class _World:
                 self.seg_end[i] = t + rng.uniform(*cfg.run_duration)
         elif b == IDLE:
             self.seg_end[i] = t + rng.uniform(*cfg.idle_duration)
+            self.in_mag[i] = 0.0
             self._sway(i)
         elif b == KEYBOARD:
             self.seg_end[i] = t + rng.uniform(*cfg.keyboard_duration)
+            self.stick[i] = rng.random() < cfg.stick_prob
+            self.look_amt[i] = rng.random()  # how much this user turns the camera
             self.cam[i] = self.heading[i] + rng.normal(0.0, 0.3)
-            self.key_dir[i] = self.heading[i]
+            self.key_off[i] = self.heading[i] - self.cam[i]
             self._set_key(i, t)
         elif b == STRAFE:
             dur = rng.uniform(*cfg.strafe_duration)
             self.seg_end[i] = t + dur
-            spd = self.walk[i] * rng.uniform(0.7, 1.0)
+            self.top[i] = self.walk[i] * rng.uniform(0.7, 1.0)
+            self.in_mag[i] = 1.0
             self.cam[i] = self.heading[i]
-            self.key_dir[i] = self.heading[i] + rng.choice([2, -2, 1, -1, 3, -3]) * np.pi / 4
-            self.key_dir[i] = self._inward(i, spd * dur)
-            a = self.key_dir[i]
-            self.v_tgt[i] = spd * np.array([math.cos(a), math.sin(a)])
+            a = self.heading[i] + rng.choice([2, -2, 1, -1, 3, -3]) * np.pi / 4
+            self.key_off[i] = self._inward(i, a, self.top[i] * dur) - self.cam[i]
         elif b == CIRCLE:
             self.seg_end[i] = t + rng.uniform(*cfg.circle_duration)
             self.cruise[i] = self.walk[i] * rng.uniform(0.8, 1.0)
@@ -288,27 +387,33 @@ class _World:
         self.next_evt[i] = min(self.seg_end[i], self.sub_end[i], self.next_tp[i])
 
     def _sway(self, i: int) -> None:
+        """Idle sway: each axis ``amp * sin(w t + phase)`` (velocity ``amp w cos(...)``)."""
         cfg, rng = self.cfg, self.rng
-        self.sway_amp[i] = rng.uniform(*cfg.sway_amplitude)
-        self.sway_w[i] = 2 * np.pi * rng.uniform(*cfg.sway_freq)
-        self.sway_ph[i] = rng.uniform(0, 2 * np.pi, 2)
+        amp = rng.uniform(*cfg.sway_amplitude)
+        w = self.sway_w[i] = 2 * np.pi * rng.uniform(*cfg.sway_freq)
+        ex, ey = np.exp(1j * rng.uniform(0, 2 * np.pi, 2))
+        self.sway_c1[i] = amp * w / 2 * (ex + 1j * ey)
+        self.sway_c2[i] = amp * w / 2 * (ex.conjugate() + 1j * ey.conjugate())
 
     def _teleport(self, i: int, t: float) -> None:
         cfg, rng = self.cfg, self.rng
         W, p = cfg.world_size, self.pos[i]
         for _ in range(50):
             d, a = rng.uniform(*cfg.teleport_distance), rng.uniform(-np.pi, np.pi)
-            q = p + d * np.array([math.cos(a), math.sin(a)])
-            if np.all((q > 2.0) & (q < W - 2.0)):
+            q = p + d * cmath.exp(1j * a)
+            if 2.0 < q.real < W - 2.0 and 2.0 < q.imag < W - 2.0:
                 break
         else:
             while True:
-                q = rng.uniform(2.0, W - 2.0, 2)
-                if np.hypot(*(q - p)) >= cfg.teleport_distance[0]:
+                q = complex(*rng.uniform(2.0, W - 2.0, 2))
+                if abs(q - p) >= cfg.teleport_distance[0]:
                     break
         self.pos[i] = q
         self.vel[i] = 0.0
-        self.speed[i] = 0.0
+        self.sway_v[i] = 0.0
+        self.speed[i] = self.req[i] = 0.0
+        self.in_mag[i] = 0.0
+        self.look_amt[i] = 0.0
         self.heading[i] = rng.uniform(-np.pi, np.pi)
         self._schedule_teleport(i, t)
         self.beh[i] = IDLE
@@ -339,11 +444,12 @@ class _World:
     def events(self, t: float) -> np.ndarray:
         """Run due events at time t; return indices that teleported."""
         W, b = self.cfg.world_size, self.beh
-        dist = np.hypot(*(self.goal - self.pos).T)
+        dist = np.abs(self.goal - self.pos)
         arrived = (dist < self.cfg.arrive_radius) & ((b == POI) | (b == RUN))
-        out = ((self.pos < -1.0) | (self.pos > W + 1.0)).any(axis=1)
+        x, y = self.pos.real, self.pos.imag
+        out = (x < -1.0) | (x > W + 1.0) | (y < -1.0) | (y > W + 1.0)
         out &= (b == KEYBOARD) | (b == STRAFE) | (b == CIRCLE)
-        lost = np.hypot(*(self.pos[self.leader] - self.pos).T) > self.cfg.follow_radius
+        lost = np.abs(self.pos[self.leader] - self.pos) > self.cfg.follow_radius
         due = (self.next_evt <= t) | arrived | out | lost
         if not due.any():
             return np.empty(0, dtype=np.intp)
@@ -358,39 +464,42 @@ class _World:
         dt, cfg, b = self.dt, self.cfg, self.beh
         steer = _STEER[b]
         is_follow, is_circle = b == FOLLOW, b == CIRCLE
+        # steering: heading toward the goal (or a point behind the leader), requested speed
         d = self.goal - self.pos
-        dist = np.hypot(d[:, 0], d[:, 1])
         L = self.leader
-        lh = self.heading[L]
-        lead_pt = self.pos[L] - self.gap[:, None] * np.stack([np.cos(lh), np.sin(lh)], axis=1)
-        dv = self.vel[L] + self.gain[:, None] * (lead_pt - self.pos)
-        aim = np.where(is_follow[:, None], dv, d)
+        lead_pt = self.pos[L] - self.gap * np.exp(1j * self.heading[L])
+        dv = self.vel[L] + self.gain * (lead_pt - self.pos)
+        aim = np.where(is_follow, dv, d)
         self.wander = self.wander * self.w_decay + self.w_kick * self.rng.standard_normal(self.n)
-        des_h = np.arctan2(aim[:, 1], aim[:, 0]) + self.wander
-        arrive_v = np.sqrt(2.0 * self.decel * np.maximum(dist - 0.5 * cfg.arrive_radius, 0.0))
+        des_h = np.angle(aim) + self.wander
+        arrive_v = np.sqrt(2.0 * self.decel * np.maximum(np.abs(d) - 0.5 * cfg.arrive_radius, 0))
         des_s = np.where(
-            is_follow,
-            np.minimum(np.hypot(dv[:, 0], dv[:, 1]), self.run),
-            np.minimum(self.cruise, arrive_v),
+            is_follow, np.minimum(np.abs(dv), self.run), np.minimum(self.cruise, arrive_v)
         )
         err = _wrap(des_h - self.heading)
         lim = np.minimum(cfg.max_turn_rate, cfg.max_lateral_accel / np.maximum(self.speed, 1e-3))
-        dh = np.where(is_circle, self.omega, np.clip(err / dt, -lim, lim)) * dt
-        des_s = np.where(is_circle, self.cruise, des_s * np.clip(np.cos(err), 0.15, 1.0))
-        sp_s = self.speed + (des_s - self.speed) * self.alpha
+        lim *= dt
+        dh = np.where(is_circle, self.omega * dt, np.minimum(np.maximum(err, -lim), lim))
+        des_s = np.where(is_circle, self.cruise, des_s * np.maximum(np.cos(err), 0.15))
+        self.req += (des_s - self.req) * self.req_k  # a user's speed intent changes smoothly
         h_s = self.heading + dh
-        v_s = sp_s[:, None] * np.stack([np.cos(h_s), np.sin(h_s)], axis=1)
-        sway = (self.sway_amp * self.sway_w)[:, None] * np.cos(
-            self.sway_w[:, None] * t + self.sway_ph
-        )
-        v_t = np.where((b == IDLE)[:, None], sway, self.v_tgt)
-        v_v = self.vel + (v_t - self.vel) * self.alpha[:, None]
-        self.vel = np.where(steer[:, None], v_s, v_v)
-        sp = np.hypot(self.vel[:, 0], self.vel[:, 1])
-        h_v = np.where(sp > 0.3, np.arctan2(self.vel[:, 1], self.vel[:, 0]), self.heading)
-        self.heading = np.where(steer, h_s, h_v)
-        self.speed = np.where(steer, sp_s, sp)
-        self.pos = self.pos + self.vel * dt
+        # keyboard / stick: camera-relative input, the camera yawed by mouse / right stick
+        self.look = self.look * self.l_decay + self.l_kick * self.rng.standard_normal(self.n)
+        self.cam = self.cam + self.look * self.look_amt * dt  # look_amt is 0 off keyboard
+        in_dir = np.exp(1j * np.where(steer, h_s, self.cam + self.key_off))
+        mag = np.where(steer, 1.0, self.in_mag)
+        cap = np.where(steer, self.req, self.top * self.in_mag)
+        v = _controller(
+            self.vel, self.speed, in_dir, mag, cap, self.accel, self.turn_k, self.b_fric,
+            self.b_dec, dt,
+        )  # fmt: skip
+        sp = np.abs(v)
+        self.heading = np.where(steer, h_s, np.where(sp > 0.3, np.angle(v), self.heading))
+        self.vel, self.speed = v, sp
+        # idle body sway (not controller motion), faded in and out over ~0.1 s
+        e = np.exp(1j * self.sway_w * t)
+        self.sway_v += (self.sway_c1 * e + self.sway_c2 * e.conj() - self.sway_v) * self.sway_k
+        self.pos = self.pos + (v + self.sway_v) * dt
 
 
 def _terrain(xy: np.ndarray, cfg: SimConfig) -> np.ndarray:
@@ -471,7 +580,7 @@ def simulate(
     world = _World(n_avatars, cfg, rng)
     S = max(math.floor(duration * cfg.base_rate + 1e-9) + 1, 2)
     truth_t = np.arange(S) / cfg.base_rate
-    xy = np.empty((S, n_avatars, 2))
+    xy = np.empty((S, n_avatars), dtype=complex)
     labels = np.empty((S, n_avatars), dtype=np.int8)
     for s in range(S):
         t = float(truth_t[s])
@@ -481,6 +590,7 @@ def simulate(
         if tele.size:
             labels[s, tele] = TELEPORT
         world.step(t)
+    xy = np.stack([xy.real, xy.imag], axis=-1)
     z = _terrain(xy, cfg)
     tracks, labs = [], {}
     for i in range(n_avatars):
