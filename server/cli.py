@@ -266,7 +266,7 @@ def _reason(exc: BaseException, path: str) -> str:
     for prefix in (f"cannot load checkpoint {path}: ", f"{path}: ", f"{path} "):
         text = text.removeprefix(prefix)
     text = text.split(". ")[0].rstrip(".")
-    return text if len(text) <= 120 else text[:117] + "..."
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def ws_url(text: str) -> str:
