@@ -7,10 +7,13 @@ No asyncio, no sockets. The caller (the app's tick loop) does, per tick:
 
 Avatars get a slot in a pool of hidden states (`HiddenStatePool`); the pool grows by
 doubling, a join gets a zeroed slot and a leave frees it. Per tick the hot path is
-array code only: features for all pending slots at once, one host->device copy in,
-`index_select` the states, one model step, `index_copy_` them back, one device->host
-copy out. With no model (`model=None`) the engine serves constant-velocity dead
-reckoning through the same path, which is the "model off" comparison.
+array code only: features for all pending slots at once (each avatar's Kalman prior and,
+when the model takes them, its nearest neighbours in the same room from this tick's
+state), one host->device copy in, `index_select` the states, one model step,
+`index_copy_` them back, the decode (prior + gated residual) on the device, one
+device->host copy out. With no model (`model=None`) the engine serves last-interval
+constant-velocity dead reckoning through the same path, which is the "model off"
+comparison.
 
 `swap_model` replaces the model between two ticks (hot reload), keeping avatars and, when
 the state shape matches, their hidden states. A model step whose new hidden state or
@@ -35,19 +38,20 @@ MAX_COORD = 1e6  # metres; positions beyond are rejected as corrupt
 
 
 def _state_shape(model: LoadedModel | None) -> tuple[int, int]:
-    """(layers, hidden) of a model's GRU state; CV keeps a (1, 1) placeholder."""
+    """(layers, state size) of a model's recurrent state; CV keeps a (1, 1) placeholder."""
     if model is None:
         return 1, 1
-    return model.model.cfg.layers, model.model.cfg.hidden
+    return model.model.cfg.layers, model.model.cfg.state_size
 
 
 def _check_model(model: LoadedModel) -> None:
     """Raise ValueError unless the network fits the feature pipeline it is served with."""
     cfg = model.model.cfg
-    if cfg.n_features != F.N_FEATURES or cfg.n_horizons != model.features.n_horizons:
+    fc = model.features
+    if cfg.n_features != fc.n_features or cfg.n_horizons != fc.n_horizons:
         raise ValueError(
             f"model {model.version!r}: {cfg.n_features} features / {cfg.n_horizons} horizons, "
-            f"the pipeline has {F.N_FEATURES} / {model.features.n_horizons}"
+            f"the pipeline has {fc.n_features} / {fc.n_horizons}"
         )
 
 
@@ -143,27 +147,32 @@ class TickEngine:
         self.fstate = FeatureState(capacity)
         self._ids = np.empty(capacity, dtype=object)
         self._slot_of: dict[str, int] = {}
+        self._live = np.zeros(capacity, dtype=bool)  # joined slots (neighbour candidates)
+        self._group = np.zeros(capacity, dtype=np.int64)  # room of each slot, as an int
+        self._group_ids: dict[object, int] = {}
         self._free = list(range(capacity))  # min-heap: lowest free slot first
         # Pending newest sample per slot (latest wins).
         self._pending = np.zeros(capacity, dtype=bool)
         self._pt = np.zeros(capacity)
         self._pp = np.zeros((capacity, 3))
         self._pseq = np.zeros(capacity, dtype=np.int64)
+        self._pclock = np.zeros(capacity)
+        self._clock = np.zeros(capacity)  # shared-clock time of each slot's newest sample
         # Last prediction per slot (kept for avatars without a new sample).
         self.last_t = np.full(capacity, np.nan)
         self.last_pos = np.zeros((capacity, 3))
         self.last_off = np.zeros((capacity, H, 3), dtype=np.float32)
         self.last_seq = np.full(capacity, -1, dtype=np.int64)
         self.ticks = 0
+        self.last_features = np.zeros((0, self.cfg.n_features), np.float32)
         self._pinned = self.device.type == "cuda"
         self._h = torch.tensor(self.horizons, dtype=torch.float32, device=self.device)
         self._set_scale()
         self._alloc_host_buffers(capacity)
 
     def _set_scale(self) -> None:
-        self._scale = torch.tensor(self.cfg.scales(), dtype=torch.float32, device=self.device)[
-            None, :, None
-        ]
+        self._scale = torch.tensor(self.cfg.scales(), dtype=torch.float32, device=self.device)
+        self._nf = self.cfg.n_features
 
     # -- model --------------------------------------------------------------------------
 
@@ -212,6 +221,7 @@ class TickEngine:
         if model is not None:
             self.cfg = model.features
             self._set_scale()
+            self._alloc_host_buffers(self.capacity)
         if not keep:
             layers, hidden = _state_shape(model)
             self.pool = HiddenStatePool(layers, hidden, self.capacity, self.device)
@@ -238,8 +248,12 @@ class TickEngine:
         """Slot of a joined avatar. Raises KeyError if it has not joined."""
         return self._slot_of[avatar]
 
-    def join(self, avatar: str) -> int:
-        """Give `avatar` a zeroed slot and return it. Raises KeyError if already joined."""
+    def join(self, avatar: str, group: object = None) -> int:
+        """Give `avatar` a zeroed slot and return it. Raises KeyError if already joined.
+
+        `group` (any hashable, e.g. the room name) scopes neighbours: an avatar's
+        neighbours are the joined avatars of the same group.
+        """
         if avatar in self._slot_of:
             raise KeyError(f"avatar {avatar!r} already joined")
         if not self._free:
@@ -247,6 +261,8 @@ class TickEngine:
         slot = heapq.heappop(self._free)
         self._slot_of[avatar] = slot
         self._ids[slot] = avatar
+        self._live[slot] = True
+        self._group[slot] = self._group_ids.setdefault(group, len(self._group_ids))
         self.pool.zero(slot)
         self.fstate.clear(slot)
         self._pending[slot] = False
@@ -260,6 +276,7 @@ class TickEngine:
         """Free `avatar`'s slot. Raises KeyError if it has not joined."""
         slot = self._slot_of.pop(avatar)
         self._ids[slot] = None
+        self._live[slot] = False
         self._pending[slot] = False
         self.last_t[slot] = np.nan
         heapq.heappush(self._free, slot)
@@ -270,10 +287,14 @@ class TickEngine:
         self.fstate.grow(capacity)
         extra = capacity - old
         self._ids = np.concatenate([self._ids, np.empty(extra, dtype=object)])
+        self._live = np.concatenate([self._live, np.zeros(extra, dtype=bool)])
+        self._group = np.concatenate([self._group, np.zeros(extra, dtype=np.int64)])
         self._pending = np.concatenate([self._pending, np.zeros(extra, dtype=bool)])
         self._pt = np.concatenate([self._pt, np.zeros(extra)])
         self._pp = np.concatenate([self._pp, np.zeros((extra, 3))])
         self._pseq = np.concatenate([self._pseq, np.zeros(extra, dtype=np.int64)])
+        self._pclock = np.concatenate([self._pclock, np.zeros(extra)])
+        self._clock = np.concatenate([self._clock, np.zeros(extra)])
         self.last_t = np.concatenate([self.last_t, np.full(extra, np.nan)])
         self.last_pos = np.concatenate([self.last_pos, np.zeros((extra, 3))])
         self.last_off = np.concatenate(
@@ -285,10 +306,10 @@ class TickEngine:
         self._alloc_host_buffers(capacity)
 
     def _alloc_host_buffers(self, capacity: int) -> None:
-        # Input: features | slot index | CV velocity (3) | heading (2), so a tick needs
-        # exactly one host->device copy (slots < 2**24 are exact in float32).
+        # Input: features | slot index | prior dp (3) | prior v (3) | heading (2), so a
+        # tick needs exactly one host->device copy (slots < 2**24 are exact in float32).
         n_out = len(self.horizons) * 3
-        self._xbuf = torch.zeros(capacity, F.N_FEATURES + 6, pin_memory=self._pinned)
+        self._xbuf = torch.zeros(capacity, self._nf + 9, pin_memory=self._pinned)
         self._ybuf = torch.zeros(capacity, n_out, pin_memory=self._pinned)
 
     # -- input --------------------------------------------------------------------------
@@ -309,12 +330,14 @@ class TickEngine:
         p3 = np.array([[float(p[0]), float(p[1]), z]])
         return bool(self.submit_many(np.array([slot]), np.array([float(t)]), p3, [seq])[0])
 
-    def submit_many(self, slots, t, p, seq) -> np.ndarray:
+    def submit_many(self, slots, t, p, seq, clock=None) -> np.ndarray:
         """`submit_slot` for many slots at once (the tick's input flush, no Python loop).
 
         `slots` (n,) must be distinct joined slots; `t` (n,); `p` (n, 3) or (n, 2); `seq` (n,).
-        Returns the (n,) bool mask of the samples kept (the same rule as `submit`).
-        Raises ValueError for a `p` of the wrong shape.
+        `clock` (n,), optional: each sample's time on a clock shared by all avatars (the
+        server clock; `t` is the client's own), which neighbours are compared on;
+        default `t`. Returns the (n,) bool mask of the samples kept (the same rule as
+        `submit`). Raises ValueError for a `p` of the wrong shape.
         """
         slots = np.asarray(slots, dtype=np.int64)
         t = np.asarray(t, dtype=np.float64)
@@ -332,6 +355,7 @@ class TickEngine:
         self._pt[kept] = t[ok]
         self._pp[kept] = p[ok]
         self._pseq[kept] = np.asarray(seq, dtype=np.int64)[ok]
+        self._pclock[kept] = (t if clock is None else np.asarray(clock, dtype=np.float64))[ok]
         return ok
 
     # -- the tick -----------------------------------------------------------------------
@@ -356,11 +380,23 @@ class TickEngine:
             )
         self._pending[slots] = False
         t, p, seq = self._pt[slots], self._pp[slots], self._pseq[slots]
-        out = F.step(self.fstate, slots, t, p, self.cfg)
-        if self.model is None:
-            off = F.decode_offsets(np.zeros((n, H, 3), np.float32), out, self.cfg)
+        if self.model is None:  # model off: constant velocity from the last interval
+            out = F.step(self.fstate, slots, t, p, self.cfg)
+            off = (out.v[:, None, :] * self.horizons[None, :, None]).astype(np.float32)
         else:
+            self._clock[slots] = self._pclock[slots]
+            out = F.tick_features(
+                self.fstate,
+                slots,
+                t,
+                p,
+                self.cfg,
+                live=self._live,
+                group=self._group,
+                clock=self._clock,
+            )
             off = self._model_step(slots, out)
+        self.last_features = out.x  # (n, F) model input of this tick's rows (tests, tools)
         self.last_t[slots] = t
         self.last_pos[slots] = p
         self.last_off[slots] = off
@@ -369,31 +405,28 @@ class TickEngine:
 
     @torch.inference_mode()
     def _model_step(self, slots: np.ndarray, out: F.StepOutput) -> np.ndarray:
-        n, nf = len(slots), F.N_FEATURES
+        n, nf = len(slots), self._nf
         xb = self._xbuf[:n]
         xn = xb.numpy()
         xn[:, :nf] = out.x
         xn[:, nf] = slots
-        xn[:, nf + 1 : nf + 4] = out.v
-        xn[:, nf + 4 : nf + 6] = out.head
+        xn[:, nf + 1 : nf + 4] = out.prior_dp
+        xn[:, nf + 4 : nf + 7] = out.prior_v
+        xn[:, nf + 7 : nf + 9] = out.head
         xd = xb.to(self.device, non_blocking=self._pinned)  # the one host->device copy
         x = xd[:, :nf].contiguous()  # the GRU kernel is slower on a strided input
         idx = xd[:, nf].long()
         h = self.pool.gather(idx)  # (L, n, hidden)
         h = h * (1.0 - x[:, F.RESET])[None, :, None]  # reset rows start from a zero state
-        y, h = self.model.model.step(x, h)  # y (n, H, 3) normalised residual, heading frame
-        # Decode on the device: offset = v * horizon + residual rotated to the world frame.
-        r = y * self._scale  # (n, H, 3) metres
-        v, c, s = xd[:, nf + 1 : nf + 4], xd[:, nf + 4 : nf + 5], xd[:, nf + 5 : nf + 6]
-        off = torch.empty_like(r)
-        off[..., 0] = c * r[..., 0] - s * r[..., 1] + v[:, 0:1] * self._h
-        off[..., 1] = s * r[..., 0] + c * r[..., 1] + v[:, 1:2] * self._h
-        off[..., 2] = r[..., 2] + v[:, 2:3] * self._h
+        y, h = self.model.model.step(x, h)  # y (n, H, 3) gated residual, heading frame
+        # Decode on the device: the prior's path plus the residual rotated to the world.
+        dp, v, hd = xd[:, nf + 1 : nf + 4], xd[:, nf + 4 : nf + 7], xd[:, nf + 7 : nf + 9]
+        off = F.decode_offsets(y, dp, v, hd, self._h, self._scale)
         if self.device.type == "cpu":  # one check on the whole batch; rows only on failure
             if not bool(torch.isfinite(h).all() & torch.isfinite(off).all()):
-                h, off = self._reset_nonfinite(h, off, v)
+                h, off = self._reset_nonfinite(h, off, dp, v)
         else:  # a check would be a second host sync per tick: repair on the device always
-            h, off = self._reset_nonfinite(h, off, v)
+            h, off = self._reset_nonfinite(h, off, dp, v)
         self.pool.scatter(idx, h)  # never stores NaN/inf
         yb = self._ybuf[:n]
         if self._pinned:
@@ -404,20 +437,20 @@ class TickEngine:
         return yb.numpy().reshape(n, -1, 3).copy()
 
     def _reset_nonfinite(
-        self, h: torch.Tensor, off: torch.Tensor, v: torch.Tensor
+        self, h: torch.Tensor, off: torch.Tensor, dp: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows with a NaN/inf hidden state or prediction: zero state, CV prediction.
+        """Rows with a NaN/inf hidden state or prediction: zero state, the prior's path.
 
-        The model predicts a residual over constant velocity, so the honest fallback is
-        the CV prior alone (what the engine serves with `model=None`); the velocity
-        comes from finite, bounded samples, but a non-finite one falls back to zero
-        offsets. Counts the rows in `nonfinite_resets`.
+        The model predicts a residual over the Kalman prior, so the honest fallback is
+        the prior alone (a zero residual); the prior comes from finite, bounded samples,
+        but a non-finite one falls back to zero offsets. Counts the rows in
+        `nonfinite_resets`.
         """
         bad = ~(torch.isfinite(h).all(dim=2).all(dim=0) & torch.isfinite(off).flatten(1).all(1))
         h = h.masked_fill(bad[None, :, None], 0.0)
-        cv = v[:, None, :] * self._h[None, :, None]  # (n, H, 3)
-        cv = cv.masked_fill(~torch.isfinite(cv).flatten(1).all(1)[:, None, None], 0.0)
-        off = torch.where(bad[:, None, None], cv, off)
+        prior = dp[:, None, :] + v[:, None, :] * self._h[None, :, None]  # (n, H, 3)
+        prior = prior.masked_fill(~torch.isfinite(prior).flatten(1).all(1)[:, None, None], 0.0)
+        off = torch.where(bad[:, None, None], prior, off)
         if self.device.type == "cpu":
             self._nonfinite += int(bad.sum())
         elif self._nonfinite_dev is None:

@@ -8,9 +8,19 @@ absolute positions at the horizons.
 
 Everything is expressed in the avatar's *heading frame* (x along its smoothed direction
 of travel, y to its left, z up), so the model is invariant to translation and rotation
-by construction and mirroring the world is `y -> -y`. The model predicts a *residual*
-over constant-velocity extrapolation (CV prior): a zero output is exactly CV dead
-reckoning from the last interval's velocity.
+by construction and mirroring the world is `y -> -y`.
+
+**The prior.** Every row runs a causal constant-velocity Kalman filter (white-noise
+acceleration `kalman_q`, measurement noise `kalman_r`; `server.priors`). The model
+predicts a *residual* over that filter's extrapolation: a zero output is exactly the
+tuned Kalman filter's path (`training.baselines.KalmanCV` with the same q and r), so the
+learned model starts from the best classical dead reckoning rather than from
+last-interval constant velocity.
+
+**Neighbours.** With `neighbours = k > 0` the input also carries, per avatar, its k
+nearest avatars of the same group (room) from the same tick's state
+(`server.neighbours`); `tick_features` is the one function that serving and training
+call for a tick.
 
 A time gap longer than `max_gap` or a jump faster than `max_speed` (a teleport) is a
 *reset*: the row starts over as if this were its first sample, and the caller must zero
@@ -23,6 +33,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from server import priors
+
 DEFAULT_HORIZONS: tuple[float, ...] = tuple(round(0.1 * k, 1) for k in range(1, 11))
 
 # Input feature layout (all in the heading frame; velocities divided by v_scale).
@@ -34,9 +46,19 @@ TURN_SIN, TURN_COS = 8, 9  # rotation of the frame since the previous sample (co
 RESET = 10  # 1.0 on the first sample of a segment (join, gap, teleport)
 TURN_RATE = 11  # turn rate of the frame, rad/s / pi
 ACC_ALONG, ACC_LAT = 12, 13  # acceleration of the smoothed velocity in the frame, / 4 m/s^2
-N_FEATURES = 14
-MIRROR_FLIP = (VY, PVY, TURN_SIN, TURN_RATE, ACC_LAT)  # features that change sign when y -> -y
+KVX, KVY = 14, 15  # Kalman velocity (the prior's), / v_scale
+KDX, KDY = 16, 17  # Kalman position minus the sample (the filter's noise estimate), / 0.1 m
+KSTD = 18  # the filter's velocity std, / v_scale (how settled the prior is)
+N_FEATURES = 19  # per-avatar features; neighbour features follow (see `n_features`)
+MIRROR_FLIP = (VY, PVY, TURN_SIN, TURN_RATE, ACC_LAT, KVY, KDY)  # sign flips when y -> -y
 FEATURE_CLIP = 10.0
+
+# Per-neighbour block (after the N_FEATURES per-avatar features), nearest first:
+NB_DX, NB_DY = 0, 1  # its position relative to the avatar, heading frame, / nb_pos_scale
+NB_VX, NB_VY = 2, 3  # its velocity minus the avatar's, heading frame, / v_scale
+NB_ON = 4  # 1.0 if this neighbour exists
+NB_WIDTH = 5
+NB_MIRROR = (NB_DY, NB_VY)
 
 
 @dataclass(frozen=True)
@@ -51,6 +73,13 @@ class FeatureConfig:
     heading_min_speed: float = 0.1  # m/s; below this the frame keeps its last heading
     v_scale: float = 2.0  # m/s; input velocity normalisation
     out_scale: tuple[float, ...] = field(default_factory=tuple)  # m per horizon; () = 1.0
+    kalman_q: float = 1.0  # m^2/s^3, the prior's white-noise acceleration density
+    kalman_r: float = 0.02  # m, the prior's measurement noise std
+    kalman_init_vel_std: float = 10.0  # m/s, velocity std at a reset
+    neighbours: int = 0  # k nearest avatars given to the model (0 = none)
+    nb_radius: float = 8.0  # m; farther avatars are not neighbours (also the grid cell)
+    nb_cell_cap: int = 16  # candidates read per grid cell (a denser cell is cut)
+    nb_pos_scale: float = 4.0  # m; relative position normalisation
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "horizons", tuple(float(h) for h in self.horizons))
@@ -59,10 +88,27 @@ class FeatureConfig:
             raise ValueError("horizons must be positive")
         if self.out_scale and len(self.out_scale) != len(self.horizons):
             raise ValueError("out_scale needs one entry per horizon")
+        if self.kalman_q <= 0 or self.kalman_r <= 0 or self.kalman_init_vel_std <= 0:
+            raise ValueError("kalman_q, kalman_r and kalman_init_vel_std must be > 0")
+        if self.neighbours < 0 or self.nb_radius <= 0 or self.nb_cell_cap < 1:
+            raise ValueError("need neighbours >= 0, nb_radius > 0 and nb_cell_cap >= 1")
 
     @property
     def n_horizons(self) -> int:
         return len(self.horizons)
+
+    @property
+    def n_features(self) -> int:
+        """Model input width: per-avatar features plus the neighbour blocks."""
+        return N_FEATURES + NB_WIDTH * self.neighbours
+
+    def mirror_signs(self) -> np.ndarray:
+        """(n_features,) +1/-1: the input under the reflection y -> -y."""
+        s = np.ones(self.n_features, dtype=np.float32)
+        s[list(MIRROR_FLIP)] = -1.0
+        for j in range(self.neighbours):
+            s[[N_FEATURES + NB_WIDTH * j + k for k in NB_MIRROR]] = -1.0
+        return s
 
     def scales(self) -> np.ndarray:
         """Residual scale per horizon, shape (H,)."""
@@ -79,15 +125,15 @@ class FeatureConfig:
 
 
 class FeatureState:
-    """Per-row memory of the pipeline: last sample, last velocity, smoothed heading.
+    """Per-row memory of the pipeline: last sample, last velocity, heading, the prior.
 
-    One (11, n) float64 array, field-major so that every batch operation runs on
-    contiguous memory; a batch step is one gather and one scatter. `t`, `p`, `v`, `ema`
-    and `head` are (row-major) views. Rows are created "empty" (no previous sample), so
-    the first `step` on a row is a reset.
+    One (20, n) float64 array, field-major so that every batch operation runs on
+    contiguous memory; a batch step is one gather and one scatter. `t`, `p`, `v`, `ema`,
+    `head`, `kx`, `kv` and `kp` are (row-major) views. Rows are created "empty" (no
+    previous sample), so the first `step` on a row is a reset.
     """
 
-    WIDTH = 11  # t | p xyz | v xyz | ema xy | head cos sin
+    WIDTH = 20  # t | p xyz | v xyz | ema xy | head cos sin | kalman pos xyz, vel xyz, P 00 01 11
 
     def __init__(self, n: int) -> None:
         self.data = np.zeros((self.WIDTH, n))
@@ -100,6 +146,9 @@ class FeatureState:
         self.v = d[4:7].T  # (n, 3) velocity over the last interval
         self.ema = d[7:9].T  # (n, 2) smoothed horizontal velocity
         self.head = d[9:11].T  # (n, 2) cos, sin of the frame heading
+        self.kx = d[11:14].T  # (n, 3) the prior's filtered position
+        self.kv = d[14:17].T  # (n, 3) the prior's filtered velocity
+        self.kp = d[17:20].T  # (n, 3) the prior's covariance (pos var, cross, vel var)
 
     def __len__(self) -> int:
         return self.data.shape[1]
@@ -122,16 +171,30 @@ class FeatureState:
 
 @dataclass
 class StepOutput:
-    """What `step` returns for n rows; `decode` needs `p`, `v` and `head`."""
+    """What `step` returns for n rows; `decode` needs `p`, `prior_dp`, `prior_v`, `head`."""
 
-    x: np.ndarray  # (n, N_FEATURES) float32 model input
+    x: np.ndarray  # (n, n_features) float32 model input
     reset: np.ndarray  # (n,) bool: the caller must zero these rows' hidden states
     p: np.ndarray  # (n, 3) anchor position (the sample)
-    v: np.ndarray  # (n, 3) CV-prior velocity
+    v: np.ndarray  # (n, 3) last-interval velocity (constant-velocity dead reckoning)
     head: np.ndarray  # (n, 2) cos, sin of the heading frame
+    prior_dp: np.ndarray  # (n, 3) the prior's position minus the anchor
+    prior_v: np.ndarray  # (n, 3) the prior's velocity
+
+    def rows(self, k: np.ndarray | slice) -> StepOutput:
+        """The same output restricted to rows `k`."""
+        return StepOutput(
+            self.x[k],
+            self.reset[k],
+            self.p[k],
+            self.v[k],
+            self.head[k],
+            self.prior_dp[k],
+            self.prior_v[k],
+        )
 
 
-def _rotate_in(vx: np.ndarray, vy: np.ndarray, c: np.ndarray, s: np.ndarray):
+def _rotate_in(vx, vy, c, s):
     """World -> heading frame."""
     return c * vx + s * vy, -s * vx + c * vy
 
@@ -155,16 +218,18 @@ def step(
     p: np.ndarray,
     cfg: FeatureConfig,
 ) -> StepOutput:
-    """Consume one sample for each of `rows` and return the model input for them.
+    """Consume one sample for each of `rows` and return the per-avatar model input.
 
     The caller must pass unique `rows` (int array, shape (n,)), times `t` (n,) and
     finite positions `p` (n, 3); a time not after the row's last one is treated as an
-    interval of `cfg.min_dt`. Updates `state` in place. Raises nothing for finite input.
+    interval of `cfg.min_dt`. Updates `state` in place. `x` holds the N_FEATURES
+    per-avatar features only (`tick_features` appends the neighbours). Raises nothing
+    for finite input.
     """
     t = np.asarray(t, dtype=np.float64)
     pT = np.asarray(p, dtype=np.float64).T  # (3, n)
     n = len(rows)
-    old = state.data[:, rows]  # (11, n): one gather, field-major
+    old = state.data[:, rows]  # (20, n): one gather, field-major
     new = np.empty_like(old)
     new[0] = t
     new[1:4] = pT
@@ -190,12 +255,22 @@ def step(
     head[:, ~moving] = old[9:11, ~moving]
     c, s = head[0], head[1]
 
+    # The prior: one Kalman predict + update per row (a reset re-initialises it).
+    priors.kalman_step(
+        old[11:20], new[11:20], pT, dt, reset, cfg.kalman_q, cfg.kalman_r, cfg.kalman_init_vel_std
+    )
+    kx, kv = new[11:14], new[14:17]
+
     x = np.empty((N_FEATURES, n), dtype=np.float64)
     x[VX], x[VY] = _rotate_in(v[0], v[1], c, s)
     x[VZ] = v[2]
     x[SPEED_EMA] = ema_speed
     x[PVX], x[PVY] = _rotate_in(old[4], old[5], c, s)
-    x[:6] *= 1.0 / cfg.v_scale
+    x[KVX], x[KVY] = _rotate_in(kv[0], kv[1], c, s)
+    x[KSTD] = np.sqrt(new[19])
+    x[[VX, VY, VZ, SPEED_EMA, PVX, PVY, KVX, KVY, KSTD]] *= 1.0 / cfg.v_scale
+    x[KDX], x[KDY] = _rotate_in(kx[0] - pT[0], kx[1] - pT[1], c, s)
+    x[KDX : KDY + 1] *= 10.0
     x[PVX : PVY + 1, reset] = 0.0
     x[DT_LIN] = dt_feat / 0.4
     x[DT_LOG] = np.log(np.maximum(dt_feat, cfg.min_dt) / 0.1) / 2.0
@@ -215,34 +290,96 @@ def step(
     np.clip(x, -FEATURE_CLIP, FEATURE_CLIP, out=x)
 
     state.data[:, rows] = new  # one scatter
-    return StepOutput(x=x.T.astype(np.float32), reset=reset, p=pT.T, v=v.T, head=head.T)
+    return StepOutput(
+        x=x.T.astype(np.float32),
+        reset=reset,
+        p=pT.T,
+        v=v.T,
+        head=head.T,
+        prior_dp=(kx - pT).T,
+        prior_v=kv.T,
+    )
 
 
-def decode_offsets(y: np.ndarray, out: StepOutput, cfg: FeatureConfig) -> np.ndarray:
-    """Model output -> predicted offsets from the anchor `out.p`, (n, H, 3) float32.
+def tick_features(
+    state: FeatureState,
+    rows: np.ndarray,
+    t: np.ndarray,
+    p: np.ndarray,
+    cfg: FeatureConfig,
+    *,
+    live: np.ndarray | None = None,
+    group: np.ndarray | None = None,
+    clock: np.ndarray | None = None,
+) -> StepOutput:
+    """One tick's model input for `rows`: `step`, then the neighbour blocks.
 
-    `y` (n, H, 3) is the model's normalised residual in the heading frame for the rows
-    of `out`: offset = CV prior (v * h) + residual rotated to the world frame.
+    The one function serving (`TickEngine.tick`) and training (`scene_features`) call
+    per tick. `live` (len(state),) bool marks the rows that exist (joined avatars) and
+    `group` (len(state),) int64 their room; both are required when `cfg.neighbours > 0`
+    (ValueError otherwise). `clock` (len(state),) is each row's newest sample time on a
+    clock shared by all rows (default: the rows' own sample times, `state.t`); the caller
+    must have updated it for `rows`. Neighbours are read from the state *after* this
+    tick's step, so every avatar sees the others' newest samples.
     """
-    h = np.asarray(cfg.horizons, dtype=np.float32)  # (H,)
-    r = np.asarray(y, dtype=np.float32) * cfg.scales().astype(np.float32)[None, :, None]
-    c = out.head[:, 0:1].astype(np.float32)  # (n, 1)
-    s = out.head[:, 1:2].astype(np.float32)
-    v = out.v.astype(np.float32)
-    off = np.empty_like(r)
-    off[..., 0] = c * r[..., 0] - s * r[..., 1] + v[:, 0:1] * h
-    off[..., 1] = s * r[..., 0] + c * r[..., 1] + v[:, 1:2] * h
-    off[..., 2] = r[..., 2] + v[:, 2:3] * h
-    return off
+    out = step(state, rows, t, p, cfg)
+    if cfg.neighbours == 0:
+        return out
+    if live is None or group is None:
+        raise ValueError("cfg.neighbours > 0 needs `live` and `group`")
+    from server.neighbours import neighbour_features
+
+    clock = state.t if clock is None else clock
+    nb = neighbour_features(state, rows, live, group, clock, cfg)
+    out.x = np.concatenate([out.x, nb], axis=1)
+    return out
+
+
+def decode_offsets(y, prior_dp, prior_v, head, horizons, scale):
+    """Model output -> predicted offsets from the anchor, (n, H, 3).
+
+    offset = prior_dp + prior_v * h + (y * scale) rotated from the heading frame to the
+    world. Works on numpy arrays or torch tensors alike (the one decode of the project):
+    `y` (n, H, 3) normalised residual, `prior_dp`/`prior_v` (n, 3), `head` (n, 2),
+    `horizons` (H,) and `scale` (H,) of the same kind and dtype.
+    """
+    r = y * scale[None, :, None]
+    c, s = head[:, 0:1], head[:, 1:2]
+    dp, v = prior_dp[:, None, :], prior_v[:, None, :]
+    h = horizons[None, :]
+    return _stack(
+        [
+            c * r[..., 0] - s * r[..., 1] + dp[..., 0] + v[..., 0] * h,
+            s * r[..., 0] + c * r[..., 1] + dp[..., 1] + v[..., 1] * h,
+            r[..., 2] + dp[..., 2] + v[..., 2] * h,
+        ],
+        y,
+    )
+
+
+def _stack(parts, like):
+    if isinstance(like, np.ndarray):
+        return np.stack(parts, axis=-1)
+    import torch
+
+    return torch.stack(parts, dim=-1)
 
 
 def decode(y: np.ndarray, out: StepOutput, cfg: FeatureConfig) -> np.ndarray:
     """Model output -> absolute positions (n, H, 3) float64 at `t + horizons`.
 
     `y` (n, H, 3) is the model's normalised residual in the heading frame for the rows
-    of `out`.
+    of `out`; a zero `y` is the Kalman prior's path.
     """
-    return out.p[:, None, :] + decode_offsets(y, out, cfg)
+    off = decode_offsets(
+        np.asarray(y, dtype=np.float64),
+        out.prior_dp,
+        out.prior_v,
+        out.head,
+        np.asarray(cfg.horizons),
+        cfg.scales(),
+    )
+    return out.p[:, None, :] + off
 
 
 def encode_targets(truth: np.ndarray, out: StepOutput, cfg: FeatureConfig) -> np.ndarray:
@@ -251,7 +388,7 @@ def encode_targets(truth: np.ndarray, out: StepOutput, cfg: FeatureConfig) -> np
     NaN in `truth` (future unknown) stays NaN: the caller masks it out of the loss.
     """
     h = np.asarray(cfg.horizons)
-    d = truth - out.p[:, None, :] - out.v[:, None, :] * h[None, :, None]
+    d = truth - (out.p + out.prior_dp)[:, None, :] - out.prior_v[:, None, :] * h[None, :, None]
     c, s = out.head[:, 0:1], out.head[:, 1:2]
     res = np.empty_like(d)
     res[..., 0], res[..., 1] = _rotate_in(d[..., 0], d[..., 1], c, s)
@@ -263,8 +400,28 @@ def encode_targets(truth: np.ndarray, out: StepOutput, cfg: FeatureConfig) -> np
 class SequenceFeatures:
     """Features of whole sequences, time-major per sequence, as lists of arrays."""
 
-    x: list[np.ndarray]  # each (T_i, N_FEATURES) float32
+    x: list[np.ndarray]  # each (T_i, n_features) float32
     out: list[StepOutput]  # each with arrays of length T_i
+
+
+def _collect(m: int, lengths: np.ndarray, nf: int):
+    tmax = int(lengths.max()) if m else 0
+    return {
+        "x": np.zeros((m, tmax, nf), dtype=np.float32),
+        "reset": np.zeros((m, tmax), dtype=bool),
+        "p": np.zeros((m, tmax, 3)),
+        "v": np.zeros((m, tmax, 3)),
+        "head": np.zeros((m, tmax, 2)),
+        "prior_dp": np.zeros((m, tmax, 3)),
+        "prior_v": np.zeros((m, tmax, 3)),
+    }
+
+
+def _split(acc: dict, lengths: np.ndarray) -> SequenceFeatures:
+    outs = [
+        StepOutput(**{k: a[i, : lengths[i]] for k, a in acc.items()}) for i in range(len(lengths))
+    ]
+    return SequenceFeatures(x=[o.x for o in outs], out=outs)
 
 
 def sequence_features(
@@ -272,11 +429,13 @@ def sequence_features(
 ) -> SequenceFeatures:
     """Run `step` over whole sequences, batched across sequences, exactly as serving does.
 
-    `times[i]` (T_i,) strictly increasing, `positions[i]` (T_i, 3) finite. Returns the
-    per-step model inputs and decode state of every sequence.
+    Each sequence is alone (no neighbours: with `cfg.neighbours > 0` the neighbour blocks
+    are absent, as for an avatar alone in its room). `times[i]` (T_i,) strictly
+    increasing, `positions[i]` (T_i, 3) finite. Returns the per-step model inputs and
+    decode state of every sequence.
     """
     m = len(times)
-    lengths = np.array([len(t) for t in times])
+    lengths = np.array([len(t) for t in times], dtype=np.int64)
     tmax = int(lengths.max()) if m else 0
     state = FeatureState(m)
     T = np.zeros((m, tmax))
@@ -284,19 +443,69 @@ def sequence_features(
     for i in range(m):
         T[i, : lengths[i]] = times[i]
         P[i, : lengths[i]] = positions[i]
-    xs = np.zeros((m, tmax, N_FEATURES), dtype=np.float32)
-    reset = np.zeros((m, tmax), dtype=bool)
-    anchor = np.zeros((m, tmax, 3))
-    vel = np.zeros((m, tmax, 3))
-    head = np.zeros((m, tmax, 2))
+    acc = _collect(m, lengths, cfg.n_features)
     order = np.argsort(-lengths, kind="stable")
     for k in range(tmax):
         rows = order[: int((lengths > k).sum())]
         o = step(state, rows, T[rows, k], P[rows, k], cfg)
-        xs[rows, k], reset[rows, k] = o.x, o.reset
-        anchor[rows, k], vel[rows, k], head[rows, k] = o.p, o.v, o.head
-    outs = []
-    for i in range(m):
-        n = lengths[i]
-        outs.append(StepOutput(xs[i, :n], reset[i, :n], anchor[i, :n], vel[i, :n], head[i, :n]))
-    return SequenceFeatures(x=[o.x for o in outs], out=outs)
+        for name, a in acc.items():
+            if name == "x":
+                a[rows, k, :N_FEATURES] = o.x
+            else:
+                a[rows, k] = getattr(o, name)
+    return _split(acc, lengths)
+
+
+def scene_features(
+    times: list[np.ndarray],
+    positions: list[np.ndarray],
+    cfg: FeatureConfig,
+    *,
+    group: np.ndarray | None = None,
+    tick: float = 0.05,
+) -> SequenceFeatures:
+    """Replay sequences that share a clock through `tick_features`, as the engine serves them.
+
+    Sequence i exists (is joined) from its first sample to its last; time is cut into
+    ticks of `tick` seconds, and each tick steps every sequence with a sample in it (a
+    sequence with two samples in one tick sees both, one tick after the other, which is
+    what a server sees when it ticks at the sample rate). `group` (m,) puts sequences in
+    rooms (default: all in one). Same inputs as `sequence_features`; with
+    `cfg.neighbours == 0` the result equals it.
+    """
+    m = len(times)
+    lengths = np.array([len(t) for t in times], dtype=np.int64)
+    group = np.zeros(m, dtype=np.int64) if group is None else np.asarray(group, np.int64)
+    acc = _collect(m, lengths, cfg.n_features)
+    if m == 0:
+        return _split(acc, lengths)
+    seq = np.concatenate([np.full(n, i, dtype=np.int64) for i, n in enumerate(lengths)])
+    idx = np.concatenate([np.arange(n, dtype=np.int64) for n in lengths])
+    tt = np.concatenate([np.asarray(t, np.float64) for t in times])
+    pp = np.concatenate([np.asarray(p, np.float64).reshape(-1, 3) for p in positions])
+    t0 = float(tt.min())
+    # A sequence's k-th sample goes to the first tick at or after its time that is later
+    # than its (k-1)-th sample's tick.
+    slot = np.floor((tt - t0) / tick + 1e-9).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    clash = np.flatnonzero((np.diff(slot) <= 0) & (seq[1:] == seq[:-1]))
+    for i in np.unique(seq[clash]):
+        a, b = starts[i], starts[i + 1]
+        k = np.arange(b - a)
+        slot[a:b] = np.maximum.accumulate(slot[a:b] - k) + k
+    order = np.lexsort((seq, slot))
+    bounds = np.flatnonzero(np.diff(slot[order])) + 1
+    first = np.full(m, np.iinfo(np.int64).max)
+    last = np.zeros(m, dtype=np.int64)
+    np.minimum.at(first, seq, slot)
+    np.maximum.at(last, seq, slot)
+    state = FeatureState(m)
+    for chunk in np.split(order, bounds):
+        k = slot[chunk[0]]
+        live = (first <= k) & (last >= k)
+        rows = seq[chunk]
+        o = tick_features(state, rows, tt[chunk], pp[chunk], cfg, live=live, group=group)
+        j = idx[chunk]
+        for name, a in acc.items():
+            a[rows, j] = getattr(o, name)
+    return _split(acc, lengths)

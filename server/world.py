@@ -321,7 +321,7 @@ class World:
             eng.leave(key)
         self._to_leave.clear()
         for m in self._to_join.values():
-            m.slot = eng.join(self._key(m))
+            m.slot = eng.join(self._key(m), m.room.name)
         if len(self._anchor) < eng.capacity:  # joins grew the engine
             extra = eng.capacity - len(self._anchor)
             self._anchor = np.concatenate([self._anchor, np.zeros(extra)])
@@ -338,9 +338,9 @@ class World:
         slots = np.flatnonzero(self._in_has)
         self._in_has[slots] = False
         t = self._in_t[slots]
-        ok = eng.submit_many(slots, t, self._in_p[slots], self._in_seq[slots])
-        kept = slots[ok]
-        self._anchor[kept] = t[ok] + self._in_off[kept]
+        anchor = t + self._in_off[slots]  # the samples' times on the server clock
+        ok = eng.submit_many(slots, t, self._in_p[slots], self._in_seq[slots], clock=anchor)
+        self._anchor[slots[ok]] = anchor[ok]
 
     def step(self) -> TickResult:
         """The batched model step (may run in a worker thread; see the module docstring)."""

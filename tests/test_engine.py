@@ -182,13 +182,24 @@ def test_non_finite_hidden_state_is_never_stored():
     eng.tick()
     assert eng.nonfinite_resets == 0
     with torch.no_grad():
-        lm.model.gru.bias_hh_l0[0] = float("nan")  # a broken model poisons every row
+        lm.model.rnn.bias_hh_l0[0] = float("nan")  # a broken model poisons every row
     eng.submit("a", 0.1, (0.1, 0, 0))
     res = eng.tick()
     assert torch.count_nonzero(eng.hidden("a")) == 0  # zeroed, not NaN
     assert torch.count_nonzero(eng.hidden("b")) > 0  # untouched: no sample this tick
     assert eng.nonfinite_resets == 1
-    np.testing.assert_allclose(res.offsets[0], np.outer(lm.features.horizons, [1.0, 0, 0]))
+    prior = prior_engine()  # the fallback is the Kalman prior's path (a zero residual)
+    prior.join("a")
+    prior.submit("a", 0.0, (0, 0, 0))
+    prior.tick()
+    prior.submit("a", 0.1, (0.1, 0, 0))
+    np.testing.assert_allclose(res.offsets[0], prior.tick().offsets[0], rtol=0, atol=1e-6)
+
+
+def prior_engine(feats=FEATS) -> TickEngine:
+    """An engine serving an untrained model: exactly the Kalman prior."""
+    cfg = ModelConfig(hidden=4, n_horizons=feats.n_horizons, n_features=feats.n_features)
+    return TickEngine(LoadedModel(MotionGRU(cfg), feats, "prior", torch.device("cpu"), {}))
 
 
 def test_pending_counts_the_next_batch():
@@ -246,8 +257,7 @@ def split_reference(first: LoadedModel | None, second: LoadedModel, t, p, k: int
     with torch.no_grad():
         h = second.model.init_hidden(1) if first is None else first.model(x[None, :k])[1]
         y, h = second.model(x[None, k : k + 1], h)
-    row = F.StepOutput(out.x[k : k + 1], out.reset[k : k + 1], out.p[k : k + 1], out.v[k : k + 1],
-                       out.head[k : k + 1])  # fmt: skip
+    row = out.rows(slice(k, k + 1))
     return F.decode(y[0].numpy(), row, second.features)[0], h[:, 0]
 
 
@@ -391,7 +401,7 @@ def test_swap_model_to_cv_and_back():
 def test_nonfinite_step_rows_are_reset_and_counted(monkeypatch):
     lm, twin_lm = make_model(seed=0), make_model(seed=0)
     eng, twin = TickEngine(lm, device="cpu"), TickEngine(twin_lm, device="cpu")
-    cv = TickEngine(None, features=FEATS, device="cpu")
+    cv = prior_engine()
     tracks = {f"a{i}": track(8, i) for i in range(4)}
     for e in (eng, twin, cv):
         for av in tracks:

@@ -39,15 +39,41 @@ def test_gru_predictor_matches_engine_semantics_and_is_causal(ckpt):
         gru(tr.t, tr.p, h[:3])
 
 
-def test_untrained_gru_equals_cv(tmp_path):
-    path = tmp_path / "cv.pt"
-    save_checkpoint(path, MotionGRU(ModelConfig(hidden=8, head_hidden=8)), FeatureConfig())
+def test_untrained_gru_equals_the_kalman_prior(tmp_path):
+    path = tmp_path / "prior.pt"
+    fc = FeatureConfig(kalman_q=0.5, kalman_r=0.03)
+    save_checkpoint(path, MotionGRU(ModelConfig(hidden=8, head_hidden=8)), fc)
     lm = load_checkpoint(path, "cpu")
     tr = simulate(1, 5.0, seed=6)[0]
     h = np.asarray(lm.features.horizons)
     np.testing.assert_allclose(
-        E.GRUPredictor(lm)(tr.t, tr.p, h), B.cv_last(tr.t, tr.p, h), atol=1e-5
+        E.GRUPredictor(lm)(tr.t, tr.p, h), B.KalmanCV(q=0.5, r=0.03)(tr.t, tr.p, h), atol=1e-5
     )
+
+
+def test_real_slice_computes_per_recording_with_best_classical_named(ckpt, tmp_path):
+    """`evaluate` on a small slice of real recordings (no accuracy asserted)."""
+    from training import realmotion as RM
+
+    csv = tmp_path / "juelich.csv"
+    rows = ["user_id,timestamp,x,y"]
+    rng = np.random.default_rng(1)
+    for run in ("uo-070-180-180", "uo-100-180-180"):
+        for i in range(4):
+            x0, y0 = rng.uniform(0, 3, 2)
+            rows += [f"{run}_{i},{k / 16:.4f},{x0 + 0.02 * np.sin(k):.4f},{y0 + 0.08 * k:.4f}"
+                     for k in range(40)]  # fmt: skip
+    csv.write_text("\n".join(rows) + "\n")
+    scenes = RM.load_scenes("juelich", "all", path=csv)
+    lm = load_checkpoint(ckpt, "cpu")
+    seed = lambda t, p, h: B.hold(t, p, h)  # noqa: E731 - an extra named path predictor
+    res = E.evaluate(scenes, lm, extra={"other": seed})
+    assert set(res["recordings"]) == {"juelich/uo-070-180-180", "juelich/uo-100-180-180"}
+    for table in [res["predictors"], *(r["predictors"] for r in res["recordings"].values())]:
+        rt = E.ratios(table)
+        assert rt["best_classical"]["render_mean"] in E.CLASSICAL
+        assert len(rt["by_horizon_vs_best_classical"]) == 10
+        assert np.isfinite(table["gru"]["render_mean"]) and "other" in table
 
 
 def test_cli_on_small_generated_set_writes_json_and_plots(ckpt, tmp_path, capsys):
@@ -72,7 +98,8 @@ def test_cli_on_small_generated_set_writes_json_and_plots(ckpt, tmp_path, capsys
         "example_tracks.png",
         "render_error_cdf.png",
     ]
-    assert "GRU vs best classical" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "gru vs best classical" in printed and "best classical: render mean" in printed
 
 
 def test_csv_input_and_training_seeds_refused(ckpt, tmp_path):

@@ -29,15 +29,39 @@ def test_first_sample_is_reset_and_cv_prior_is_hold():
     np.testing.assert_allclose(pred, np.broadcast_to(out.p[:, None], pred.shape))
 
 
-def test_zero_residual_is_constant_velocity():
-    cfg = FeatureConfig()
-    st = FeatureState(1)
-    F.step(st, np.array([0]), np.array([0.0]), np.array([[0.0, 0, 0]]), cfg)
-    out = F.step(st, np.array([0]), np.array([0.1]), np.array([[0.1, 0.2, 0]]), cfg)
-    assert not out.reset[0]
-    pred = F.decode(np.zeros((1, cfg.n_horizons, 3)), out, cfg)
-    h = np.asarray(cfg.horizons)
-    np.testing.assert_allclose(pred[0], [0.1, 0.2, 0] + np.outer(h, [1.0, 2.0, 0]))
+@pytest.mark.parametrize("q, r", [(1.0, 0.02), (0.05, 0.001), (40.0, 0.2)])
+def test_zero_residual_is_the_kalman_prior_exactly(q, r, rng):
+    """A zero model output is `training.baselines.KalmanCV` with the same q and r, on an
+    irregular, noisy track with a gap and a teleport (resets)."""
+    from training.baselines import KalmanCV
+
+    cfg = FeatureConfig(kalman_q=q, kalman_r=r)
+    t = np.cumsum(rng.uniform(0.02, 0.12, 120))
+    t[60:] += 2.0  # a gap: reset
+    p = np.cumsum(rng.normal(scale=0.05, size=(120, 3)), axis=0)
+    p[90:, 0] += 40.0  # a teleport: reset
+    out = F.sequence_features([t], [p], cfg).out[0]
+    assert out.reset[[0, 60, 90]].all()
+    pred = F.decode(np.zeros((len(t), cfg.n_horizons, 3)), out, cfg)
+    oracle = KalmanCV(q=q, r=r, init_vel_std=cfg.kalman_init_vel_std)(t, p, cfg.horizons)
+    np.testing.assert_allclose(pred, oracle, rtol=0, atol=1e-9)
+
+
+def test_decode_is_one_function_for_numpy_and_torch(rng):
+    import torch
+
+    n, H = 7, 10
+    args = [
+        rng.normal(size=(n, H, 3)),
+        rng.normal(size=(n, 3)),
+        rng.normal(size=(n, 3)),
+        rng.normal(size=(n, 2)),
+        np.linspace(0.1, 1, H),
+        rng.uniform(0.1, 1, H),
+    ]
+    a = F.decode_offsets(*args)
+    b = F.decode_offsets(*[torch.from_numpy(x) for x in args]).numpy()
+    np.testing.assert_allclose(a, b, atol=1e-12)
 
 
 def test_encode_decode_roundtrip(rng):
@@ -60,9 +84,7 @@ def test_features_invariant_to_rotation_translation_and_mirror_flips_y():
     np.testing.assert_allclose(base[3:], x2[3:], atol=1e-5)
     mirrored = p * [1, -1, 1]
     x3 = F.sequence_features([t], [mirrored], cfg).x[0]
-    flip = np.ones(F.N_FEATURES)
-    flip[list(F.MIRROR_FLIP)] = -1
-    np.testing.assert_allclose(base[3:], x3[3:] * flip, atol=1e-5)
+    np.testing.assert_allclose(base[3:], x3[3:] * cfg.mirror_signs(), atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["teleport", "gap"])
@@ -112,3 +134,6 @@ def test_config_roundtrip_and_validation():
         FeatureConfig(horizons=(0.1, 0.2), out_scale=(1.0,))
     with pytest.raises(ValueError):
         FeatureConfig(horizons=(0.0,))
+    with pytest.raises(ValueError):
+        FeatureConfig(kalman_r=0.0)
+    assert FeatureConfig(neighbours=3).n_features == F.N_FEATURES + 3 * F.NB_WIDTH

@@ -21,16 +21,35 @@ def randomised(cfg: ModelConfig) -> MotionGRU:
     return m.eval()
 
 
-def test_untrained_model_is_exact_cv():
-    m = MotionGRU(ModelConfig())
+@pytest.mark.parametrize("cell, state", [("gru", 64), ("lstm", 128)])
+def test_untrained_model_is_exactly_the_prior(cell, state):
+    m = MotionGRU(ModelConfig(cell=cell))
     y, h = m(torch.randn(3, 7, N_FEATURES))
-    assert y.shape == (3, 7, 10, 3) and h.shape == (1, 3, 64)
+    assert y.shape == (3, 7, 10, 3) and h.shape == (1, 3, state)
     assert torch.count_nonzero(y) == 0
 
 
-@pytest.mark.parametrize("layers", [1, 2])
-def test_step_reproduces_forward(layers):
-    m = randomised(ModelConfig(hidden=16, layers=layers, n_horizons=4))
+def test_gate_only_moves_a_prediction_toward_the_prior():
+    """Output = gate * residual with gate in (0, 1): per horizon, the gated prediction lies
+    on the segment from the prior (zero residual) to the ungated one."""
+    m = randomised(ModelConfig(hidden=16, n_horizons=5))
+    x = torch.randn(4, 9, N_FEATURES)
+    with torch.no_grad():
+        y, _ = m(x)
+        z, _ = m._run(x, None)
+        r, g = m.parts(z, x)
+    assert ((g >= 0) & (g <= 1)).all() and (g < 0.9).any() and (g > 0.1).any()
+    torch.testing.assert_close(y, r * g[..., None])
+    assert (y.norm(dim=-1) <= r.norm(dim=-1) + 1e-7).all()  # never farther from the prior
+    cos = torch.nn.functional.cosine_similarity(y, r, dim=-1)
+    assert (cos > 0.999).all()  # and in the residual's direction
+    ungated = MotionGRU(ModelConfig(hidden=16, n_horizons=5, gate=False))
+    assert ungated.head[-1].out_features == 15
+
+
+@pytest.mark.parametrize("layers, cell", [(1, "gru"), (2, "gru"), (2, "lstm")])
+def test_step_reproduces_forward(layers, cell):
+    m = randomised(ModelConfig(hidden=16, layers=layers, n_horizons=4, cell=cell))
     x = torch.randn(5, 12, N_FEATURES)
     with torch.no_grad():
         y_seq, h_seq = m(x)
@@ -63,9 +82,16 @@ def test_corrupt_checkpoint_is_value_error(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError):
         load_checkpoint(bad, "cpu")
-    torch.save({"format": 1, "model_args": {"hidden": 4}}, tmp_path / "partial.pt")
+    torch.save({"format": 2, "model_args": {"hidden": 4}}, tmp_path / "partial.pt")
     with pytest.raises(ValueError):
         load_checkpoint(tmp_path / "partial.pt", "cpu")
+
+
+def test_older_checkpoint_format_says_what_to_do(tmp_path):
+    old = tmp_path / "old.pt"
+    torch.save({"format": 1, "version": "avatar-gru-h64x1-ebf727ba", "model_args": {}}, old)
+    with pytest.raises(ValueError, match=r"format-1 .*retrain.*training\.train"):
+        load_checkpoint(old, "cpu")
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "missing.pt", "cpu")
 
@@ -88,5 +114,5 @@ def test_shipped_checkpoint_loads_and_is_small():
     loaded = load_checkpoint(path, "cpu")
     assert loaded.features.horizons == tuple(round(0.1 * k, 1) for k in range(1, 11))
     with torch.no_grad():
-        y, _ = loaded.model(torch.zeros(1, 3, N_FEATURES))
+        y, _ = loaded.model(torch.zeros(1, 3, loaded.features.n_features))
     assert np.isfinite(y.numpy()).all()

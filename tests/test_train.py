@@ -22,7 +22,7 @@ def test_residual_targets_mask_teleports_and_decode_back():
     assert reset[0] and reset[20]
     assert np.isnan(y[19]).all()  # the future across the jump is no target
     assert np.isfinite(y[5]).all()
-    np.testing.assert_allclose(y[5], 0, atol=1e-6)  # straight line: CV is exact
+    np.testing.assert_allclose(y[5], 0, atol=1e-4)  # straight line: the prior is (nearly) exact
 
 
 def test_make_windows_burn_in_and_segments():
@@ -72,6 +72,10 @@ def test_train_end_to_end_writes_loadable_checkpoint(tmp_path):
             "--synthetic-duration",
             "12",
             "--no-ethucy",
+            "--real",
+            "none",
+            "--neighbours",
+            "2",
             "--epochs",
             "2",
             "--hidden",
@@ -88,6 +92,7 @@ def test_train_end_to_end_writes_loadable_checkpoint(tmp_path):
     assert out.exists() and summary["best_epoch"] >= 1
     lm = load_checkpoint(out, "cpu")
     assert lm.model.cfg.hidden == 16 and lm.meta["train_config"]["epochs"] == 2
+    assert lm.features.neighbours == 2 and lm.model.cfg.n_features == lm.features.n_features
     assert len(lm.features.out_scale) == 10
     eng = TickEngine(lm, device="cpu")
     tr = simulate(1, 3.0, seed=3)[0]
@@ -102,6 +107,8 @@ def test_training_is_seeded(tmp_path):
     args = ["--synthetic-avatars", "3", "--synthetic-val-avatars", "1", "--synthetic-duration", "8"]
     args += [
         "--no-ethucy",
+        "--real",
+        "none",
         "--epochs",
         "1",
         "--hidden",

@@ -94,15 +94,20 @@ def score(model, fcfg: FeatureConfig, wins: list[Track]) -> dict:
     x = torch.from_numpy(np.stack(sf.x))
     y = model(x)[0][:, OBS - 1].numpy()  # (N, 12, 3)
     last = F.StepOutput(
-        *(
-            np.stack([getattr(o, f)[OBS - 1] for o in sf.out])
-            for f in ("x", "reset", "p", "v", "head")
-        )
+        **{
+            f.name: np.stack([getattr(o, f.name)[OBS - 1] for o in sf.out])
+            for f in dataclasses.fields(F.StepOutput)
+        }
     )
     truth = np.stack([w.p[OBS:] for w in wins])  # (N, 12, 3)
+    h = np.asarray(fcfg.horizons)
+    paths = {
+        "gru": F.decode(y, last, fcfg),
+        "cv": last.p[:, None, :] + last.v[:, None, :] * h[None, :, None],  # last step's velocity
+    }
     res = {}
-    for name, out in (("gru", y), ("cv", np.zeros_like(y))):
-        d = np.linalg.norm(F.decode(out, last, fcfg) - truth, axis=-1)  # (N, 12)
+    for name, path in paths.items():
+        d = np.linalg.norm(path - truth, axis=-1)  # (N, 12)
         res[name] = {"ade": float(d.mean()), "fde": float(d[:, -1].mean())}
     res["windows"] = len(wins)
     return res

@@ -88,6 +88,7 @@ def render_errors(
     net: NetworkConfig,
     rng: np.random.Generator | None = None,
     max_speed: float = 20.0,
+    received: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-frame 3D render errors (NaN-free 1-D arrays) for "hold", "interp" and each method.
 
@@ -99,12 +100,14 @@ def render_errors(
     A method named "hold" replaces the built-in one; "interp" is reserved (ValueError).
     `horizons` must be positive and increasing. Empty arrays if nothing is received in time.
     Frames whose truth is farther from the newest received sample than `max_speed` allows
-    (a teleport not yet received) are left out for every method.
+    (a teleport not yet received) are left out for every method. `received`: the indices
+    of the samples that reach the observer, when the caller drew them already
+    (`received_stream`; then `rng` is unused), so that predictors run on them beforehand.
     """
     if "interp" in paths_by_method:
         raise ValueError('"interp" is a reserved method name')
     h = np.asarray(horizons, dtype=np.float64)
-    idx = received_stream(track, net, rng)
+    idx = received_stream(track, net, rng) if received is None else np.asarray(received)
     tr = np.asarray(track.t, dtype=np.float64)[idx]
     pr = np.asarray(track.p, dtype=np.float64)[idx]
     if tr.size == 0 or tr[0] + net.latency > track.end + 1e-9:

@@ -1,12 +1,22 @@
 """Train the motion GRU.
 
     python -m training.train --preset shipped          # reproduces server/models/avatar_gru.pt
-    python -m training.train --data my_logs.csv --no-ethucy --synthetic-avatars 0 --out m.pt
+    python -m training.train --data my_logs.csv --no-ethucy --real none --synthetic-avatars 0 --out m.pt
 
-Reads top to bottom: configuration -> data (tracks -> per-sample features from
-`server.features`, exactly as served, and residual targets at the horizons) -> windows ->
-model -> loop (AdamW, validation every epoch, early stopping, best checkpoint written
-atomically). Seeded: the same command on the same machine gives the same checkpoint.
+Reads top to bottom: configuration -> data (scenes: tracks on one clock, replayed tick by
+tick through `server.features.scene_features` exactly as the engine serves them, with
+each avatar's Kalman prior and neighbours; residual targets over the prior at the
+horizons) -> windows -> model -> loop (AdamW, validation every epoch, early stopping,
+best checkpoint written atomically). Seeded: the same command on the same machine gives
+the same checkpoint.
+
+Data sources and their weights (`balance`: every source gets the same share of the
+batches, whatever its size; a pool smaller than its share repeats):
+- `synthetic`: simulated game avatars (`training.simulate`), all in one room;
+- `ethucy`: ETH/UCY train parts (validation: their val parts), one room per recording;
+- `juelich`, `soccer`, `sdd`: real motion at stream rates (`training.realmotion`,
+  recording-level train/val splits; the test recordings are never read here);
+- `dataN`: your own CSV files (90/10 split by user, one room per file).
 """
 
 from __future__ import annotations
@@ -30,8 +40,10 @@ from server import features as F
 from server.features import DEFAULT_HORIZONS, FeatureConfig
 from server.model import ModelConfig, MotionGRU, resolve_device, save_checkpoint
 from training import datasets as D
-from training.baselines import out_of_reach
+from training import realmotion as RM
+from training.baselines import KalmanCV, out_of_reach
 from training.datasets import Track
+from training.realmotion import Scene
 
 PRESETS = Path(__file__).parent / "presets"
 
@@ -48,6 +60,7 @@ class TrainConfig:
     synthetic_duration: float = 90.0  # seconds each
     synthetic_val_avatars: int = 40  # held-out simulated avatars (other seed)
     ethucy: bool = True  # ETH/UCY train parts for training, val parts for validation
+    real: list[str] = field(default_factory=lambda: list(RM.REAL_SETS))  # realmotion sets
     data: list[str] = field(default_factory=list)  # own CSV/ETH files or dirs (90/10 by user)
     noisy_copies: int = 1  # corrupted copies of every training track
     noisy_ethucy: bool = True  # also corrupt copies of the ETH/UCY tracks
@@ -57,12 +70,18 @@ class TrainConfig:
     balance: bool = False  # same number of batches from every data pool per epoch
     pool_per_recording: bool = False  # one data pool per ETH/UCY recording (with balance)
     horizons: tuple[float, ...] = DEFAULT_HORIZONS
+    tick: float = 0.05  # s; the server's tick: scenes are replayed (and thinned) at it
+    neighbours: int = 4  # k nearest avatars as model input (0 = none)
+    kalman_q: float = 0.0  # the prior's q (m^2/s^3); 0 = tune on the training data
+    kalman_r: float = 0.0  # the prior's r (m); 0 = tune on the training data
     window: int = 96  # steps per training window
     burn_in: int = 16  # steps without loss when a window starts mid-segment
     # model
     hidden: int = 64
     layers: int = 1
     head_hidden: int = 64
+    cell: str = "gru"  # gru | lstm
+    gate: bool = True  # per-horizon gate on the residual
     # optimisation
     epochs: int = 30
     batch: int = 64
@@ -92,10 +111,15 @@ class Windows:
         return len(self.x)
 
 
-def residuals(tracks: list[Track], fcfg: FeatureConfig):
-    """Per track: model inputs (N, F), raw residual targets in metres (N, H, 3), resets (N,)."""
+def residuals(tracks: list[Track], fcfg: FeatureConfig, *, scene: bool = False, tick=0.05):
+    """Per track: model inputs (N, F), raw residual targets in metres (N, H, 3), resets (N,).
+
+    `scene=True` replays the tracks together as one room (`F.scene_features`: neighbours);
+    otherwise each track is alone (`F.sequence_features`).
+    """
     unit = dataclasses.replace(fcfg, out_scale=())
-    sf = F.sequence_features([tr.t for tr in tracks], [tr.p for tr in tracks], unit)
+    ts, ps = [tr.t for tr in tracks], [tr.p for tr in tracks]
+    sf = F.scene_features(ts, ps, unit, tick=tick) if scene else F.sequence_features(ts, ps, unit)
     h = np.asarray(fcfg.horizons)
     out = []
     for tr, x, o in zip(tracks, sf.x, sf.out, strict=True):
@@ -140,50 +164,86 @@ def make_windows(res: list[tuple], scale: np.ndarray, length: int, burn_in: int)
     if not xs:
         H = len(scale)
         return Windows(
-            np.zeros((0, length, F.N_FEATURES), np.float32),
+            np.zeros((0, length, res[0][0].shape[1] if res else F.N_FEATURES), np.float32),
             np.zeros((0, length, H, 3), np.float32),
             np.zeros((0, length, H), bool),
         )
     return Windows(np.stack(xs), np.stack(ys), np.stack(ms))
 
 
-def augment_noisy(tracks: list[Track], cfg: TrainConfig, rng: np.random.Generator) -> list[Track]:
-    """The clean tracks plus `noisy_copies` corrupted copies (noise and jitter per copy)."""
-    out = list(tracks)
+def augment_noisy(scenes: list[Scene], cfg: TrainConfig, rng: np.random.Generator) -> list[Scene]:
+    """The clean scenes plus `noisy_copies` corrupted copies of each (noise and jitter drawn
+    per copy, the same for every track of the copy: one tracking system per recording)."""
+    out = list(scenes)
     for _ in range(cfg.noisy_copies):
-        for tr in tracks:
+        for sc in scenes:
             noise = rng.uniform(0, cfg.noise_max)
             jitter = rng.uniform(0, cfg.jitter_max)
-            out.append(D.corrupt(tr, noise=noise, jitter=jitter, rng=rng))
+            trs = [D.corrupt(tr, noise=noise, jitter=jitter, rng=rng) for tr in sc.tracks]
+            out.append(Scene(sc.name + "~", trs))
     return out
 
 
-def load_sources(cfg: TrainConfig) -> tuple[dict[str, list[Track]], dict[str, list[Track]]]:
-    """Training and validation tracks by source name."""
+def load_sources(cfg: TrainConfig) -> tuple[dict[str, list[Scene]], dict[str, list[Scene]]]:
+    """Training and validation scenes by source name."""
     from training.simulate import simulate
 
-    train: dict[str, list[Track]] = {}
-    val: dict[str, list[Track]] = {}
+    train: dict[str, list[Scene]] = {}
+    val: dict[str, list[Scene]] = {}
     if cfg.synthetic_avatars > 0:
-        train["synthetic"] = simulate(cfg.synthetic_avatars, cfg.synthetic_duration, seed=cfg.seed)
-        val["synthetic"] = simulate(
+        sim = simulate(cfg.synthetic_avatars, cfg.synthetic_duration, seed=cfg.seed)
+        sim_val = simulate(
             max(1, cfg.synthetic_val_avatars), cfg.synthetic_duration, seed=cfg.seed + 10_000
         )
+        train["synthetic"] = [Scene("synthetic/train", sim)]
+        val["synthetic"] = [Scene("synthetic/val", sim_val)]
     if cfg.ethucy:
-        stems = [s for v in D.ETHUCY_SCENES.values() for s in v] + D.ETHUCY_TRAIN_ONLY
-        if cfg.pool_per_recording:
-            for s in stems:
-                train[f"ethucy/{s}"] = D.load_ethucy_scene_files("train", [s])
-                val[f"ethucy/{s}"] = D.load_ethucy_scene_files("val", [s])
-        else:
-            train["ethucy"] = D.load_ethucy_scene_files("train", stems)
-            val["ethucy"] = D.load_ethucy_scene_files("val", stems)
+        train["ethucy"] = RM.ethucy_scenes("train")
+        val["ethucy"] = RM.ethucy_scenes("val")
+    for name in cfg.real:
+        if name == "none":
+            continue
+        train[name] = RM.load_scenes(name, "train")
+        val[name] = RM.load_scenes(name, "val")
     for i, path in enumerate(cfg.data):
         tr, va, _ = D.split_by_user(D.load_tracks(path), val_frac=0.1, test_frac=0.0, seed=cfg.seed)
-        train[f"data{i}"], val[f"data{i}"] = tr, va
+        train[f"data{i}"], val[f"data{i}"] = [Scene(f"data{i}", tr)], [Scene(f"data{i}", va)]
     if not train:
-        raise SystemExit("no training data: enable --synthetic-avatars, --ethucy or --data")
-    return train, val
+        raise SystemExit("no training data: enable --synthetic-avatars, --ethucy, --real or --data")
+    thin = {k: [RM.thin_to_ticks(sc, cfg.tick) for sc in v] for k, v in train.items()}
+    return thin, {k: [RM.thin_to_ticks(sc, cfg.tick) for sc in v] for k, v in val.items()}
+
+
+def tune_prior(
+    sources: dict[str, list[Scene]], horizons, seed: int, per_source: int = 24
+) -> tuple[float, float]:
+    """(q, r) of the Kalman prior: the grid point with the lowest mean over sources of the
+    error relative to that source's best grid point (each source weighs the same)."""
+    from training.baselines import Q_GRID, R_GRID
+
+    rng = np.random.default_rng(seed)
+    h = np.asarray(horizons)
+    rel = []
+    for scenes in sources.values():
+        trs = [tr for sc in scenes for tr in sc.tracks if len(tr) > 2]
+        pick = [trs[i] for i in rng.permutation(len(trs))[:per_source]]
+        if not pick:
+            continue
+        truths = [
+            tr.truth_at((tr.t[:, None] + h).ravel()).reshape(len(tr), len(h), 3) for tr in pick
+        ]
+        errs = np.zeros((len(Q_GRID), len(R_GRID)))
+        for a, q in enumerate(Q_GRID):
+            for b, r in enumerate(R_GRID):
+                kf = KalmanCV(q=q, r=r)
+                e = [
+                    np.linalg.norm(kf(tr.t, tr.p, h) - tru, axis=-1)
+                    for tr, tru in zip(pick, truths, strict=True)
+                ]
+                errs[a, b] = np.nanmean(np.concatenate([x.ravel() for x in e]))
+        rel.append(errs / errs.min())
+    a, b = np.unravel_index(np.argmin(np.mean(rel, axis=0)), rel[0].shape)
+    return float(Q_GRID[a]), float(R_GRID[b])
 
 
 # -----------------------------------------------------------------------------------------
@@ -215,7 +275,7 @@ def cv_error_by_horizon(w: Windows, scale: np.ndarray) -> np.ndarray:
 def evaluate_windows(
     model: MotionGRU, w: Windows, scale: torch.Tensor, device: torch.device, batch: int = 512
 ) -> tuple[float, float]:
-    """(model, CV) mean displacement error in metres over all windows."""
+    """(model, prior) mean displacement error in metres over all windows."""
     model.eval()
     tot = cv = cnt = 0.0
     for i in range(0, len(w), batch):
@@ -234,10 +294,12 @@ def evaluate_windows(
 # the loop
 
 
-def mirror_batch(x: torch.Tensor, y: torch.Tensor, flip: torch.Tensor):
+def mirror_batch(
+    x: torch.Tensor, y: torch.Tensor, flip: torch.Tensor, fcfg: FeatureConfig | None = None
+):
     """Reflect windows where `flip` (B,) is set: y -> -y in the heading frame."""
-    sx = torch.ones(x.shape[-1], device=x.device)
-    sx[list(F.MIRROR_FLIP)] = -1
+    fcfg = fcfg or FeatureConfig()
+    sx = torch.from_numpy(fcfg.mirror_signs()).to(x.device)
     sy = torch.tensor([1.0, -1.0, 1.0], device=x.device)
     f = flip[:, None, None]
     x = torch.where(f, x * sx, x)
@@ -253,16 +315,24 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
         torch.set_num_threads(cfg.threads)
     t0 = time.time()
 
-    train_tracks, val_tracks = load_sources(cfg)
-    fcfg = FeatureConfig(horizons=tuple(cfg.horizons))
+    train_scenes, val_scenes = load_sources(cfg)
+    q, r = cfg.kalman_q, cfg.kalman_r
+    if q <= 0 or r <= 0:
+        q, r = tune_prior(train_scenes, cfg.horizons, cfg.seed)
+    print(f"prior: Kalman q {q:.4g} m^2/s^3, r {r:.4g} m")
+    fcfg = FeatureConfig(
+        horizons=tuple(cfg.horizons), kalman_q=q, kalman_r=r, neighbours=cfg.neighbours
+    )
+
+    def scene_res(scenes: list[Scene]) -> list[tuple]:
+        return [x for sc in scenes for x in residuals(sc.tracks, fcfg, scene=True, tick=cfg.tick)]
+
     train_res = {
-        k: residuals(
-            v if k.startswith("ethucy") and not cfg.noisy_ethucy else augment_noisy(v, cfg, rng),
-            fcfg,
-        )
-        for k, v in train_tracks.items()
+        k: scene_res(v if k == "ethucy" and not cfg.noisy_ethucy else augment_noisy(v, cfg, rng))
+        for k, v in train_scenes.items()
     }
-    val_res = {k: residuals(augment_noisy(v, cfg, rng), fcfg) for k, v in val_tracks.items()}
+    val_res = {k: scene_res(augment_noisy(v, cfg, rng)) for k, v in val_scenes.items()}
+    train_tracks = {k: [tr for sc in v for tr in sc.tracks] for k, v in train_scenes.items()}
     scale_t = residual_scale([r for v in train_res.values() for r in v])
     fcfg = dataclasses.replace(fcfg, out_scale=scale_t)
     scale = np.asarray(scale_t, dtype=np.float32)
@@ -296,10 +366,13 @@ def fit(
     the best model is written to `cfg.out` (if set) and returned in the summary."""
     device = resolve_device(cfg.device)
     mcfg = ModelConfig(
+        n_features=fcfg.n_features,
         hidden=cfg.hidden,
         layers=cfg.layers,
         head_hidden=cfg.head_hidden,
         n_horizons=fcfg.n_horizons,
+        cell=cfg.cell,
+        gate=cfg.gate,
     )
     model = MotionGRU(mcfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -322,9 +395,10 @@ def fit(
         opt, max_lr=cfg.lr, total_steps=cfg.epochs * per_epoch, pct_start=0.1
     )
     scale_d = torch.tensor(fcfg.scales(), dtype=torch.float32, device=device)
-    # The loss is relative to CV's error per source and per horizon, so sparse, precise
-    # data (ETH/UCY, centimetres) weighs as much as fast, noisy game motion (decimetres),
-    # and the shortest horizon as much as the longest: the model must beat CV everywhere.
+    # The loss is relative to the prior's error per source and per horizon, so sparse,
+    # precise data (ETH/UCY, centimetres) weighs as much as fast, noisy game motion
+    # (decimetres), and the shortest horizon as much as the longest: the model must beat
+    # the Kalman prior everywhere.
     inv_cv = {
         k: torch.tensor(
             1.0 / np.maximum(cv_error_by_horizon(w, fcfg.scales()), 1e-4),
@@ -354,7 +428,7 @@ def fit(
             y = torch.from_numpy(w.y[idx]).to(device)
             m = torch.from_numpy(w.m[idx]).to(device)
             if cfg.mirror:
-                x, y = mirror_batch(x, y, torch.rand(len(idx), device=device) < 0.5)
+                x, y = mirror_batch(x, y, torch.rand(len(idx), device=device) < 0.5, fcfg)
             pred, _ = model(x)
             loss = displacement(pred, y, m, scale_d, inv_cv[k])
             opt.zero_grad(set_to_none=True)
@@ -372,7 +446,7 @@ def fit(
             by_source.setdefault(k.split("/")[0], []).append(g / c)
         score = float(np.mean([np.mean(v) for v in by_source.values()]))
         history.append({"epoch": epoch + 1, "val": val, "score": score})
-        line = " ".join(f"{k}: {g:.4f} (cv {c:.4f})" for k, (g, c) in val.items())
+        line = " ".join(f"{k}: {g:.4f} (prior {c:.4f})" for k, (g, c) in val.items())
         improved = score < best
         if improved:
             best, best_epoch = score, epoch + 1
@@ -381,7 +455,7 @@ def fit(
                 meta = {
                     "train_config": dataclasses.asdict(cfg),
                     "epoch": epoch + 1,
-                    "val": {k: {"gru": g, "cv": c} for k, (g, c) in val.items()},
+                    "val": {k: {"gru": g, "prior": c} for k, (g, c) in val.items()},
                 }
                 save_checkpoint(cfg.out, model.cpu(), fcfg, name=cfg.name, meta=meta)
                 model.to(device)
@@ -427,6 +501,13 @@ def build_parser() -> argparse.ArgumentParser:
             ap.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
         elif f.name == "data":
             ap.add_argument(flag, action="append", default=None, help="CSV/ETH file or dir")
+        elif f.name == "real":
+            ap.add_argument(
+                flag,
+                type=lambda s: [v for v in s.split(",") if v],
+                default=None,
+                help=f"comma-separated realmotion sets ({','.join(RM.REAL_SETS)}) or none",
+            )
         elif f.name == "horizons":
             ap.add_argument(
                 flag, type=lambda s: tuple(float(v) for v in s.split(",")), default=None
