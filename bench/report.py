@@ -14,8 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from server import cli
 
-SCENES = ("eth", "hotel", "univ", "zara1", "zara2")
 CLASSICAL = ("hold", "interp", "cv", "cv_window", "kalman")
+PATHS = ("hold", "cv", "cv_window", "kalman")
 
 
 def load(d: Path, name: str) -> dict | list | None:
@@ -54,50 +54,78 @@ def main(argv: list[str] | None = None) -> None:
         ) from None
 
 
+def _ratio(p: dict, name: str, metric: str, best: str) -> float:
+    return p[name][metric] / p[best][metric]
+
+
+def _summary_row(label: str, p: dict, names: list[str]) -> str:
+    """label | per model: render mean, p95, 1 s, worst horizon (each / best classical)."""
+    cells = []
+    for name in names:
+        if name not in p:
+            cells.append("- | - | - | -")
+            continue
+        hs = list(p["cv"]["ade_by_horizon"])
+        best_m = min(CLASSICAL, key=lambda k: p[k]["render_mean"])
+        best_p = min(CLASSICAL, key=lambda k: p[k]["render_p95"])
+        by_h = [
+            p[name]["ade_by_horizon"][h] / min(p[k]["ade_by_horizon"][h] for k in PATHS) for h in hs
+        ]
+        cells.append(
+            f"{_ratio(p, name, 'render_mean', best_m):.3f} | "
+            f"{_ratio(p, name, 'render_p95', best_p):.3f} | {by_h[-1]:.3f} | {max(by_h):.3f}"
+        )
+    return f"| {label} | " + " | ".join(cells) + " |"
+
+
 def tables(d: Path) -> None:
-    print("Clean ETH/UCY val parts (held out in time), GRU error / CV error at each horizon:\n")
-    print(
-        "| scene | 0.1 s | 0.2 | 0.3 | 0.4 | 0.5 | 0.6 | 0.7 | 0.8 | 0.9 | 1.0 s | worst | render mean GRU / CV (m) |"
-    )
-    print("|---" * 13 + "|")
-    for s in SCENES:
-        r = load(d, f"clean_{s}")
-        if not r:
-            continue
-        p = r["predictors"]
-        g, c = p["gru"]["ade_by_horizon"], p["cv"]["ade_by_horizon"]
-        ratios = [g[k] / c[k] for k in g]
-        cells = " | ".join(f"{x:.3f}" for x in ratios)
+    real = load(d, "real")
+    syn = load(d, "synthetic")
+    sets = {}
+    for r in (real, syn):
+        if r:
+            sets.update(r["sets"] if "sets" in r else {r["config"]["data"]: r})
+    names = ["gru"] + [
+        k for k in ("nonb", "seed_lstm") if any(k in r["predictors"] for r in sets.values())
+    ]
+    head = " | ".join(f"{n} render / p95 / 1 s / worst h" for n in names)
+    print("Each model's error / the best classical predictor's (render mean, render p95, error")
+    print("at 1 s, and the worst of the 10 horizons):\n")
+    print(f"| set / recording | {head} |")
+    print("|---" * (1 + 4 * len(names)) + "|")
+    for spec, r in sets.items():
+        recs = r.get("recordings", {})
+        if len(recs) > 1:
+            for rec, rr in recs.items():
+                print(_summary_row(f"{rec}", rr["predictors"], names))
         print(
-            f"| {s} | {cells} | {max(ratios):.3f} | "
-            f"{p['gru']['render_mean']:.4f} / {p['cv']['render_mean']:.4f} |"
+            _summary_row(
+                f"**{spec}**" + (" pooled" if len(recs) > 1 else ""), r["predictors"], names
+            )
         )
-    for name, title in (
-        ("noisy_ethucy", "Noisy streams (2 cm noise, 20 ms jitter), ETH/UCY val parts"),
-        ("synthetic", "Synthetic avatar motion, 60 held-out users x 60 s"),
-    ):
-        r = load(d, name)
-        if not r:
-            continue
+    for spec, r in sets.items():
         p = r["predictors"]
-        print(
-            f"\n{title} (ADE and error at 1.0 s; render error at 100 ms latency, 10 Hz, 2 % loss):\n"
-        )
-        print("| predictor | ADE (m) | error @0.5 s | error @1.0 s | render mean | render p95 |")
-        print("|---|---|---|---|---|---|")
-        for k in ("hold", "interp", "cv", "cv_window", "kalman", "gru"):
+        hs = list(p["cv"]["ade_by_horizon"])
+        print(f"\n{spec}: error (m) at each horizon, best classical named per horizon:\n")
+        print("| predictor | " + " | ".join(f"{h} s" for h in hs) + " | render mean | p95 |")
+        print("|---" * (len(hs) + 3) + "|")
+        for k in [*PATHS, "interp", *names]:
+            if k not in p:
+                continue
             q = p[k]
-            a = f"{q['ade']:.4f}" if "ade" in q else "-"
-            h5 = f"{q['ade_by_horizon']['0.5']:.4f}" if "ade" in q else "-"
-            h1 = f"{q['ade_by_horizon']['1']:.4f}" if "ade" in q else "-"
-            print(f"| {k} | {a} | {h5} | {h1} | {q['render_mean']:.4f} | {q['render_p95']:.4f} |")
-        best_m = min(p[k]["render_mean"] for k in CLASSICAL)
-        best_p = min(p[k]["render_p95"] for k in CLASSICAL)
-        print(
-            f"\nGRU / best classical: render mean x{p['gru']['render_mean'] / best_m:.3f}, "
-            f"p95 x{p['gru']['render_p95'] / best_p:.3f}; GRU / CV at 1.0 s: "
-            f"x{p['gru']['ade_by_horizon']['1'] / p['cv']['ade_by_horizon']['1']:.3f}"
-        )
+            cells = [f"{q['ade_by_horizon'][h]:.4f}" if "ade" in q else "-" for h in hs]
+            print(
+                f"| {k} | "
+                + " | ".join(cells)
+                + f" | {q['render_mean']:.4f} | {q['render_p95']:.4f} |"
+            )
+        best = [min(PATHS, key=lambda k, h=h: p[k]["ade_by_horizon"][h]) for h in hs]
+        print("| best classical | " + " | ".join(best) + " | | |")
+        ratio = [
+            p["gru"]["ade_by_horizon"][h] / p[b]["ade_by_horizon"][h]
+            for h, b in zip(hs, best, strict=True)
+        ]
+        print("| gru / best | " + " | ".join(f"{x:.3f}" for x in ratio) + " | | |")
     b = load(d, "bench")
     if b:
         print("\nEngine step (every avatar has a new sample every tick), CPU, 2 torch threads:\n")

@@ -1,25 +1,23 @@
 #!/usr/bin/env bash
-# Every figure of the README's results table, from the shipped model (or MODEL=path).
-# About 15 minutes on 2 cores, most of it the ETH/UCY protocol (5 folds of training).
-# Outputs JSON under ${OUT:-runs/targets}; SKIP_PROTOCOL=1 leaves the protocol out.
+# Every figure of the README's results: the shipped model (or MODEL=path) on every held-out real
+# set (per recording and pooled, beside the same model trained without neighbours and the seed's
+# LSTM when their checkpoints are there), synthetic held-out users, and the engine step.
+# Train the comparison models first (README, "Training and evaluation"):
+#   python -m training.train --preset shipped --neighbours 0 --out runs/nonb.pt --name avatar-gru-nonb
+#   python -m training.seed_lstm --out runs/seed_lstm.pt
+# About 3 minutes on 2 cores. Outputs JSON and the printed tables under ${OUT:-runs/targets}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 OUT=${OUT:-runs/targets}
-MODEL_ARGS=()
-[ -n "${MODEL:-}" ] && MODEL_ARGS=(--model "$MODEL")
+ARGS=()
+[ -n "${MODEL:-}" ] && ARGS+=(--model "$MODEL")
+[ -f runs/nonb.pt ] && ARGS+=(--also nonb=runs/nonb.pt)
+[ -f runs/seed_lstm.pt ] && ARGS+=(--also seed_lstm=runs/seed_lstm.pt)
 mkdir -p "$OUT"
-echo "== clean ETH/UCY val parts, per scene (never worse than CV?)"
-for s in eth hotel univ zara1 zara2; do
-    $PY -m training.evaluate --data "ethucy:val:$s" "${MODEL_ARGS[@]}" --json "$OUT/clean_$s.json" | tail -9
-done
-echo "== noisy streams: 2 cm noise, 20 ms jitter, ETH/UCY val parts"
-$PY -m training.evaluate --data ethucy:val --noise 0.02 --jitter 20 "${MODEL_ARGS[@]}" --json "$OUT/noisy_ethucy.json" | tail -9
+echo "== held-out real recordings at their native rates (20 Hz send, 100 ms latency, 2 % loss)"
+$PY -m training.evaluate --suite real --per-recording "${ARGS[@]}" --json "$OUT/real.json" | tee "$OUT/real.txt"
 echo "== synthetic avatar motion, held-out users"
-$PY -m training.evaluate --data synthetic:60:777:60 "${MODEL_ARGS[@]}" --json "$OUT/synthetic.json" --plots "$OUT/plots" | tail -12
-echo "== engine step on CPU"
-$PY -m server.bench --avatars 1000,10000 --threads 2 "${MODEL_ARGS[@]}" --json "$OUT/bench.json"
-if [ -z "${SKIP_PROTOCOL:-}" ]; then
-    echo "== standard ETH/UCY protocol (8 -> 12, leave one scene out)"
-    $PY -m training.ethucy --json "$OUT/ethucy_protocol.json" | grep -v "^epoch"
-fi
+$PY -m training.evaluate --suite synthetic "${ARGS[@]}" --json "$OUT/synthetic.json" | tee "$OUT/synthetic.txt"
+echo "== engine step on CPU, 2 threads"
+$PY -m server.bench --avatars 1000,10000 --threads 2 ${MODEL:+--model "$MODEL"} --json "$OUT/bench.json"

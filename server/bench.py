@@ -2,13 +2,17 @@
 
 Every avatar submits a new sample every tick (the worst case), so each tick runs the
 feature pipeline, one batched GRU step and the decode for all of them. Prints per
-avatar count: tick p50/p99 in ms and µs per avatar (p50), for the model and for the
-same engine with the model off (constant velocity, `--predictor cv` in the server).
+avatar count: tick p50/p99 in ms and µs per avatar (p50), for the model, for the same
+network without neighbour inputs (`gru-nonb`, when the model takes neighbours: what the
+neighbour search and inputs cost) and for the same engine with the model off (constant
+velocity, `--predictor cv` in the server). Avatars are spread uniformly over 200 x 200 m
+(0.25 per m², denser than most worlds), all in one room.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -17,6 +21,7 @@ import torch
 
 from server import cli
 from server.engine import TickEngine
+from server.model import LoadedModel, MotionGRU
 
 
 def time_engine(engine: TickEngine, n: int, ticks: int, warmup: int = 5) -> dict:
@@ -52,6 +57,14 @@ def time_engine(engine: TickEngine, n: int, ticks: int, warmup: int = 5) -> dict
 
 
 @cli.command("python -m server.bench")
+def without_neighbours(lm: LoadedModel) -> LoadedModel:
+    """The same network shape without neighbour inputs (random weights: for timing only)."""
+    feats = dataclasses.replace(lm.features, neighbours=0)
+    cfg = dataclasses.replace(lm.model.cfg, n_features=feats.n_features)
+    torch.manual_seed(0)
+    return LoadedModel(MotionGRU(cfg).eval(), feats, lm.version + "-nonb", lm.device, {})
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     """Time the engine (see ``--help``); returns the rows it printed."""
     ap = argparse.ArgumentParser(prog="python -m server.bench", description=__doc__.split("\n")[0])
@@ -74,8 +87,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     print(f"device {lm.device}, torch threads {torch.get_num_threads()}, model {lm.version}")
     print(f"{'avatars':>8} {'predictor':>9} {'p50 ms':>8} {'p99 ms':>8} {'us/avatar':>9}")
+    variants = [("gru", lm)]
+    if lm.features.neighbours:
+        variants.append(("gru-nonb", without_neighbours(lm)))
+    variants.append(("cv", None))
     for n in counts:
-        for name, model in (("gru", lm), ("cv", None)):
+        for name, model in variants:
             eng = TickEngine(model, features=lm.features, device=args.device, capacity=n)
             r = time_engine(eng, n, args.ticks) | {"predictor": name, "device": str(eng.device)}
             rows.append(r)

@@ -78,7 +78,7 @@ class FeatureConfig:
     kalman_init_vel_std: float = 10.0  # m/s, velocity std at a reset
     neighbours: int = 0  # k nearest avatars given to the model (0 = none)
     nb_radius: float = 8.0  # m; farther avatars are not neighbours (also the grid cell)
-    nb_cell_cap: int = 16  # candidates read per grid cell (a denser cell is cut)
+    nb_cell_cap: int = 8  # candidates read per grid cell (a denser cell is cut)
     nb_pos_scale: float = 4.0  # m; relative position normalisation
 
     def __post_init__(self) -> None:

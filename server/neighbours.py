@@ -79,34 +79,48 @@ def neighbour_features(
     bounds = np.r_[first, len(skey)]
     lo_i = np.where(hit, bounds[np.minimum(lo, len(cells) - 1)], 0)
     cnt = np.where(hit, np.minimum(bounds[np.minimum(lo, len(cells) - 1) + 1] - lo_i, M), 0)
-    # Each avatar reads its own cell's block.
+    # Each avatar reads its own cell's block: the (avatar, candidate) pairs, flat.
     ex, ey = d[11, rows], d[12, rows]
     egx, egy = np.floor(ex / R), np.floor(ey / R)
     elx = (ex - egx * R).astype(np.float32)
     ely = (ey - egy * R).astype(np.float32)
     ecell = np.searchsorted(cells, _keys(group[rows], egx.astype(np.int64), egy.astype(np.int64)))
-    ar = np.arange(M)
-    j = (lo_i[ecell][..., None] + ar).reshape(n, -1)  # (n, 9M) table columns
-    ok = (ar < cnt[ecell][..., None]).reshape(n, -1)
-    c = tab[:, np.minimum(j, len(skey) - 1)]  # (6, n, 9M): one gather
-    age = (clock[rows] - c0).astype(np.float32)[:, None] - c[4]
-    ok &= (c[5] != rows[:, None]) & (np.abs(age) <= cfg.max_gap)
+    cnt9 = cnt[ecell].ravel()  # (n * 9,) candidates per (avatar, cell)
+    total = int(cnt9.sum())
+    if total == 0:
+        return out
+    pair = np.repeat(np.arange(n * 9), cnt9)  # (total,) avatar * 9 + cell
+    first_of = np.cumsum(cnt9) - cnt9
+    within = np.arange(total) - first_of[pair]
+    col = within + (first_of - np.repeat(first_of[::9], 9))[pair]  # rank within the avatar
+    ego = pair // 9
+    c = tab[:, lo_i[ecell].ravel()[pair] + within]  # (6, total): one gather
+    age = (clock[rows] - c0).astype(np.float32)[ego] - c[4]
+    ok = (c[5] != rows[ego]) & (np.abs(age) <= cfg.max_gap)
     np.clip(age, -cfg.max_gap, cfg.max_gap, out=age)
-    shift = np.repeat(np.stack([_DX, _DY]).astype(np.float32) * R, M, axis=1)  # (2, 9M)
-    rx = c[0] + shift[0] + c[2] * age - elx[:, None]
-    ry = c[1] + shift[1] + c[3] * age - ely[:, None]
+    cell9 = pair % 9
+    rx = c[0] + (_DX[cell9] * R).astype(np.float32) + c[2] * age - elx[ego]
+    ry = c[1] + (_DY[cell9] * R).astype(np.float32) + c[3] * age - ely[ego]
     d2 = rx * rx + ry * ry
     ok &= d2 <= R * R
-    d2[~ok] = np.inf
+    # Padded per avatar (width: the most candidates any avatar has) for the top-k.
+    W = int(col.max()) + 1
+    d2p = np.full((n, W), np.inf, dtype=np.float32)
+    d2p[ego[ok], col[ok]] = d2[ok]
+    at = np.full((n, W), total, dtype=np.int64)  # index into the flat arrays; total = none
+    at[ego, col] = np.arange(total)
+    on_all = np.r_[ok, False]
+    rx, ry = np.r_[rx, 0.0], np.r_[ry, 0.0]
+    cvx, cvy = np.r_[c[2], 0.0], np.r_[c[3], 0.0]
     # The k nearest, nearest first.
-    kk = min(k, d2.shape[1])
-    part = np.argpartition(d2, kk - 1, axis=1)[:, :kk] if d2.shape[1] > kk else np.argsort(d2, 1)
-    srt = np.argsort(np.take_along_axis(d2, part, 1), axis=1, kind="stable")
-    sel = np.take_along_axis(part, srt, 1)  # (n, kk) columns
-    on = np.take_along_axis(ok, sel, 1)
-    px, py = np.take_along_axis(rx, sel, 1), np.take_along_axis(ry, sel, 1)
-    vx = np.take_along_axis(c[2], sel, 1) - d[14, rows][:, None]
-    vy = np.take_along_axis(c[3], sel, 1) - d[15, rows][:, None]
+    kk = min(k, W)
+    part = np.argpartition(d2p, kk - 1, axis=1)[:, :kk] if kk < W else np.argsort(d2p, 1)
+    srt = np.argsort(np.take_along_axis(d2p, part, 1), axis=1, kind="stable")
+    sel = np.take_along_axis(at, np.take_along_axis(part, srt, 1), 1)  # (n, kk) flat index
+    on = on_all[sel]
+    px, py = rx[sel], ry[sel]
+    vx = cvx[sel] - d[14, rows][:, None]
+    vy = cvy[sel] - d[15, rows][:, None]
     hc, hs = d[9, rows][:, None], d[10, rows][:, None]
     blk = np.zeros((n, kk, NB_WIDTH), dtype=np.float32)
     blk[..., 0] = (hc * px + hs * py) / cfg.nb_pos_scale

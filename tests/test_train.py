@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from server import features as F
@@ -134,3 +135,27 @@ def test_preset_and_flag_override(tmp_path):
     assert cfg.hidden == 32 and cfg.epochs == 3 and cfg.horizons == (0.2, 0.4)
     shipped = T.config_from_args(["--preset", "shipped"])
     assert shipped.out.endswith("avatar_gru.pt")
+
+
+def test_source_weights_share_the_batches():
+    w = T.source_weights("synthetic=2, sdd=0", ["synthetic", "ethucy", "sdd"])
+    assert w == {"synthetic": 2 / 3, "ethucy": 1 / 3, "sdd": 0.0}
+    assert T.source_weights("", ["a", "b"]) == {"a": 0.5, "b": 0.5}
+    for bad in ("nope=1", "a=-1", "a=0,b=0", "a=x"):
+        with pytest.raises(ValueError):
+            T.source_weights(bad, ["a", "b"])
+
+
+def test_synthetic_rooms_are_separate_worlds(monkeypatch):
+    cfg = T.TrainConfig(
+        synthetic_avatars=6,
+        synthetic_rooms=3,
+        synthetic_duration=4,
+        synthetic_val_avatars=1,
+        ethucy=False,
+        real=[],
+    )
+    train, val = T.load_sources(cfg)
+    assert [sc.name for sc in train["synthetic"]] == [f"synthetic/train{r}" for r in range(3)]
+    assert [len(sc) for sc in train["synthetic"]] == [2, 2, 2]
+    assert len(val["synthetic"]) == 1

@@ -299,7 +299,7 @@ def load_tracks(path: str | Path, **kw: Any) -> list[Track]:
     `*.csv` → `load_csv`; `*.txt` → `load_ethucy`; a directory → every `*.csv` in it
     (sorted, concatenated; user names are not made unique across files) if it holds
     any, else `load_ethucy` on the directory.
-    Raises FileNotFoundError for a missing path, ValueError for an unknown suffix,
+    Raises FileNotFoundError for a missing path, DatasetError (a ValueError) for an unknown suffix,
     plus whatever the loader raises (DatasetError, TypeError for foreign keywords).
     """
     path = Path(path)
@@ -315,7 +315,7 @@ def load_tracks(path: str | Path, **kw: Any) -> list[Track]:
         return load_csv(path, **kw)
     if suffix == ".txt":
         return load_ethucy(path, **kw)
-    raise ValueError(f"{path}: unknown track file type {path.suffix!r} (expected .csv or .txt)")
+    raise DatasetError(f"{path}: unknown track file type {path.suffix!r} (expected .csv or .txt)")
 
 
 def ethucy_root() -> Path:

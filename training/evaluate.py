@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import pickle
 import time
 from pathlib import Path
 
@@ -106,8 +107,8 @@ def load_scenes(spec: str) -> list[Scene]:
         n = int(parts[0]) if parts else 40
         seed = int(parts[1]) if len(parts) > 1 else 777
         dur = float(parts[2]) if len(parts) > 2 else 60.0
-        if seed in (0, 10_000):
-            raise ValueError("seeds 0 and 10000 are the training/validation users")
+        if seed == 10_000 or (seed % 1000 == 0 and seed < 10_000):
+            raise ValueError("seeds 0, 1000, …, 9000 and 10000 are the training/validation users")
         return [Scene(f"synthetic/{seed}", simulate(n, dur, seed=seed))]
     if spec.startswith("ethucy"):
         parts = spec.split(":")[1:]
@@ -407,7 +408,8 @@ def _load_extra(spec: str, device: str):
     name, _, path = spec.partition("=")
     if not name or not path:
         raise ValueError(f"--also wants NAME=CHECKPOINT, got {spec!r}")
-    with cli.user_errors(Exception, f"--also {spec}", "pass a checkpoint written by training"):
+    bad = (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError)
+    with cli.user_errors(bad, f"--also {spec}", "pass a checkpoint written by training"):
         blob = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(blob, dict) and blob.get("format") == "seed-lstm":
         from training.seed_lstm import load_seed

@@ -59,6 +59,7 @@ class TrainConfig:
     synthetic_avatars: int = 160  # simulated training avatars (0 = none)
     synthetic_duration: float = 90.0  # seconds each
     synthetic_val_avatars: int = 40  # held-out simulated avatars (other seed)
+    synthetic_rooms: int = 1  # training avatars split over this many simulated worlds (rooms)
     ethucy: bool = True  # ETH/UCY train parts for training, val parts for validation
     real: list[str] = field(default_factory=lambda: list(RM.REAL_SETS))  # realmotion sets
     data: list[str] = field(default_factory=list)  # own CSV/ETH files or dirs (90/10 by user)
@@ -68,10 +69,13 @@ class TrainConfig:
     jitter_max: float = 0.025  # s, timestamp jitter std drawn per copy from U(0, jitter_max)
     mirror: bool = True  # random y -> -y per window
     balance: bool = False  # same number of batches from every data pool per epoch
+    weights: str = ""  # with balance: "synthetic=2,sdd=0.5" (share per source; others 1)
     pool_per_recording: bool = False  # one data pool per ETH/UCY recording (with balance)
     horizons: tuple[float, ...] = DEFAULT_HORIZONS
     tick: float = 0.05  # s; the server's tick: scenes are replayed (and thinned) at it
     neighbours: int = 4  # k nearest avatars as model input (0 = none)
+    nb_radius: float = 8.0  # m; neighbours farther away are not seen (also the grid cell)
+    nb_cell_cap: int = 8  # neighbour candidates read per grid cell
     kalman_q: float = 0.0  # the prior's q (m^2/s^3); 0 = tune on the training data
     kalman_r: float = 0.0  # the prior's r (m); 0 = tune on the training data
     window: int = 96  # steps per training window
@@ -191,11 +195,20 @@ def load_sources(cfg: TrainConfig) -> tuple[dict[str, list[Scene]], dict[str, li
     train: dict[str, list[Scene]] = {}
     val: dict[str, list[Scene]] = {}
     if cfg.synthetic_avatars > 0:
-        sim = simulate(cfg.synthetic_avatars, cfg.synthetic_duration, seed=cfg.seed)
+        # One world per room (seed, seed + 1000, …), so that a room holds as many avatars
+        # as a served one would rather than one crowd of all the training users.
+        rooms = max(1, cfg.synthetic_rooms)
+        per_room = max(1, cfg.synthetic_avatars // rooms)
+        train["synthetic"] = [
+            Scene(
+                f"synthetic/train{r}",
+                simulate(per_room, cfg.synthetic_duration, seed=cfg.seed + 1000 * r),
+            )
+            for r in range(rooms)
+        ]
         sim_val = simulate(
             max(1, cfg.synthetic_val_avatars), cfg.synthetic_duration, seed=cfg.seed + 10_000
         )
-        train["synthetic"] = [Scene("synthetic/train", sim)]
         val["synthetic"] = [Scene("synthetic/val", sim_val)]
     if cfg.ethucy:
         train["ethucy"] = RM.ethucy_scenes("train")
@@ -321,7 +334,12 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
         q, r = tune_prior(train_scenes, cfg.horizons, cfg.seed)
     print(f"prior: Kalman q {q:.4g} m^2/s^3, r {r:.4g} m")
     fcfg = FeatureConfig(
-        horizons=tuple(cfg.horizons), kalman_q=q, kalman_r=r, neighbours=cfg.neighbours
+        horizons=tuple(cfg.horizons),
+        kalman_q=q,
+        kalman_r=r,
+        neighbours=cfg.neighbours,
+        nb_radius=cfg.nb_radius,
+        nb_cell_cap=cfg.nb_cell_cap,
     )
 
     def scene_res(scenes: list[Scene]) -> list[tuple]:
@@ -351,6 +369,23 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict:
     summary = fit(pools, val_pools, fcfg, cfg, rng, progress=progress)
     summary["seconds"] = round(time.time() - t0, 1)
     return summary
+
+
+def source_weights(spec: str, sources: list[str]) -> dict[str, float]:
+    """Share of the batches per source from "name=w,…" (unnamed sources weigh 1), summing
+    to 1. Raises ValueError for a malformed spec, an unknown source or a negative weight."""
+    w = dict.fromkeys(sources, 1.0)
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        name, _, val = item.partition("=")
+        if name not in w:
+            raise ValueError(f"weights: unknown source {name!r} (sources: {', '.join(sources)})")
+        w[name] = float(val)
+        if not w[name] >= 0:
+            raise ValueError(f"weights: {item!r} must be >= 0")
+    total = sum(w.values())
+    if total <= 0:
+        raise ValueError("weights: all zero")
+    return {k: v / total for k, v in w.items()}
 
 
 def fit(
@@ -383,9 +418,10 @@ def fit(
         groups: dict[str, list[str]] = {}
         for k in pools:
             groups.setdefault(k.split("/")[0], []).append(k)
+        weight = source_weights(cfg.weights, list(groups))
         batches = []
-        for keys in groups.values():
-            each = max(1, total // (len(groups) * len(keys)))
+        for src, keys in groups.items():
+            each = max(1, int(total * weight[src]) // len(keys))
             for k in keys:
                 batches += [(k, (i * cfg.batch) % max(1, len(pools[k]))) for i in range(each)]
     else:
@@ -548,7 +584,7 @@ def main(argv: list[str] | None = None) -> None:
     Path(cfg.out).with_suffix(".json").write_text(json.dumps(summary, indent=2))
     print(
         f"best epoch {summary['best_epoch']} score {summary['best_score']:.4f} "
-        f"(GRU error / CV error on validation) -> {cfg.out} in {summary['seconds']} s"
+        f"(GRU error / prior error on validation) -> {cfg.out} in {summary['seconds']} s"
     )
 
 
