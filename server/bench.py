@@ -56,7 +56,6 @@ def time_engine(engine: TickEngine, n: int, ticks: int, warmup: int = 5) -> dict
     }
 
 
-@cli.command("python -m server.bench")
 def without_neighbours(lm: LoadedModel) -> LoadedModel:
     """The same network shape without neighbour inputs (random weights: for timing only)."""
     feats = dataclasses.replace(lm.features, neighbours=0)
@@ -65,6 +64,7 @@ def without_neighbours(lm: LoadedModel) -> LoadedModel:
     return LoadedModel(MotionGRU(cfg).eval(), feats, lm.version + "-nonb", lm.device, {})
 
 
+@cli.command("python -m server.bench")
 def main(argv: list[str] | None = None) -> list[dict]:
     """Time the engine (see ``--help``); returns the rows it printed."""
     ap = argparse.ArgumentParser(prog="python -m server.bench", description=__doc__.split("\n")[0])
