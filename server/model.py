@@ -165,17 +165,23 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": meta or {},
     }
+    atomic_torch_save(blob, path)
+    return version
+
+
+def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
+    """`torch.save` to a temp file beside `path`, then rename: a reader never sees half a
+    file. Creates the directory. Raises OSError if it is not writable."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(blob, f)
+            torch.save(obj, f)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return version
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -219,7 +219,9 @@ def test_cli_on_csv(tmp_path, capsys):
     pred = load_seed(out)
     assert pred.config.obs == 4 and pred.config.epochs == 1
     assert torch.load(out, weights_only=True)["data"] == [str(csv)]
-    assert main(["--out", str(out), "--data", str(tmp_path / "missing.csv")]) == 2
+    with pytest.raises(SystemExit) as e:  # one line naming the file, exit 1 (server.cli)
+        main(["--out", str(out), "--data", str(tmp_path / "missing.csv")])
+    assert e.value.code == 1 and "missing.csv" in capsys.readouterr().err
 
 
 def test_config_validation():

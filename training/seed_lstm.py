@@ -35,9 +35,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,7 +44,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from server import cli
 from server.features import DEFAULT_HORIZONS
+from server.model import atomic_torch_save
 from training.baselines import out_of_reach, segment_ids
 from training.datasets import Track, split_by_user
 
@@ -257,14 +256,7 @@ def save_seed(pred: SeedLSTMPredictor, path: str | Path, extra: dict | None = No
         "state_dict": pred.model.state_dict(),
         **(extra or {}),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(ckpt, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_torch_save(ckpt, path)
 
 
 def load_seed(path: str | Path, *, batch: int = 8192) -> SeedLSTMPredictor:
@@ -392,6 +384,7 @@ def train_seed(
     return pred, summary
 
 
+@cli.command("python -m training.seed_lstm")
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m training.seed_lstm",
@@ -425,11 +418,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         threads=a.threads,
     )
     data = tuple(a.data) if a.data else DEFAULT_DATA
-    try:
+    with cli.user_errors(ValueError, "--data", "see --help for --data"):
         _, s = train_seed(cfg, data=data, out=a.out)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     print(
         f"wrote {a.out}: val mse {s['val_mse']:.5f} (normalised units), "
         f"{s['train_windows']} train windows, {cfg.epochs} epochs, {s['seconds']} s"
