@@ -26,6 +26,7 @@ import dataclasses
 import itertools
 import json
 import math
+import sys
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -444,19 +445,17 @@ def fit(
         for k, w in pools.items()
     }
     best, best_epoch, best_state, history = math.inf, -1, None, []
+    # One progress bar for the whole run (reset per epoch): a Ctrl-C can then never land in
+    # a bar's constructor (tqdm then complains at exit). Only on a terminal.
+    bar = tqdm(total=per_epoch, disable=not (progress and sys.stderr.isatty()), leave=False)
     for epoch in range(cfg.epochs):
         model.train()
         perms = {k: rng.permutation(len(w)) for k, w in pools.items()}
         order = rng.permutation(len(batches))[:per_epoch]
-        bar = tqdm(
-            order,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            disable=not progress,
-            leave=False,
-            mininterval=2.0,
-        )
+        bar.reset(total=per_epoch)
+        bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}", refresh=False)
         run_loss = 0.0
-        for j in bar:
+        for j in order:
             k, i = batches[j]
             idx = np.take(perms[k], np.arange(i, i + cfg.batch), mode="wrap")
             w = pools[k]
@@ -475,8 +474,9 @@ def fit(
             lv = loss.item()
             run_loss = 0.98 * run_loss + 0.02 * lv if run_loss else lv
             bar.set_postfix(loss=f"{run_loss:.4f}", refresh=False)
+            bar.update(1)
         val = {k: evaluate_windows(model, w, scale_d, device) for k, w in val_pools.items()}
-        # Error relative to CV: mean over sources of the mean over a source's pools.
+        # Error relative to the prior: mean over sources of the mean over a source's pools.
         by_source: dict[str, list[float]] = {}
         for k, (g, c) in val.items():
             by_source.setdefault(k.split("/")[0], []).append(g / c)
@@ -502,6 +502,7 @@ def fit(
         if epoch + 1 - best_epoch >= cfg.patience:
             print(f"early stop: no improvement for {cfg.patience} epochs")
             break
+    bar.close()
     model.load_state_dict(best_state)
     return {
         "out": cfg.out,
