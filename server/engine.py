@@ -149,7 +149,10 @@ class TickEngine:
         self._slot_of: dict[str, int] = {}
         self._live = np.zeros(capacity, dtype=bool)  # joined slots (neighbour candidates)
         self._group = np.zeros(capacity, dtype=np.int64)  # room of each slot, as an int
-        self._group_ids: dict[object, int] = {}
+        self._group_ids: dict[object, int] = {}  # group -> id, while it has avatars
+        self._group_size: dict[int, int] = {}
+        self._free_groups: list[int] = []  # ids of emptied groups, reused (ids stay small)
+        self._group_of_id: dict[int, object] = {}
         self._free = list(range(capacity))  # min-heap: lowest free slot first
         # Pending newest sample per slot (latest wins).
         self._pending = np.zeros(capacity, dtype=bool)
@@ -262,7 +265,13 @@ class TickEngine:
         self._slot_of[avatar] = slot
         self._ids[slot] = avatar
         self._live[slot] = True
-        self._group[slot] = self._group_ids.setdefault(group, len(self._group_ids))
+        gid = self._group_ids.get(group)
+        if gid is None:
+            gid = self._free_groups.pop() if self._free_groups else len(self._group_ids)
+            self._group_ids[group] = gid
+            self._group_of_id[gid] = group
+        self._group_size[gid] = self._group_size.get(gid, 0) + 1
+        self._group[slot] = gid
         self.pool.zero(slot)
         self.fstate.clear(slot)
         self._pending[slot] = False
@@ -277,6 +286,11 @@ class TickEngine:
         slot = self._slot_of.pop(avatar)
         self._ids[slot] = None
         self._live[slot] = False
+        gid = int(self._group[slot])
+        self._group_size[gid] -= 1
+        if not self._group_size[gid]:  # the group emptied: its id is free again
+            del self._group_size[gid], self._group_ids[self._group_of_id.pop(gid)]
+            self._free_groups.append(gid)
         self._pending[slot] = False
         self.last_t[slot] = np.nan
         heapq.heappush(self._free, slot)

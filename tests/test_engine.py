@@ -449,3 +449,19 @@ def test_swap_moves_model_to_engine_device():
     assert new.device == eng.device and next(new.model.parameters()).is_cuda
     run_ticks(eng, {"a": track(4)}, range(2, 4))
     assert torch.isfinite(eng.hidden("a")).all() and eng.nonfinite_resets == 0
+
+
+def test_group_ids_are_reused_when_rooms_empty():
+    """Rooms come and go over a server's life; their ids stay small (the neighbour grid
+    packs them into 21 bits)."""
+    eng = TickEngine(None, device="cpu")
+    for r in range(1000):
+        eng.join(f"a{r}", f"room{r}")
+        eng.join(f"b{r}", f"room{r}")
+        eng.leave(f"a{r}")
+        eng.leave(f"b{r}")
+    eng.join("x", "lobby")
+    eng.join("y", "other")
+    eng.join("z", "lobby")
+    g = {a: int(eng._group[eng.slot(a)]) for a in "xyz"}
+    assert g["x"] == g["z"] != g["y"] and max(g.values()) <= 1
