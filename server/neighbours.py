@@ -84,8 +84,10 @@ def neighbour_features(
     egx, egy = np.floor(ex / R), np.floor(ey / R)
     elx = (ex - egx * R).astype(np.float32)
     ely = (ey - egy * R).astype(np.float32)
-    ecell = np.searchsorted(cells, _keys(group[rows], egx.astype(np.int64), egy.astype(np.int64)))
-    cnt9 = cnt[ecell].ravel()  # (n * 9,) candidates per (avatar, cell)
+    ekey = _keys(group[rows], egx.astype(np.int64), egy.astype(np.int64))
+    ecell = np.minimum(np.searchsorted(cells, ekey), len(cells) - 1)
+    # An avatar that is not itself a candidate (not live) finds no cell: no neighbours.
+    cnt9 = np.where((cells[ecell] == ekey)[:, None], cnt[ecell], 0).ravel()  # (n * 9,)
     total = int(cnt9.sum())
     if total == 0:
         return out

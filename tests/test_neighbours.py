@@ -192,3 +192,14 @@ def test_mirror_signs_cover_the_neighbour_blocks(rng):
     b = np.concatenate(F.scene_features(ts, [p * [1, -1, 1] for p in ps], cfg).x)
     moving = np.abs(a[:, F.SPEED_EMA]) > 0.2  # frames settled
     np.testing.assert_allclose(a[moving], (b * cfg.mirror_signs())[moving], atol=1e-4)
+
+
+def test_an_avatar_outside_every_occupied_cell_sees_no_one(rng):
+    """Rows passed in must be live; one that is not, alone in its cell (no candidate there,
+    its key beyond every occupied cell), must neither fail nor read another cell's block."""
+    st, cfg = random_state(rng, n=10, span=5.0)
+    live = np.ones(10, bool)
+    live[0] = False
+    st.data[11:13, 0] = 5000.0
+    got = neighbour_features(st, np.array([0, 1]), live, np.zeros(10, np.int64), st.t.copy(), cfg)
+    assert not got[0].any() and got[1, F.NB_ON] == 1
