@@ -43,6 +43,16 @@ class Track:
     def end(self) -> float:
         return float(self.truth_t[-1] if self.truth_t is not None else self.t[-1])
 
+    def observed(self, t: np.ndarray, p: np.ndarray) -> Track:
+        """The same motion seen through other samples `t` (K,), `p` (K, 3): a new Track
+        whose truth is this one's (its dense truth, or the spline through its samples)."""
+        out = Track(self.user, t, p, self.truth_t, self.truth_p)
+        if self.truth_t is None:
+            if self._spline is None:
+                self._spline = CubicSpline(self.t, self.p, axis=0)
+            out._spline = self._spline
+        return out
+
     def truth_at(self, times: np.ndarray) -> np.ndarray:
         """True positions (M, 3) at `times` (M,); NaN rows outside [start, end]."""
         times = np.asarray(times, dtype=np.float64)
@@ -434,16 +444,7 @@ def corrupt(
         p = track.p.copy()
     if noise > 0:
         p = p + rng.normal(0.0, noise, p.shape) * (1.0, 1.0, float(np.ptp(track.p[:, 2]) > 0))
-    if track.truth_t is not None:
-        truth_t, truth_p = track.truth_t, track.truth_p
-    else:  # keep the clean samples' spline as the truth
-        truth_t, truth_p = None, None
-    out = Track(track.user, track.t, p, truth_t, truth_p)
-    if truth_t is None:
-        out._spline = (
-            track._spline if track._spline is not None else CubicSpline(track.t, track.p, axis=0)
-        )
-    return out
+    return track.observed(track.t, p)  # the clean motion stays the truth
 
 
 def mirror(track: Track) -> Track:

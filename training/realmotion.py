@@ -158,10 +158,5 @@ def thin_to_ticks(scene: Scene, tick: float = 0.05) -> Scene:
         if keep.all():
             out.append(tr)
             continue
-        new = Track(tr.user, tr.t[keep], tr.p[keep], tr.truth_t, tr.truth_p)
-        if tr.truth_t is None:  # keep the full-rate spline as the truth
-            from scipy.interpolate import CubicSpline
-
-            new._spline = tr._spline if tr._spline is not None else CubicSpline(tr.t, tr.p, axis=0)
-        out.append(new)
+        out.append(tr.observed(tr.t[keep], tr.p[keep]))  # the full-rate truth stays
     return Scene(scene.name, out)
