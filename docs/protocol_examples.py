@@ -38,7 +38,7 @@ ERROR_NOTES: dict[str, tuple[str, str]] = {
     "bad_field": ("a fixed key missing or of the wrong type", "any time"),
     "non_finite": ("NaN or infinity in `t`, `p`, `yaw` or `region`", "any time"),
     "out_of_range": ("a number or string outside its documented range", "any time"),
-    "bad_version": ("`hello` with `v` other than 1", "before hello (the hello itself)"),
+    "bad_version": ("`hello` with `v` other than 1 or 2", "before hello (the hello itself)"),
     "expected_hello": (
         "the first message was not `hello`, or a second `hello`",
         "before or after hello",

@@ -51,6 +51,8 @@ class Config:
     inline_step_ms: float = 5.0
     compression: bool = False
     transport: str = "websockets"
+    dr_threshold: float = 0.05
+    dr_heartbeat: float = 1.0
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -80,6 +82,8 @@ class Config:
             (self.shutdown_timeout > 0, "shutdown_timeout must be > 0"),
             (1e-6 <= self.switch_interval <= 0.1, "switch_interval must be in [1e-6, 0.1]"),
             (0 <= self.inline_step_ms <= 50, "inline_step_ms must be in [0, 50]"),
+            (0 <= self.dr_threshold <= 100, "dr_threshold must be in [0, 100] m"),
+            (0 < self.dr_heartbeat <= 60, "dr_heartbeat must be in (0, 60] s"),
             (self.transport in TRANSPORTS, "transport must be websockets or picows"),
             (
                 not (self.compression and self.transport != "websockets"),
@@ -169,6 +173,12 @@ HELP = {
     "compression": "offer permessage-deflate (costs CPU per frame; off by default)",
     "transport": "WebSocket library: websockets (reference) or picows (Cython framing, "
     "several times less CPU per message; same protocol and behaviour)",
+    "dr_threshold": "downlink dead reckoning (protocol v2 clients): an avatar's record is resent "
+    "when its newest sample is more than this many metres off the path its viewers last got "
+    "(0: whenever it moved); v1 clients get every avatar every tick",
+    "dr_heartbeat": "seconds after which an avatar's record is resent to v2 clients even when "
+    "its path still holds (and a v2 client that got nothing for this long gets an empty "
+    "state frame: a clock heartbeat)",
     "log_level": "debug, info, warning or error",
 }
 

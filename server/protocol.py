@@ -1,4 +1,4 @@
-"""Wire protocol v1: encode, decode and validate every message. Pure: bytes in, objects out.
+"""Wire protocol v2 (and v1): encode, decode and validate every message. Pure: bytes in, objects out.
 
 No asyncio, no sockets, no torch. Every frame is one msgpack map with a ``"type"`` key
 (see ``docs/protocol.md`` for the byte-level layouts and a worked hex dump).
@@ -15,6 +15,12 @@ The ``state`` frame packs one fixed-size little-endian record per avatar in view
 (`record_dtype`): handle, age of the sample, seq, position (float32) and the predicted
 offsets at every horizon as int16 millimetres — 20 + 2*H*dims bytes a record, 60 for
 10 horizons in 2-D.
+
+Versions: a client says which it speaks in ``hello.v``; ``welcome.v`` confirms it. A v1
+client gets every avatar of its view in every tick's `state`. A v2 client gets downlink
+dead reckoning: an avatar's record only when its path changed (``welcome.dr``), on a
+heartbeat, or when it enters the view; between records it keeps drawing along the last
+path, and a tick with nothing new may bring no `state` at all.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
-VERSION = 1
+VERSION = 2  # what this module's clients speak
+VERSIONS = (1, 2)  # what the server accepts
 
 # Close codes (RFC 6455 section 7.4.1).
 CLOSE_NORMAL = 1000
@@ -46,7 +53,7 @@ ERROR_CODES: dict[str, int] = {
     "bad_field": CLOSE_POLICY,  # a fixed key missing or of the wrong type
     "non_finite": CLOSE_POLICY,  # NaN or infinity in a number
     "out_of_range": CLOSE_POLICY,  # a number or string outside its documented range
-    "bad_version": CLOSE_POLICY,  # hello "v" is not 1
+    "bad_version": CLOSE_POLICY,  # hello "v" is not 1 or 2
     "expected_hello": CLOSE_POLICY,  # first message was not hello, or a second hello
     "hello_timeout": CLOSE_POLICY,  # no hello in time
     "not_a_player": CLOSE_POLICY,  # a spectator sent pos
@@ -68,7 +75,7 @@ _LIMITS = dict(max_str_len=4096, max_bin_len=4096, max_array_len=64, max_map_len
 
 
 class ProtocolError(Exception):
-    """A frame that breaks protocol v1. ``code`` names the rule, ``close_code`` the close."""
+    """A frame that breaks the protocol. ``code`` names the rule, ``close_code`` the close."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -125,6 +132,8 @@ class Welcome:
     resume: str
     handle: int | None = None  # the client's own handle in `state` (None for spectators)
     v: int = VERSION
+    # v2: the downlink dead-reckoning rule, {"threshold": m, "heartbeat": s} (None for v1)
+    dr: dict[str, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,20 +279,21 @@ _SMALL_INTS = [msgpack.packb(i) for i in range(1025)]
 
 
 def encode_welcome(w: Welcome) -> bytes:
-    return _pack(
-        {
-            "type": "welcome",
-            "v": w.v,
-            "avatar": w.avatar,
-            "room": w.room,
-            "tick_hz": w.tick_hz,
-            "horizons": list(w.horizons),
-            "model": w.model,
-            "server_time": w.server_time,
-            "resume": w.resume,
-            "handle": w.handle,
-        }
-    )
+    d = {
+        "type": "welcome",
+        "v": w.v,
+        "avatar": w.avatar,
+        "room": w.room,
+        "tick_hz": w.tick_hz,
+        "horizons": list(w.horizons),
+        "model": w.model,
+        "server_time": w.server_time,
+        "resume": w.resume,
+        "handle": w.handle,
+    }
+    if w.dr is not None:
+        d["dr"] = dict(w.dr)
+    return _pack(d)
 
 
 def encode_join(avatars: list[str], handles: list[int]) -> bytes:
@@ -422,7 +432,7 @@ def decode_client(data: Any, *, max_size: int | None = None) -> ClientMessage:
     """Decode and validate one client->server frame.
 
     `data` is what the WebSocket gave (bytes for a binary frame, str for a text one).
-    Raises ProtocolError for anything but a valid v1 client message, never another exception.
+    Raises ProtocolError for anything but a valid v1/v2 client message, never another exception.
     """
     sized = isinstance(data, str | bytes | bytearray | memoryview)
     if max_size is not None and sized and len(data) > max_size:
@@ -442,11 +452,10 @@ def decode_client(data: Any, *, max_size: int | None = None) -> ClientMessage:
         v = d.get("v")
         if isinstance(v, bool) or not isinstance(v, int):
             raise ProtocolError("bad_field", '"v" must be an integer')
-        if v != VERSION:
-            raise ProtocolError(
-                "bad_version", f"protocol version {v} is not supported; use {VERSION}"
-            )
+        if v not in VERSIONS:
+            raise ProtocolError("bad_version", f"protocol version {v} is not supported; use 1 or 2")
         return Hello(
+            v=v,
             room=_name(d, "room", required=True),
             avatar=_name(d, "avatar", required=False),
             token=_opt_str(d, "token"),
@@ -465,7 +474,7 @@ def decode_client(data: Any, *, max_size: int | None = None) -> ClientMessage:
 def decode_server(data: Any) -> ServerMessage:
     """Decode one server->client frame (for clients and tests).
 
-    Raises ProtocolError for anything but a valid v1 server message. Server frames may be
+    Raises ProtocolError for anything but a valid v1/v2 server message. Server frames may be
     larger than client ones (a spectator's state or join), so msgpack's own limits apply
     here: each is bounded by the frame's length.
     """
@@ -476,6 +485,7 @@ def decode_server(data: Any) -> ServerMessage:
             return _decode_state(d)
         if kind == "welcome":
             handle = d.get("handle")
+            dr = d.get("dr")
             return Welcome(
                 avatar=d["avatar"],
                 room=d["room"],
@@ -486,6 +496,7 @@ def decode_server(data: Any) -> ServerMessage:
                 resume=str(d["resume"]),
                 handle=None if handle is None else int(handle),
                 v=int(d["v"]),
+                dr=None if dr is None else {k: float(dr[k]) for k in ("threshold", "heartbeat")},
             )
         if kind in ("join", "leave"):
             avatars = tuple(str(a) for a in d["avatars"])

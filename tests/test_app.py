@@ -233,7 +233,7 @@ async def test_before_hello_and_hard_limit_and_timeout():
         err, code = await expect_refusal(ws)
         assert (err.code, code) == ("hello_timeout", 1008)
         ws = await connect(srv.url)
-        await ws.send(msgpack.packb({"type": "hello", "v": 2, "room": "r"}))
+        await ws.send(msgpack.packb({"type": "hello", "v": 3, "room": "r"}))
         err, code = await expect_refusal(ws)
         assert (err.code, code) == ("bad_version", 1008)
 

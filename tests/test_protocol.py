@@ -67,7 +67,7 @@ def test_client_messages_round_trip(msg):
 
 def test_client_optional_fields_are_omitted():
     d = msgpack.unpackb(P.encode_client(P.Hello(room="lobby")))
-    assert d == {"type": "hello", "v": 1, "room": "lobby"}
+    assert d == {"type": "hello", "v": 2, "room": "lobby"}
     d = msgpack.unpackb(P.encode_client(P.Pos(seq=1, t=2.0, p=(1.0, 2.0, 3.0))))
     assert d == {"type": "pos", "seq": 1, "t": 2.0, "p": [1.0, 2.0, 3.0]}
     with pytest.raises(TypeError):
@@ -88,7 +88,7 @@ def test_unknown_keys_are_ignored_and_null_optionals_are_absent():
     m = P.decode_client(
         pk({"type": "hello", "v": 1, "room": "r", "avatar": None, "token": None, "x": [1]})
     )
-    assert m == P.Hello(room="r")
+    assert m == P.Hello(room="r", v=1)
     assert (
         P.decode_client(pk({"type": "pos", "seq": 1, "t": 0, "p": [0, 0], "yaw": None})).yaw is None
     )
@@ -396,7 +396,7 @@ def test_bounds_are_inclusive():
     assert P.decode_client(pk({**HELLO, "token": "x" * 1024})).token == "x" * 1024
 
 
-@pytest.mark.parametrize("v", [0, 2, -1, 2**40])
+@pytest.mark.parametrize("v", [0, 3, -1, 2**40])
 def test_bad_version(v):
     assert rejects(pk({**HELLO, "v": v}), "bad_version").close_code == 1008
 
