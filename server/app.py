@@ -165,6 +165,24 @@ class _StatsCollector:
         for code in P.ERROR_CODES:
             errors.add_metric([code], s.errors.get(code, 0))
         yield errors
+        records = CounterMetricFamily(
+            "avatar_state_records",
+            "Avatar records sent in state frames, by the viewer's protocol version",
+            labels=["version"],
+        )
+        for v in P.VERSIONS:
+            records.add_metric([str(v)], w.records_sent.get(v, 0) if w else 0)
+        yield records
+        yield CounterMetricFamily(
+            "avatar_state_frames_skipped",
+            "Ticks on which a v2 client got no state frame: nothing in its view was due",
+            value=w.frames_skipped if w else 0,
+        )
+        yield CounterMetricFamily(
+            "avatar_dr_resends",
+            "Avatar records due by the downlink dead-reckoning rule (off path, heartbeat, new)",
+            value=w.dr_resends if w else 0,
+        )
         conns = GaugeMetricFamily("avatar_connections", "Open connections by kind", labels=["kind"])
         n_players = w.n_players - w.n_detached if w else 0
         n_spect = w.n_spectators if w else 0
@@ -306,6 +324,8 @@ class AvatarServer:
             spectator_cap=cfg.spectator_cap,
             max_room_avatars=cfg.max_room_avatars,
             tick_hz=cfg.tick_hz,
+            dr_threshold=cfg.dr_threshold,
+            dr_heartbeat=cfg.dr_heartbeat,
         )
         self.info.labels(engine.version, str(engine.device)).set(1)
         # A step predicted to take under inline_step_ms runs on the loop (CPU only): shorter

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from server import protocol as P
+from server.downlink import DownlinkReckoner
 from server.engine import TickEngine, TickResult
 from server.interest import InterestGrid, in_region
 
@@ -130,6 +131,8 @@ class World:
         max_room_avatars: int = 4096,
         tick_hz: float = 20.0,
         aoi_refresh: int = 1,
+        dr_threshold: float = 0.05,
+        dr_heartbeat: float = 1.0,
     ) -> None:
         if aoi_refresh < 1:
             raise ValueError("aoi_refresh must be >= 1")
@@ -156,6 +159,10 @@ class World:
         self.n_spectators = 0
         self.n_detached = 0
         self._detached: dict[int, Member] = {}  # uid -> player waiting for a resume
+        self.downlink = DownlinkReckoner(engine.capacity, self.horizons, dr_threshold, dr_heartbeat)
+        self.records_sent: dict[int, int] = {}  # protocol version -> records in state frames
+        self.frames_skipped = 0  # v2 members given no state frame on a tick
+        self.dr_resends = 0  # records due by the downlink rule
 
     # -- membership (loop thread, any time) ---------------------------------------------------
 
