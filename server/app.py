@@ -516,7 +516,9 @@ class AvatarServer:
             if conn.buffered() > limit:
                 m.dropped += 1
                 stats.dropped += 1
-                m.state = None  # the next tick's frame replaces it; join/leave are kept
+                if m.state is not None:  # v1: the next frame replaces it; v2: carries it all
+                    m.resync = True
+                m.state = None  # join/leave are kept
                 if m.dropped == max_dropped:  # leaves others' views now, not after the close
                     m.session.refuse(
                         P.ProtocolError(

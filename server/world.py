@@ -83,6 +83,9 @@ class Member:
     controls: list[bytes] = field(default_factory=list)
     state: bytes | None = None
     dropped: int = 0  # consecutive state frames dropped (slow socket)
+    version: int = P.VERSION  # protocol version of the connection (hello.v)
+    last_state: float = float("-inf")  # server time of its last state frame
+    resync: bool = False  # v2: a state frame was dropped; the next one carries the whole view
     detached_at: float | None = None  # server time its connection dropped (None: connected)
     transport: object = None  # the app's handle for this member's connection
     session: object = None  # and for its protocol state
@@ -201,6 +204,7 @@ class World:
                 self._to_join[m.uid] = m
                 self.n_players += 1
         m.resume = secrets.token_urlsafe(16)
+        m.version = hello.v
         return m
 
     def player(self, room: str, avatar: str | None) -> Member | None:
@@ -218,6 +222,8 @@ class World:
         m.controls = []
         m.state = None
         m.dropped = 0
+        m.last_state = float("-inf")
+        m.resync = False
         m.clock = ClockOffset()
         return m
 
@@ -252,6 +258,10 @@ class World:
                 server_time=server_time,
                 resume=m.resume,
                 handle=m.handle,
+                v=m.version,
+                dr=None
+                if m.version < 2
+                else {"threshold": self.downlink.threshold, "heartbeat": self.downlink.heartbeat},
             )
         )
 
@@ -337,6 +347,8 @@ class World:
             self._in_p = np.concatenate([self._in_p, np.zeros((extra, 3))])
             self._in_seq = np.concatenate([self._in_seq, np.zeros(extra, dtype=np.int64)])
             self._in_off = np.concatenate([self._in_off, np.zeros(extra)])
+        self.downlink.grow(eng.capacity)
+        self.downlink.forget([m.slot for m in self._to_join.values()])
         for m in self._to_join.values():
             if m.pending is not None:
                 self._store(m.slot, *m.pending)
@@ -354,9 +366,17 @@ class World:
         return self.engine.tick()
 
     def fan_out(self, result: TickResult, server_time: float) -> list[Member]:
-        """Fill every member's outbox for this tick; returns the members with output."""
+        """Fill every member's outbox for this tick; returns the members with output.
+
+        v1 members get every avatar of their view with its newest prediction. v2 members
+        get only the records that are due by the downlink rule (`DownlinkReckoner`: off
+        the path last sent, heartbeat, first path), plus the path last sent of every avatar
+        that enters their view (all of it after a dropped frame: `Member.resync`), and no
+        state frame when nothing is due, except one empty frame per heartbeat (a clock).
+        """
         eng = self.engine
         H = len(self.horizons)
+        dr = self.downlink
         out: list[Member] = []
         for room in self.rooms.values():
             players = [m for m in room.players.values() if m.slot >= 0]
@@ -364,31 +384,50 @@ class World:
             live = ~np.isnan(eng.last_t[slots])  # players with a prediction are visible
             vis = [m for m, ok in zip(players, live, strict=True) if ok]
             vslots = slots[live]
-            off = eng.last_off[vslots]
-            dims = 3 if np.any(np.abs(off[..., 2]) >= 5e-4) else 2
-            pos = eng.last_pos[vslots]
-            rec = P.pack_records(
-                np.fromiter((m.handle for m in vis), dtype=np.int64, count=len(vis)),
-                server_time - self._anchor[vslots],
-                eng.last_seq[vslots],
-                pos,
-                off,
-                dims,
-            )
+            pos, anchor = eng.last_pos[vslots], self._anchor[vslots]
+            off, seq = eng.last_off[vslots], eng.last_seq[vslots]
+            due = dr.due(vslots, anchor, pos, server_time)
+            dr.commit(vslots[due], anchor[due], pos[due], off[due], seq[due], server_time)
+            self.dr_resends += int(due.sum())
+            sent_off = dr.off[vslots]
+            dims = 3 if (np.abs(off[..., 2]) >= 5e-4).any() else 2
+            if dims == 2 and (np.abs(sent_off[..., 2]) >= 5e-4).any():
+                dims = 3
+            handles = np.fromiter((m.handle for m in vis), dtype=np.int64, count=len(vis))
+            versions = {m.version for m in players} | {m.version for m in room.spectators}
+            rec1 = rec2 = None
+            if 1 in versions:  # the newest prediction of everyone
+                rec1 = P.pack_records(handles, server_time - anchor, seq, pos, off, dims)
+            if 2 in versions:  # the path each viewer was last sent
+                rec2 = P.pack_records(
+                    handles,
+                    server_time - dr.anchor[vslots],
+                    dr.seq[vslots],
+                    dr.pos[vslots],
+                    sent_off,
+                    dims,
+                )
             framer = P.StateFramer(result.tick, server_time, H, dims)
             uids = np.fromiter((m.uid for m in vis), dtype=np.int64, count=len(vis))
             indptr, indices = self._views(room, pos, uids, result.tick)
             # One gather for every viewer of the room (raw bytes: a structured gather is
-            # slower); each viewer's frame takes a slice of it.
-            size = rec.dtype.itemsize
-            all_rec = memoryview(rec.view(f"V{size}")[indices].tobytes())
+            # slower); each viewer's frame takes a slice of it. v2: only the due rows.
+            size = P.record_dtype(H, dims).itemsize
+            bounds = indptr.tolist()
+            if rec1 is not None:
+                all1 = memoryview(rec1.view(f"V{size}")[indices].tobytes())
+            if rec2 is not None:
+                due_flat = due[indices]
+                all2 = memoryview(rec2.view(f"V{size}")[indices[due_flat]].tobytes())
+                cum_due = np.zeros(len(indices) + 1, dtype=np.int64)
+                np.cumsum(due_flat, out=cum_due[1:])
+                due_bounds = cum_due[indptr].tolist()
             view_uids = uids[indices]
             # A view that did not change since the last tick needs no join/leave diff: one
             # signature per viewer (a sum of hashed uids) tells which did.
             cum = np.zeros(len(indices) + 1, dtype=np.uint64)
             np.cumsum(_mix(view_uids), out=cum[1:])
             sigs = (cum[indptr[1:]] - cum[indptr[:-1]]).tolist()
-            bounds = indptr.tolist()
             row_of_viewer = {m.uid: i for i, m in enumerate(vis)}  # every visible one views
             for m in players:
                 if m.detached_at is not None:  # no connection: visible to others only
@@ -398,20 +437,58 @@ class World:
                     if m.seen:
                         self._diff(m, [], [], vis)
                     m.view_sig = -1
-                    m.state = framer.frame(0, b"")
+                    self._frame(m, framer, 0, b"", server_time)
                 else:
                     a, b = bounds[i], bounds[i + 1]
+                    entered: list[int] = []
                     if sigs[i] != m.view_sig or b - a != len(m.seen):
-                        self._diff(m, view_uids[a:b].tolist(), indices[a:b].tolist(), vis)
+                        entered = self._diff(m, view_uids[a:b].tolist(), indices[a:b].tolist(), vis)
                         m.view_sig = sigs[i]
-                    m.state = framer.frame(b - a, all_rec[a * size : b * size])
-                out.append(m)
+                    if m.version == 1:
+                        self._frame(m, framer, b - a, all1[a * size : b * size], server_time)
+                    elif entered or m.resync:
+                        rows = self._v2_rows(m, indices[a:b], due, entered)
+                        self._frame(m, framer, len(rows), rec2[rows].tobytes(), server_time)
+                    else:
+                        c, d = due_bounds[i], due_bounds[i + 1]
+                        self._frame(m, framer, d - c, all2[c * size : d * size], server_time)
+                if m.state is not None or m.controls:
+                    out.append(m)
             for m in room.spectators:
                 idx = in_region(pos, m.region, self.spectator_cap)
-                self._diff(m, uids[idx].tolist(), idx.tolist(), vis)
-                m.state = framer.frame(len(idx), rec[idx].tobytes())
-                out.append(m)
+                entered = self._diff(m, uids[idx].tolist(), idx.tolist(), vis)
+                if m.version == 1:
+                    self._frame(m, framer, len(idx), rec1[idx].tobytes(), server_time)
+                else:
+                    rows = self._v2_rows(m, idx, due, entered)
+                    self._frame(m, framer, len(rows), rec2[rows].tobytes(), server_time)
+                if m.state is not None or m.controls:
+                    out.append(m)
         return out
+
+    @staticmethod
+    def _v2_rows(m: Member, view: np.ndarray, due: np.ndarray, entered: list[int]) -> np.ndarray:
+        """The rows of `view` a v2 member gets: the due ones and those that just entered
+        (every one after a dropped frame)."""
+        if m.resync:
+            m.resync = False
+            return view
+        pick = due[view]
+        if entered:
+            pick |= np.isin(view, entered)
+        return view[pick]
+
+    def _frame(
+        self, m: Member, framer: P.StateFramer, n: int, records: bytes | memoryview, now: float
+    ) -> None:
+        """Queue the state frame of `n` records for `m`; for a v2 member an empty one only
+        once per heartbeat (the rest are skipped, and counted)."""
+        if n == 0 and m.version >= 2 and now - m.last_state < self.downlink.heartbeat - 1e-9:
+            self.frames_skipped += 1
+            return
+        m.state = framer.frame(n, records)
+        m.last_state = now
+        self.records_sent[m.version] = self.records_sent.get(m.version, 0) + n
 
     def _views(
         self, room: Room, pos: np.ndarray, uids: np.ndarray, tick: int
@@ -438,10 +515,12 @@ class World:
         return indptr, np.concatenate(views)
 
     @staticmethod
-    def _diff(m: Member, now_uids: list[int], rows: list[int], vis: list[Member]) -> None:
-        """Queue leave / join frames so `m.seen` becomes `now_uids` (rows index `vis`)."""
+    def _diff(m: Member, now_uids: list[int], rows: list[int], vis: list[Member]) -> list[int]:
+        """Queue leave / join frames so `m.seen` becomes `now_uids` (rows index `vis`);
+        returns the rows that joined."""
         seen = m.seen
         current = set(now_uids)
+        entered: list[int] = []
         if current != seen.keys():
             gone = [u for u in seen if u not in current]
             if gone:
@@ -450,11 +529,13 @@ class World:
                 )
                 for u in gone:
                     del seen[u]
-            new = [vis[i] for i, u in zip(rows, now_uids, strict=True) if u not in seen]
-            if new:
+            entered = [i for i, u in zip(rows, now_uids, strict=True) if u not in seen]
+            if entered:
+                new = [vis[i] for i in entered]
                 for a in new:
                     seen[a.uid] = (a.handle, a.avatar)
                 m.controls.append(P.encode_join([a.avatar for a in new], [a.handle for a in new]))
+        return entered
 
 
 def _mix(uids: np.ndarray) -> np.ndarray:

@@ -6,6 +6,11 @@ from server.engine import TickEngine
 from server.world import ClockOffset, World
 
 
+def hello(v: int = 1, **kw) -> P.Hello:
+    """The tests above the downlink section are about v1 (every avatar every tick)."""
+    return P.Hello(v=v, **kw)
+
+
 def make_world(**kw) -> World:
     return World(TickEngine(None, device="cpu", capacity=2), **kw)
 
@@ -16,7 +21,8 @@ def tick(world: World, server_time: float) -> dict:
     members = world.fan_out(result, server_time)
     out = {}
     for m in members:
-        msgs = [P.decode_server(f) for f in m.controls] + [P.decode_server(m.state)]
+        msgs = [P.decode_server(f) for f in m.controls]
+        msgs += [P.decode_server(m.state)] if m.state is not None else []
         m.controls.clear()
         m.state = None
         out[m.avatar or f"spectator{m.uid}"] = msgs
@@ -50,23 +56,23 @@ def test_clock_offset_tracks_minimum_delay_and_drift():
 
 def test_admit_handles_takeover_resume_full_and_room_cleanup():
     w = make_world(max_room_avatars=2)
-    a = w.admit(P.Hello(room="r", avatar="a"), 0.0)
-    b = w.admit(P.Hello(room="r", avatar="b"), 0.0)
+    a = w.admit(hello(room="r", avatar="a"), 0.0)
+    b = w.admit(hello(room="r", avatar="b"), 0.0)
     assert (a.handle, b.handle) == (0, 1)
     assert w.player("r", "a") is a and w.player("r", "zz") is None
-    a2 = w.admit(P.Hello(room="r", avatar="a", resume=a.resume), 0.0)  # resume: same member
+    a2 = w.admit(hello(room="r", avatar="a", resume=a.resume), 0.0)  # resume: same member
     assert a2 is a
-    wrong = w.admit(P.Hello(room="r", avatar="a", resume="not-it"), 0.0)  # takeover: fresh
+    wrong = w.admit(hello(room="r", avatar="a", resume="not-it"), 0.0)  # takeover: fresh
     assert wrong is not a and w.player("r", "a") is wrong and w.n_players == 2
     a = wrong
     with pytest.raises(P.ProtocolError) as e:
-        w.admit(P.Hello(room="r", avatar="c"), 0.0)
+        w.admit(hello(room="r", avatar="c"), 0.0)
     assert e.value.code == "room_full" and e.value.close_code == 1013
     w.remove(a)
     w.remove(a)  # idempotent
-    c = w.admit(P.Hello(room="r", avatar="c"), 0.0)
+    c = w.admit(hello(room="r", avatar="c"), 0.0)
     assert c.handle == 0  # lowest free handle again
-    s = w.admit(P.Hello(room="other"), 0.0)
+    s = w.admit(hello(room="other"), 0.0)
     assert s.handle is None and set(w.rooms) == {"r", "other"}
     w.remove(s)
     assert set(w.rooms) == {"r"}
@@ -75,29 +81,29 @@ def test_admit_handles_takeover_resume_full_and_room_cleanup():
 
 def test_detached_players_stay_until_resumed_or_expired():
     w = make_world()
-    a = w.admit(P.Hello(room="r", avatar="a"), 0.0)
+    a = w.admit(hello(room="r", avatar="a"), 0.0)
     token = a.resume
     w.detach(a, 10.0)
     assert (w.n_players, w.n_detached) == (1, 1) and w.player("r", "a") is a
     assert w.expire(12.0, grace=5.0) == 0
-    back = w.admit(P.Hello(room="r", avatar="a", resume=token), 13.0)
+    back = w.admit(hello(room="r", avatar="a", resume=token), 13.0)
     assert back is a and back.detached_at is None and w.n_detached == 0
     assert back.resume != token  # a new token for the next drop
     w.detach(a, 20.0)
     assert w.expire(25.0, grace=5.0) == 1
     assert (w.n_players, w.n_detached) == (0, 0) and "r" not in w.rooms
-    s = w.admit(P.Hello(room="r"), 30.0)
+    s = w.admit(hello(room="r"), 30.0)
     w.detach(s, 31.0)  # spectators are removed at once
     assert w.n_spectators == 0 and w.n_detached == 0
 
 
 def test_spectator_cannot_send_pos_and_old_samples_are_ignored():
     w = make_world()
-    s = w.admit(P.Hello(room="r"), 0.0)
+    s = w.admit(hello(room="r"), 0.0)
     with pytest.raises(P.ProtocolError) as e:
         w.receive_pos(s, pos(0, 1.0, (0, 0)), 1.0)
     assert e.value.code == "not_a_player"
-    a = w.admit(P.Hello(room="r", avatar="a"), 0.0)
+    a = w.admit(hello(room="r", avatar="a"), 0.0)
     assert w.receive_pos(a, pos(0, 1.0, (0, 0)), 1.0)
     assert not w.receive_pos(a, pos(1, 1.0, (5, 0)), 1.1)
     assert not w.receive_pos(a, pos(1, 0.5, (5, 0)), 1.1)
@@ -105,11 +111,11 @@ def test_spectator_cannot_send_pos_and_old_samples_are_ignored():
 
 def test_fan_out_views_join_leave_and_predictions():
     w = make_world(aoi_radius=10.0, aoi_cap=64)
-    a = w.admit(P.Hello(room="r", avatar="a"), 0.0)
-    b = w.admit(P.Hello(room="r", avatar="b"), 0.0)
-    far = w.admit(P.Hello(room="r", avatar="far"), 0.0)
-    other = w.admit(P.Hello(room="elsewhere", avatar="x"), 0.0)
-    spec = w.admit(P.Hello(room="r", region=(-1, -1, 1, 1)), 0.0)
+    a = w.admit(hello(room="r", avatar="a"), 0.0)
+    b = w.admit(hello(room="r", avatar="b"), 0.0)
+    far = w.admit(hello(room="r", avatar="far"), 0.0)
+    other = w.admit(hello(room="elsewhere", avatar="x"), 0.0)
+    spec = w.admit(hello(room="r", region=(-1, -1, 1, 1)), 0.0)
     handle = {m.handle: m.avatar for m in (a, b, far)}
     # Before any sample nobody is visible: empty states, no joins.
     out = tick(w, 100.0)
@@ -146,7 +152,7 @@ def test_fan_out_views_join_leave_and_predictions():
     assert isinstance(out["a"][0], P.Leave) and out["a"][0].avatars == ("b",)
     assert isinstance(out["far"][0], P.Join) and out["far"][0].avatars == ("b",)
     w.remove(b)
-    nb = w.admit(P.Hello(room="r", avatar="newcomer"), 100.3)
+    nb = w.admit(hello(room="r", avatar="newcomer"), 100.3)
     assert nb.handle == b.handle  # handle reused ...
     w.receive_pos(nb, pos(0, 7.0, (49, 0, 0)), 100.35)
     out = tick(w, 100.35)
@@ -157,7 +163,7 @@ def test_fan_out_views_join_leave_and_predictions():
 
 def test_cap_and_dims():
     w = make_world(aoi_radius=100.0, aoi_cap=3)
-    ms = [w.admit(P.Hello(room="r", avatar=f"m{i}"), 0.0) for i in range(6)]
+    ms = [w.admit(hello(room="r", avatar=f"m{i}"), 0.0) for i in range(6)]
     for k in range(2):
         for i, m in enumerate(ms):
             w.receive_pos(m, pos(k, 0.1 * k, (i * 2.0, 0, 0)), 0.1 * k)
@@ -180,7 +186,7 @@ def test_model_predictions_reach_the_frame(tmp_path):
     lm = make_model()
     w = World(TickEngine(lm, device="cpu"), aoi_radius=50.0)
     ref = TickEngine(make_model(), device="cpu")
-    a = w.admit(P.Hello(room="r", avatar="a"), 0.0)
+    a = w.admit(hello(room="r", avatar="a"), 0.0)
     ref.join("a")
     rng = np.random.default_rng(0)
     p = np.zeros(3)
@@ -204,7 +210,7 @@ def test_aoi_refresh_spreads_view_updates_and_membership_changes_apply_at_once()
     ref = World(TickEngine(None, device="cpu", capacity=2), aoi_radius=10.0)
     ms = {}
     for world in (w, ref):
-        ms[world] = [world.admit(P.Hello(room="r", avatar=f"a{i}"), 0.0) for i in range(8)]
+        ms[world] = [world.admit(hello(room="r", avatar=f"a{i}"), 0.0) for i in range(8)]
     t = 0.0
 
     def canon(out: dict) -> dict:  # comparable: (kind, avatars/handles, positions)
@@ -244,7 +250,7 @@ def test_aoi_refresh_spreads_view_updates_and_membership_changes_apply_at_once()
     assert got == want  # after k ticks every row was refreshed
     # a join: every view is recomputed at the next tick
     for world in (w, ref):
-        ms[world].append(world.admit(P.Hello(room="r", avatar="new"), 0.0))
+        ms[world].append(world.admit(hello(room="r", avatar="new"), 0.0))
     t += 0.05
     outs = []
     for world in (w, ref):
@@ -258,3 +264,109 @@ def test_aoi_refresh_spreads_view_updates_and_membership_changes_apply_at_once()
 def test_aoi_refresh_must_be_positive():
     with pytest.raises(ValueError):
         World(TickEngine(None, device="cpu", capacity=2), aoi_refresh=0)
+
+
+# -- downlink dead reckoning (v2) ---------------------------------------------------------
+
+
+def records(msgs, handle) -> dict:
+    """avatar -> (seq, pos x) of the records in this tick's state frame (none: {})."""
+    states = [m for m in msgs if isinstance(m, P.State)]
+    if not states:
+        return {}
+    st = states[-1]
+    rows = zip(st.handle, st.seq, st.pos[:, 0], strict=True)
+    return {handle[h]: (int(q), float(x)) for h, q, x in rows}
+
+
+def test_v2_resends_a_record_only_off_its_path_or_on_heartbeat():
+    w = make_world(aoi_radius=100.0, dr_threshold=0.02, dr_heartbeat=1.0)
+    v2 = w.admit(hello(v=2, room="r", avatar="viewer"), 0.0)
+    mover = w.admit(hello(v=2, room="r", avatar="mover"), 0.0)
+    v1 = w.admit(hello(v=1, room="r", avatar="old"), 0.0)
+    handle = {m.handle: m.avatar for m in (v2, mover, v1)}
+    got2, got1, mover_got = [], [], 0
+    for k in range(30):  # 1 m/s along x, on a 20 Hz tick; v2 and v1 stand still
+        t = 0.05 * k
+        x = t if k < 20 else 1.0 - (t - 1.0)  # turns back at k == 20
+        w.receive_pos(mover, pos(k, t, (x, 0, 0)), 100 + t)
+        if k == 0:
+            w.receive_pos(v2, pos(0, t, (0, 1, 0)), 100 + t)
+            w.receive_pos(v1, pos(0, t, (0, 2, 0)), 100 + t)
+        out = tick(w, 100.0 + t)
+        got2.append(records(out.get("viewer", []), handle))
+        got1.append(records(out["old"], handle))
+        mover_got += len(records(out.get("mover", []), handle))
+    # v1: everyone, every tick, with the newest sample
+    assert all(set(r) == {"viewer", "mover", "old"} for r in got1)
+    assert [r["mover"][0] for r in got1] == list(range(30))
+    # v2: the mover's first sample (new), its second (off the hold path), then nothing while
+    # constant velocity holds, then the turn (off the path), then the new straight line holds
+    mover_sent = [k for k, r in enumerate(got2) if "mover" in r]
+    assert mover_sent[:2] == [0, 1] and 21 in mover_sent
+    assert not [k for k in mover_sent if 2 <= k <= 20]
+    assert [k for k in mover_sent if k > 21] in ([], [22])  # CV needs one interval to settle
+    # the still avatars: first tick only, then the 1 s heartbeat (k == 20)
+    assert [k for k, r in enumerate(got2) if "old" in r] == [0, 20]
+    # a tick with nothing due brings no state frame at all
+    assert any(r == {} for r in got2)
+    # the resent records are the mover's newest sample at that tick
+    assert got2[21]["mover"][0] == 21
+    assert w.records_sent[1] == 90 and w.records_sent[2] == sum(map(len, got2)) + mover_got
+    assert w.dr_resends >= 3 + 2 and w.frames_skipped > 0
+
+
+def test_v2_avatar_entering_a_view_brings_its_last_sent_path():
+    w = make_world(aoi_radius=10.0, dr_threshold=0.05, dr_heartbeat=5.0)
+    a = w.admit(hello(v=2, room="r", avatar="a"), 0.0)
+    b = w.admit(hello(v=2, room="r", avatar="b"), 0.0)
+    handle = {a.handle: "a", b.handle: "b"}
+    w.receive_pos(a, pos(0, 0.0, (0, 0, 0)), 100.0)
+    w.receive_pos(b, pos(0, 0.0, (50, 0, 0)), 100.0)
+    out = tick(w, 100.0)
+    assert set(records(out["a"], handle)) == {"a"}
+    w.receive_pos(b, pos(1, 0.05, (50, 0, 0)), 100.05)  # still, so on its path: not due
+    out = tick(w, 100.05)
+    assert "b" not in out
+    w.remove(a)  # ... b is not due, but a newcomer near it gets b's path with the join
+    c = w.admit(hello(v=2, room="r", avatar="c"), 100.1)
+    handle[c.handle] = "c"
+    w.receive_pos(c, pos(0, 0.1, (49, 0, 0)), 100.1)
+    out = tick(w, 100.1)
+    kinds = [type(m) for m in out["c"]]
+    assert kinds == [P.Join, P.State]
+    assert set(out["c"][0].avatars) == {"b", "c"}
+    got = records(out["c"], handle)
+    assert set(got) == {"b", "c"} and got["b"] == (0, 50.0)  # the path b's viewers hold
+    assert set(records(out.get("b", []), handle)) == {"c"}  # b already had its own
+
+
+def test_v2_dropped_frame_resyncs_the_whole_view_and_empty_views_heartbeat():
+    w = make_world(aoi_radius=100.0, dr_threshold=0.05, dr_heartbeat=0.5)
+    a = w.admit(hello(v=2, room="r", avatar="a"), 0.0)
+    b = w.admit(hello(v=2, room="r", avatar="b"), 0.0)
+    handle = {a.handle: "a", b.handle: "b"}
+    for k in range(3):
+        w.receive_pos(a, pos(k, 0.05 * k, (0, 0, 0)), 100 + 0.05 * k)
+        w.receive_pos(b, pos(k, 0.05 * k, (1, 0, 0)), 100 + 0.05 * k)
+        out = tick(w, 100.0 + 0.05 * k)
+    assert "a" not in out  # both still: nothing due, no frame
+    a.resync = True  # what the app sets when it drops a's state frame (socket not draining)
+    out = tick(w, 100.15)
+    assert set(records(out["a"], handle)) == {"a", "b"} and not a.resync
+    # a spectator with nothing in its region gets an empty frame once per heartbeat
+    s = w.admit(hello(v=2, room="r", region=(500, 500, 501, 501)), 100.2)
+    frames = []
+    for k in range(12):
+        out = tick(w, 100.2 + 0.05 * k)
+        frames.append(len(out.get(f"spectator{s.uid}", [])))
+    assert frames[0] == 1 and sum(frames) == 2 and frames[10] == 1  # at 0 s and at 0.5 s
+
+
+def test_welcome_says_the_version_and_the_rule():
+    w = make_world(dr_threshold=0.07, dr_heartbeat=2.0)
+    m2 = w.admit(hello(v=2, room="r", avatar="a"), 0.0)
+    m1 = w.admit(hello(v=1, room="r", avatar="b"), 0.0)
+    w2, w1 = P.decode_server(w.welcome(m2, 1.0)), P.decode_server(w.welcome(m1, 1.0))
+    assert (w2.v, w2.dr) == (2, {"threshold": 0.07, "heartbeat": 2.0})
+    assert (w1.v, w1.dr) == (1, None)

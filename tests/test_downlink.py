@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+
+from server.downlink import EXTRAPOLATE, DownlinkReckoner, path_at, select
+
+H = np.array([0.1, 0.2, 0.4])
+
+
+def test_path_at_follows_the_knots_then_extrapolates_then_holds():
+    pos = np.array([[1.0, 2.0, 0.0]])
+    off = np.array([[[0.1, 0, 0], [0.2, 0, 0], [0.6, 0, 0]]])  # 1 m/s, then 2 m/s
+    x = lambda d: path_at(pos, off, H, np.array([d]))[0, 0]  # noqa: E731
+    assert x(-1.0) == 1.0 and x(0.0) == 1.0
+    assert x(0.05) == pytest.approx(1.05) and x(0.3) == pytest.approx(1.4)
+    assert x(0.4) == pytest.approx(1.6)
+    assert x(0.4 + 0.25) == pytest.approx(1.6 + 2.0 * 0.25)  # last segment's velocity ...
+    assert x(0.4 + EXTRAPOLATE) == pytest.approx(x(10.0))  # ... for EXTRAPOLATE s, then hold
+    many = path_at(np.zeros((2, 3)), np.stack([off[0], -off[0]]), H, np.array([0.2, 0.2]))
+    np.testing.assert_allclose(many[:, 0], [0.2, -0.2])
+    with pytest.raises(ValueError):
+        path_at(pos, off, [0.2, 0.1, 0.4], np.array([0.0]))
+
+
+def test_path_at_matches_the_clients_reckoner():
+    from client_demo.reckoning import DeadReckoner
+
+    rng = np.random.default_rng(1)
+    pos, off = rng.normal(size=3), rng.normal(size=(3, 3))
+    dr = DeadReckoner(H, "gru", extrapolate=EXTRAPOLATE, convergence=0.0)
+    dr.update("k", 5.0, pos, off, 5.0)
+    for d in (0.0, 0.03, 0.15, 0.39, 0.5, 0.8, 2.0):
+        mine = path_at(pos[None], off[None], H, np.array([d]))[0]
+        np.testing.assert_allclose(mine, dr.position_at("k", 5.0 + d), atol=1e-12)
+
+
+def test_due_new_heartbeat_and_threshold():
+    dr = DownlinkReckoner(3, H, threshold=0.05, heartbeat=1.0)
+    slots = np.array([0, 1, 2])
+    zero = np.zeros(3)
+    assert dr.due(slots, zero, np.zeros((3, 3)), 0.0).all()  # nothing sent yet
+    off = np.zeros((3, 3, 3), np.float32)
+    off[:, :, 0] = H  # every path: 1 m/s along x
+    dr.commit(slots, zero, np.zeros((3, 3)), off, np.arange(3), 0.0)
+    t = np.full(3, 0.2)
+    p = np.array([[0.2, 0, 0], [0.2, 0.049, 0], [0.2, 0.051, 0]])  # on, inside, off
+    np.testing.assert_array_equal(dr.due(slots, t, p, 0.2), [False, False, True])
+    np.testing.assert_allclose(dr.error(slots, t, p), [0, 0.049, 0.051], atol=1e-7)
+    # an old sample (not newer than the sent one) is never checked; the heartbeat still counts
+    np.testing.assert_array_equal(dr.due(slots, zero, p, 0.99), [False] * 3)
+    np.testing.assert_array_equal(dr.due(slots, zero, p, 1.0), [True] * 3)
+    dr.forget([1])
+    np.testing.assert_array_equal(dr.due(slots, t, p[[0, 0, 0]], 0.2), [False, True, False])
+    dr.grow(5)
+    assert len(dr.has) == 5 and dr.off.shape == (5, 3, 3) and dr.has[:3].tolist() == [1, 0, 1]
+    with pytest.raises(ValueError):
+        DownlinkReckoner(1, H, threshold=-1, heartbeat=1.0)
+
+
+def test_select_on_a_track_sends_fewer_records_for_better_paths():
+    t = np.arange(0, 4, 0.05)
+    p = np.stack([np.cos(t), np.sin(t), 0 * t], axis=1)  # 1 m/s on a circle
+    exact = np.stack([np.stack([np.cos(t + h), np.sin(t + h), 0 * t], 1) - p for h in H], 1)
+    hold = np.zeros_like(exact)
+    every = select(t, p, hold, H, threshold=0.0, heartbeat=10.0)
+    np.testing.assert_array_equal(every, np.arange(len(t)))  # it moves: always off a hold
+    good = select(t, p, exact, H, threshold=0.01, heartbeat=10.0)
+    bad = select(t, p, hold, H, threshold=0.01, heartbeat=10.0)
+    # an exact path holds through its horizons (0.4 s) and a little of its extrapolation
+    assert good[0] == 0 and (np.diff(good) >= 8).all() and (np.diff(good) <= 18).all()
+    assert len(bad) == len(t) and good[0] == 0
+    beat = select(t, p, exact, H, threshold=10.0, heartbeat=1.0)
+    assert beat.tolist() == [0, 20, 40, 60]
