@@ -8,7 +8,9 @@ browser viewer's URL. Each bot follows the training simulator's motion (sampled 
 locally), sends positions by its send policy through an emulated one-way --latency (both
 directions: a loopback proxy delays every byte, `client_demo.netem`), and, as an observer, draws every other bot by four methods at once: hold,
 snapshot interpolation (100 ms behind), constant-velocity dead reckoning from the received
-samples, and the GRU's predicted paths. The bots know each other's true positions, so the
+samples, and the GRU's predicted paths (with --protocol 2, the default, the server sends
+an avatar's path only when it changed, so only "gru" is scored: the other methods need
+every sample; --protocol 1 scores all four). The bots know each other's true positions, so the
 render error of each method is measured live (30 Hz per observer, horizontal distance)
 and printed once a second. The second after a teleport (a true jump faster than 20 m/s,
 which no method can foresee) is left out of `render_error` for every method alike, as
@@ -238,14 +240,17 @@ def table(meter: Meter, bots: list[Bot], elapsed: float) -> Table:
     up = sum(b.sent for b in bots) / max(elapsed, 1e-9) / len(bots)
     down = sum(b.client.bytes_in for b in bots) / max(elapsed, 1e-9) / len(bots)
     frames = sum(b.client.frames_in for b in bots) / max(elapsed, 1e-9) / len(bots)
+    recs = sum(b.client.records_in for b in bots) / max(elapsed, 1e-9) / len(bots)
     t = Table(
         title=f"t = {elapsed:.0f} s · per bot: uplink {up:.1f} msg/s · "
-        f"downlink {down / 1000:.1f} kB/s · {frames:.1f} frames/s",
+        f"downlink {down / 1000:.1f} kB/s · {frames:.1f} frames/s · {recs:.0f} records/s",
         title_justify="left",
     )
     for col in ("method", "mean (m)", "p95 (m)", "last second mean (m)"):
         t.add_column(col, justify="left" if col == "method" else "right")
     for m in METHODS:
+        if m not in bots[0].reckoners:
+            continue
         s, r = meter.errors[m].summary(), meter.take_recent(m)
         if s["n"]:
             last = f"{r['mean']:.3f}" if r["n"] else "-"
@@ -274,6 +279,7 @@ async def demo(args) -> dict:
         cfg = Config(
             host=args.host, port=args.port, tick_hz=args.tick_hz, model=args.model,
             predictor=args.predictor, device=args.device, log_level="warning",
+            dr_threshold=args.dr_threshold, dr_heartbeat=args.dr_heartbeat,
         )  # fmt: skip
         server = AvatarServer(cfg)
         server_task = asyncio.create_task(server.serve())
@@ -296,7 +302,7 @@ async def demo(args) -> dict:
             await proxy.start()
             bot_url = f"ws://127.0.0.1:{proxy.port}{parsed.path or '/'}"
         clients = [
-            AvatarClient(bot_url, args.room, f"bot{i:02d}", max_attempts=5)
+            AvatarClient(bot_url, args.room, f"bot{i:02d}", max_attempts=5, version=args.protocol)
             for i in range(args.bots)
         ]
         results = await asyncio.gather(*(c.connect() for c in clients), return_exceptions=True)
@@ -311,8 +317,9 @@ async def demo(args) -> dict:
                 ) from welcome
             horizons = np.asarray(welcome.horizons)
             bot = Bot(i, client.avatar, client, make_policy(args, horizons))
+            methods = METHODS if welcome.v == 1 else ("gru",)  # v2: only paths, not samples
             bot.reckoners = {
-                m: DeadReckoner(horizons, m, convergence=args.convergence) for m in METHODS
+                m: DeadReckoner(horizons, m, convergence=args.convergence) for m in methods
             }
             bots.append(bot)
         model = bots[0].client.welcome.model if bots else "?"
@@ -353,12 +360,15 @@ async def demo(args) -> dict:
             server.request_shutdown()
             await server_task
     counted = max(elapsed - args.warmup, 0.0)
+    scored = [m for m in METHODS if not bots or m in bots[0].reckoners]
     return {
-        "render_error": {m: meter.errors[m].summary() for m in METHODS},
-        "render_error_all": {m: meter.everything[m].summary() for m in METHODS},
+        "render_error": {m: meter.errors[m].summary() for m in scored},
+        "render_error_all": {m: meter.everything[m].summary() for m in scored},
         "uplink_msgs_per_s": sum(b.sent for b in bots) / elapsed / len(bots),
         "downlink_bytes_per_s": sum(b.client.bytes_in for b in bots) / elapsed / len(bots),
         "downlink_frames_per_s": sum(b.client.frames_in for b in bots) / elapsed / len(bots),
+        "downlink_records_per_s": sum(b.client.records_in for b in bots) / elapsed / len(bots),
+        "protocol": bots[0].client.welcome.v if bots else args.protocol,
         "bots": len(bots),
         "duration_s": elapsed,
         "scored_s": counted,
@@ -399,6 +409,20 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--predictor", choices=("gru", "cv"), default="gru", help="embedded server")
     ap.add_argument("--device", default="auto", help="embedded server: auto, cpu, cuda")
     ap.add_argument("--room", default="demo")
+    ap.add_argument(
+        "--protocol",
+        type=int,
+        choices=P.VERSIONS,
+        default=P.VERSION,
+        help="2: the server sends a path only when it changed (downlink dead reckoning); "
+        "1: every avatar every tick",
+    )
+    ap.add_argument(
+        "--dr-threshold", type=float, default=0.05, help="embedded server: resend threshold, m"
+    )
+    ap.add_argument(
+        "--dr-heartbeat", type=float, default=1.0, help="embedded server: resend heartbeat, s"
+    )
     ap.add_argument("--bots", type=int, default=16, help="simulated avatars, one client each")
     ap.add_argument("--duration", type=float, default=20.0, help="seconds; 0 = until Ctrl-C")
     ap.add_argument("--send-rate", type=float, default=10.0, help="fixed policy: pos per second")

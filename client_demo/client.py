@@ -53,10 +53,20 @@ class AvatarClient:
         backoff: tuple[float, float] = (0.25, 8.0),
         ping_interval: float = 2.0,
         max_attempts: int | None = None,
+        version: int = P.VERSION,
     ) -> None:
-        """Nothing connects until `connect()` (or `async with`). Raises ValueError on bad args."""
+        """Nothing connects until `connect()` (or `async with`). Raises ValueError on bad args.
+
+        `version` 2 (the default) gets downlink dead reckoning: a `State` holds only the
+        avatars whose path changed (or that just entered the view), so keep each avatar's
+        last path until its `Leave` (`client_demo.reckoning.DeadReckoner` does); 1 gets
+        every avatar in view every tick.
+        """
         if ping_interval <= 0 or backoff[0] <= 0 or backoff[1] < backoff[0]:
             raise ValueError("need ping_interval > 0 and 0 < backoff[0] <= backoff[1]")
+        if version not in P.VERSIONS:
+            raise ValueError(f"version must be one of {P.VERSIONS}")
+        self.version = version
         self.url, self.room, self.avatar, self.region, self.token = url, room, avatar, region, token
         self.reconnect, self.backoff = reconnect, backoff
         self.ping_interval, self.max_attempts = ping_interval, max_attempts
@@ -67,6 +77,7 @@ class AvatarClient:
         self.ws: ClientConnection | None = None
         self.connects = 0
         self.frames_in = self.bytes_in = self.frames_out = self.bytes_out = 0
+        self.states_in = self.records_in = 0  # state frames and the avatar records in them
         self._out: asyncio.Queue[bytes] = asyncio.Queue()
         self._in: deque[tuple[float, bytes]] = deque()  # (local receive time, frame)
         self._in_ready = asyncio.Event()
@@ -108,6 +119,7 @@ class AvatarClient:
         except InvalidURI as e:
             raise ValueError(str(e)) from None
         hello = P.Hello(
+            v=self.version,
             room=self.room,
             avatar=self.avatar,
             token=self.token,
@@ -224,6 +236,8 @@ class AvatarClient:
             msg = P.decode_server(data)
             if isinstance(msg, P.State):
                 self.clock.on_frame(msg.server_time, now)
+                self.states_in += 1
+                self.records_in += len(msg)
             elif isinstance(msg, P.Join):
                 self.names.update(zip(msg.handles, msg.avatars, strict=True))
             elif isinstance(msg, P.Leave):

@@ -15,6 +15,8 @@ time, or when ``heartbeat`` seconds passed since it was sent (DIS's rule):
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_right
 from collections.abc import Sequence
 
 import numpy as np
@@ -61,13 +63,19 @@ class DownlinkReckoner:
     """
 
     def __init__(
-        self, capacity: int, horizons: Sequence[float], threshold: float, heartbeat: float
+        self,
+        capacity: int,
+        horizons: Sequence[float],
+        threshold: float,
+        heartbeat: float,
+        lookahead: float = 0.0,
     ) -> None:
-        if not threshold >= 0 or not heartbeat > 0:
-            raise ValueError("need threshold >= 0 and heartbeat > 0")
+        if not threshold >= 0 or not heartbeat > 0 or not lookahead >= 0:
+            raise ValueError("need threshold >= 0, heartbeat > 0 and lookahead >= 0")
         self.horizons = np.asarray(horizons, dtype=np.float64)
         self.threshold = float(threshold)
         self.heartbeat = float(heartbeat)
+        self.lookahead = float(lookahead)
         H = len(self.horizons)
         self.has = np.zeros(capacity, dtype=bool)  # a path was sent for this slot
         self.anchor = np.zeros(capacity)  # the sent sample's time
@@ -92,23 +100,44 @@ class DownlinkReckoner:
         """These slots have no sent path (a new avatar took them)."""
         self.has[np.asarray(slots, dtype=np.int64)] = False
 
-    def error(self, slots: np.ndarray, anchor: np.ndarray, pos: np.ndarray) -> np.ndarray:
-        """Metres between each newest sample (`pos` at `anchor`) and its sent path then."""
-        drawn = path_at(
-            self.pos[slots], self.off[slots], self.horizons, anchor - self.anchor[slots]
-        )
-        return np.linalg.norm(pos - drawn, axis=1)
+    def error(
+        self,
+        slots: np.ndarray,
+        anchor: np.ndarray,
+        pos: np.ndarray,
+        off: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Metres between each newest sample (`pos` at `anchor`) and its sent path then;
+        with `off` (n, H, 3), the new prediction, and `lookahead` > 0: the larger of that
+        and the distance between the two paths `lookahead` s after the sample."""
+        sent_pos, sent_off, age = self.pos[slots], self.off[slots], anchor - self.anchor[slots]
+        err = np.linalg.norm(pos - path_at(sent_pos, sent_off, self.horizons, age), axis=1)
+        if off is not None and self.lookahead > 0:
+            d = np.full(len(pos), self.lookahead)
+            ahead = path_at(sent_pos, sent_off, self.horizons, age + d)
+            new = path_at(pos, off, self.horizons, d)
+            err = np.maximum(err, np.linalg.norm(new - ahead, axis=1))
+        return err
 
-    def due(self, slots: np.ndarray, anchor: np.ndarray, pos: np.ndarray, now: float) -> np.ndarray:
+    def due(
+        self,
+        slots: np.ndarray,
+        anchor: np.ndarray,
+        pos: np.ndarray,
+        now: float,
+        off: np.ndarray | None = None,
+    ) -> np.ndarray:
         """(n,) bool: which slots' records must go out at server time `now`: none sent yet,
         the heartbeat is due, or the sample `pos` (n, 3) at `anchor` (n,) is more than
-        `threshold` off the sent path."""
+        `threshold` off the sent path (`error`; pass the new offsets `off` (n, H, 3) for
+        the lookahead check)."""
         slots = np.asarray(slots, dtype=np.int64)
         out = ~self.has[slots] | (now - self.sent_at[slots] >= self.heartbeat - 1e-9)
         check = np.flatnonzero(~out & (anchor > self.anchor[slots]))
         if len(check):
             s = slots[check]
-            out[check] = self.error(s, anchor[check], pos[check]) > self.threshold
+            new = None if off is None else off[check]
+            out[check] = self.error(s, anchor[check], pos[check], new) > self.threshold
         return out
 
     def commit(
@@ -136,16 +165,38 @@ def select(
     horizons: Sequence[float],
     threshold: float,
     heartbeat: float,
+    lookahead: float = 0.0,
 ) -> np.ndarray:
     """Indices of the samples of one track whose records a server would send: the rule of
     `DownlinkReckoner` applied at each sample's time (`t` (N,) ascending, `p` (N, 3),
-    `off` (N, H, 3) the prediction made at each sample)."""
-    dr = DownlinkReckoner(1, horizons, threshold, heartbeat)
-    one = np.zeros(1, dtype=np.int64)
-    sent = []
-    for j in range(len(t)):
-        tj = np.asarray([t[j]])
-        if dr.due(one, tj, p[j : j + 1], float(t[j]))[0]:
-            dr.commit(one, tj, p[j : j + 1], off[j : j + 1], np.zeros(1, np.int64), float(t[j]))
-            sent.append(j)
+    `off` (N, H, 3) the prediction made at each sample). Scalar code, for long recordings."""
+    h = [0.0, *(float(x) for x in horizons)]
+    end = h[-1] + EXTRAPOLATE
+
+    def at(kn: list, d: float) -> tuple[float, float, float]:
+        d = min(max(d, 0.0), end)
+        k = min(bisect_right(h, d) - 1, len(h) - 2)
+        w = (d - h[k]) / (h[k + 1] - h[k])
+        a, b = kn[k], kn[k + 1]
+        return a[0] + w * (b[0] - a[0]), a[1] + w * (b[1] - a[1]), a[2] + w * (b[2] - a[2])
+
+    t = np.asarray(t, dtype=np.float64).tolist()
+    p = np.asarray(p, dtype=np.float64)
+    knots = np.concatenate([np.zeros((len(p), 1, 3)), np.asarray(off, dtype=np.float64)], 1)
+    knots += p[:, None, :]  # (N, H+1, 3) absolute knot positions of each sample's path
+    pl = p.tolist()
+    sent: list[int] = []
+    s, sent_at, kn = -1, -math.inf, []
+    for j, tj in enumerate(t):
+        if s >= 0 and tj - sent_at < heartbeat - 1e-9:
+            if tj <= t[s]:
+                continue
+            err = math.dist(pl[j], at(kn, tj - t[s]))
+            if lookahead > 0:
+                new = knots[j].tolist()
+                err = max(err, math.dist(at(new, lookahead), at(kn, tj - t[s] + lookahead)))
+            if not err > threshold:
+                continue
+        s, sent_at, kn = j, tj, knots[j].tolist()
+        sent.append(j)
     return np.asarray(sent, dtype=np.int64)

@@ -47,7 +47,9 @@ class Client:
     async def open(
         cls, srv: AvatarServer, room: str = "lobby", avatar: str | None = "a", sock=None, **hello
     ):
+        """v1 unless `v=2` is given: most tests here count on a state frame every tick."""
         c = cls(await connect(srv.url, max_size=2**22, sock=sock))
+        hello.setdefault("v", 1)
         await c.ws.send(P.encode_client(P.Hello(room=room, avatar=avatar, **hello)))
         c.welcome = P.decode_server(await c.ws.recv())
         assert isinstance(c.welcome, P.Welcome), c.welcome

@@ -8,7 +8,7 @@ def test_demo_runs_end_to_end_and_writes_json(tmp_path, capsys):
     out_file = tmp_path / "demo.json"
     out = main(
         ["--port", "0", "--bots", "4", "--duration", "3", "--warmup", "1", "--send-rate", "10",
-         "--latency", "0.05", "--json", str(out_file), "--quiet"]
+         "--latency", "0.05", "--json", str(out_file), "--quiet", "--protocol", "1"]
     )  # fmt: skip
     assert "viewer: http://127.0.0.1:" in capsys.readouterr().out
     saved = json.loads(out_file.read_text())
@@ -18,6 +18,21 @@ def test_demo_runs_end_to_end_and_writes_json(tmp_path, capsys):
         assert e["n"] > 0 and math.isfinite(e["mean"]) and e["p95"] >= e["mean"] >= 0
     assert 5 < saved["uplink_msgs_per_s"] <= 12  # a 10 Hz fixed rate
     assert saved["downlink_bytes_per_s"] > 0 and saved["bots"] == 4 and out == saved
+    # v1: every bot sees all 4 in every 20 Hz frame
+    assert saved["protocol"] == 1 and saved["downlink_records_per_s"] > 0.8 * 4 * 20
+
+
+def test_demo_on_protocol_2_scores_the_paths_and_sends_fewer_records():
+    out = main(
+        ["--port", "0", "--bots", "4", "--duration", "3", "--warmup", "1", "--send-rate", "10",
+         "--latency", "0.05", "--quiet"]
+    )  # fmt: skip
+    assert out["protocol"] == 2 and list(out["render_error"]) == ["gru"]
+    e = out["render_error"]["gru"]
+    assert e["n"] > 0 and math.isfinite(e["mean"]) and e["mean"] < 1.0
+    # a record only for a new sample that left its path (or a heartbeat): at most the
+    # 10 Hz samples of 4 avatars, where v1 sends 4 x 20 a second
+    assert 0 < out["downlink_records_per_s"] <= 0.6 * 4 * 20
 
 
 def test_threshold_policy_sends_less_than_its_max_rate(tmp_path):

@@ -26,13 +26,14 @@
 
 import { decode, encode } from "./vendor/msgpack.js";
 
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2; // v2: records only when a path changed (downlink dead reckoning)
 
 const PING_INTERVAL_S = 2.0; // ping -> pong every 2 s for the clock offset
 const CLOCK_SAMPLES = 16; // keep the min-rtt sample of the last 16 pongs
 const BACKOFF_MIN_S = 0.5; // reconnect delay: 0.5 s, doubling, at most 8 s
 const BACKOFF_MAX_S = 8.0;
-const RATE_WINDOW = 41; // state frame arrival times kept to measure the tick rate
+const RATE_WINDOW = 41; // state frames kept to measure the tick, record and byte rates
+const RATE_SPAN_S = 5; // ... over at most this many seconds
 
 const localNow = () => performance.now() / 1000;
 
@@ -98,7 +99,9 @@ export function decodeStateRecords(m, horizons) {
  *
  * Properties: `state` ("idle" | "connecting" | "open" | "reconnecting" | "closed"),
  * `welcome`, `horizons`, `avatars` (Map id -> {id, handle, lastPos, seq, age, anchor, path,
- * receivedAt}), `stats` ({tickHz, frameBytes, rttMs, minRttMs, offset, frames, missed, reconnects}).
+ * receivedAt}), `stats` ({tickHz, frameBytes, rttMs, minRttMs, offset, frames, missed, reconnects,
+ * records, bytes, recordsPerS, bytesPerS}): with v2 a tick may bring no frame (nothing changed),
+ * so `missed` counts only v1 gaps, and the rates are over the last few seconds of frames.
  * `serverNow()` is now on the server clock (seconds).
  */
 export class AvatarStream extends EventTarget {
@@ -126,6 +129,10 @@ export class AvatarStream extends EventTarget {
       missed: 0,
       reconnects: 0,
       lastError: null,
+      records: 0, // avatar records received in state frames
+      bytes: 0, // bytes of state frames received
+      recordsPerS: null,
+      bytesPerS: null,
     };
     this._ws = null;
     this._wanted = false;
@@ -336,12 +343,26 @@ export class AvatarStream extends EventTarget {
     const st = this.stats;
     st.frames += 1;
     st.frameBytes = bytes;
-    if (this._lastTick !== null && m.tick > this._lastTick + 1) st.missed += m.tick - this._lastTick - 1;
+    st.records += records.length;
+    st.bytes += bytes;
+    const v1 = (this.welcome?.v ?? 1) < 2; // v2 skips ticks with nothing new on purpose
+    if (v1 && this._lastTick !== null && m.tick > this._lastTick + 1) st.missed += m.tick - this._lastTick - 1;
     this._lastTick = m.tick;
-    const arr = this._arrivals;
-    arr.push(tRecv);
-    if (arr.length > RATE_WINDOW) arr.shift();
-    if (arr.length >= 3 && arr[arr.length - 1] > arr[0]) st.tickHz = (arr.length - 1) / (arr[arr.length - 1] - arr[0]);
+    const arr = this._arrivals; // [tRecv, tick, records, bytes] of recent frames
+    arr.push([tRecv, m.tick, records.length, bytes]);
+    while (arr.length > RATE_WINDOW || (arr.length > 2 && tRecv - arr[0][0] > RATE_SPAN_S)) arr.shift();
+    const span = tRecv - arr[0][0];
+    if (arr.length >= 3 && span > 0) {
+      let rec = 0;
+      let b = 0;
+      for (let i = 1; i < arr.length; i++) {
+        rec += arr[i][2];
+        b += arr[i][3];
+      }
+      st.tickHz = (m.tick - arr[0][1]) / span;
+      st.recordsPerS = rec / span;
+      st.bytesPerS = b / span;
+    }
     this._coarseSample(m.server_time, tRecv);
     for (const r of records) {
       const id = this.handles.get(r.handle);

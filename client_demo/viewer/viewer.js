@@ -40,7 +40,7 @@ const ctx = canvas.getContext("2d");
 const el = (id) => document.getElementById(id);
 const ui = {
   conn: el("conn"), room: el("room"), model: el("model"), count: el("count"), tick: el("tick"),
-  bytes: el("bytes"), rtt: el("rtt"), offset: el("offset"), err: el("err"),
+  bytes: el("bytes"), downlink: el("downlink"), rtt: el("rtt"), offset: el("offset"), err: el("err"),
 };
 ui.room.textContent = room;
 document.title = `avatar-stream · ${room}`;
@@ -422,6 +422,8 @@ function updatePanel() {
   ui.count.textContent = stream.welcome ? String(stream.avatars.size) : "–";
   ui.tick.textContent = s.tickHz === null ? "–" : `${s.tickHz.toFixed(1)} Hz`;
   ui.bytes.textContent = s.frameBytes === null ? "–" : `${s.frameBytes.toLocaleString("en")} B`;
+  ui.downlink.textContent =
+    s.recordsPerS === null ? "–" : `${s.recordsPerS.toFixed(0)} rec/s, ${(s.bytesPerS / 1000).toFixed(1)} kB/s`;
   ui.rtt.textContent = s.rttMs === null ? "–" : `${s.rttMs.toFixed(1)} ms`;
   // stats.offset maps performance.now() to the server clock; show it against this browser's
   // wall clock instead (the server clock reads like Unix time), which is a readable number
