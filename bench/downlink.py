@@ -98,7 +98,6 @@ def run_set(
     thresholds,
     heartbeat: float,
     net: NetworkConfig,
-    lookahead: float = 0.0,
 ):
     h = np.asarray(lm.features.horizons)
     H = len(h)
@@ -138,7 +137,7 @@ def run_set(
                 for i, (o, r) in enumerate(zip(sc.tracks, recv, strict=True)):
                     t, p = streams[i]
                     path = paths[name][i]
-                    sent = select(t, p, path - p[:, None], h, x, heartbeat, lookahead)
+                    sent = select(t, p, path - p[:, None], h, x, heartbeat)
                     sent_t.append(t[sent])
                     st[k]["records"] += len(sent)
                     out = render_errors(o, {name: _fixed(path[sent])}, h, net, received=r[sent])
@@ -210,26 +209,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--split", default="test")
     ap.add_argument("--thresholds", default="0.01,0.02,0.03,0.05,0.1,0.2")
     ap.add_argument("--heartbeat", type=float, default=1.0)
-    ap.add_argument(
-        "--lookahead",
-        type=float,
-        default=0.0,
-        help="also resend when the new path is this many s ahead off the sent one (0: off)",
-    )
     ap.add_argument("--model", help="checkpoint (default: the shipped model)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     thresholds = [float(x) for x in args.thresholds.split(",")]
     lm = cli.load_model(args.model, "cpu")
     net = NetworkConfig(latency=0.1, send_rate=20.0, loss=0.02, max_extrapolate=EXTRAPOLATE)
-    out = {"heartbeat_s": args.heartbeat, "lookahead_s": args.lookahead, "model": lm.version}
-    out["sets"] = {}
+    out = {"heartbeat_s": args.heartbeat, "model": lm.version, "sets": {}}
     for set_name in args.sets.split(","):
         t0 = time.time()
         with cli.user_errors((ValueError, KeyError), f"--sets {set_name}", "see --help"):
-            result = run_set(
-                set_name, args.split, lm, thresholds, args.heartbeat, net, args.lookahead
-            )
+            result = run_set(set_name, args.split, lm, thresholds, args.heartbeat, net)
         result["summary"] = summarise(result, thresholds)
         print_result(set_name, result, thresholds, result["summary"])
         print(f"({time.time() - t0:.0f} s)", flush=True)

@@ -418,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
         "1: every avatar every tick",
     )
     ap.add_argument(
-        "--dr-threshold", type=float, default=0.05, help="embedded server: resend threshold, m"
+        "--dr-threshold", type=float, default=0.02, help="embedded server: resend threshold, m"
     )
     ap.add_argument(
         "--dr-heartbeat", type=float, default=1.0, help="embedded server: resend heartbeat, s"

@@ -51,9 +51,8 @@ class Config:
     inline_step_ms: float = 5.0
     compression: bool = False
     transport: str = "websockets"
-    dr_threshold: float = 0.05
+    dr_threshold: float = 0.02
     dr_heartbeat: float = 1.0
-    dr_lookahead: float = 0.0
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -85,7 +84,6 @@ class Config:
             (0 <= self.inline_step_ms <= 50, "inline_step_ms must be in [0, 50]"),
             (0 <= self.dr_threshold <= 100, "dr_threshold must be in [0, 100] m"),
             (0 < self.dr_heartbeat <= 60, "dr_heartbeat must be in (0, 60] s"),
-            (0 <= self.dr_lookahead <= 5, "dr_lookahead must be in [0, 5] s"),
             (self.transport in TRANSPORTS, "transport must be websockets or picows"),
             (
                 not (self.compression and self.transport != "websockets"),
@@ -181,8 +179,6 @@ HELP = {
     "dr_heartbeat": "seconds after which an avatar's record is resent to v2 clients even when "
     "its path still holds (and a v2 client that got nothing for this long gets an empty "
     "state frame: a clock heartbeat)",
-    "dr_lookahead": "also resend when the new prediction, this many seconds after the sample, "
-    "is more than dr_threshold off the sent path (0: only the sample is checked)",
     "log_level": "debug, info, warning or error",
 }
 

@@ -68,14 +68,12 @@ class DownlinkReckoner:
         horizons: Sequence[float],
         threshold: float,
         heartbeat: float,
-        lookahead: float = 0.0,
     ) -> None:
-        if not threshold >= 0 or not heartbeat > 0 or not lookahead >= 0:
-            raise ValueError("need threshold >= 0, heartbeat > 0 and lookahead >= 0")
+        if not threshold >= 0 or not heartbeat > 0:
+            raise ValueError("need threshold >= 0 and heartbeat > 0")
         self.horizons = np.asarray(horizons, dtype=np.float64)
         self.threshold = float(threshold)
         self.heartbeat = float(heartbeat)
-        self.lookahead = float(lookahead)
         H = len(self.horizons)
         self.has = np.zeros(capacity, dtype=bool)  # a path was sent for this slot
         self.anchor = np.zeros(capacity)  # the sent sample's time
@@ -100,44 +98,23 @@ class DownlinkReckoner:
         """These slots have no sent path (a new avatar took them)."""
         self.has[np.asarray(slots, dtype=np.int64)] = False
 
-    def error(
-        self,
-        slots: np.ndarray,
-        anchor: np.ndarray,
-        pos: np.ndarray,
-        off: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """Metres between each newest sample (`pos` at `anchor`) and its sent path then;
-        with `off` (n, H, 3), the new prediction, and `lookahead` > 0: the larger of that
-        and the distance between the two paths `lookahead` s after the sample."""
-        sent_pos, sent_off, age = self.pos[slots], self.off[slots], anchor - self.anchor[slots]
-        err = np.linalg.norm(pos - path_at(sent_pos, sent_off, self.horizons, age), axis=1)
-        if off is not None and self.lookahead > 0:
-            d = np.full(len(pos), self.lookahead)
-            ahead = path_at(sent_pos, sent_off, self.horizons, age + d)
-            new = path_at(pos, off, self.horizons, d)
-            err = np.maximum(err, np.linalg.norm(new - ahead, axis=1))
-        return err
+    def error(self, slots: np.ndarray, anchor: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """Metres between each newest sample (`pos` at `anchor`) and its sent path then."""
+        age = anchor - self.anchor[slots]
+        return np.linalg.norm(
+            pos - path_at(self.pos[slots], self.off[slots], self.horizons, age), axis=1
+        )
 
-    def due(
-        self,
-        slots: np.ndarray,
-        anchor: np.ndarray,
-        pos: np.ndarray,
-        now: float,
-        off: np.ndarray | None = None,
-    ) -> np.ndarray:
+    def due(self, slots: np.ndarray, anchor: np.ndarray, pos: np.ndarray, now: float) -> np.ndarray:
         """(n,) bool: which slots' records must go out at server time `now`: none sent yet,
         the heartbeat is due, or the sample `pos` (n, 3) at `anchor` (n,) is more than
-        `threshold` off the sent path (`error`; pass the new offsets `off` (n, H, 3) for
-        the lookahead check)."""
+        `threshold` off the sent path."""
         slots = np.asarray(slots, dtype=np.int64)
         out = ~self.has[slots] | (now - self.sent_at[slots] >= self.heartbeat - 1e-9)
         check = np.flatnonzero(~out & (anchor > self.anchor[slots]))
         if len(check):
             s = slots[check]
-            new = None if off is None else off[check]
-            out[check] = self.error(s, anchor[check], pos[check], new) > self.threshold
+            out[check] = self.error(s, anchor[check], pos[check]) > self.threshold
         return out
 
     def commit(
@@ -165,7 +142,6 @@ def select(
     horizons: Sequence[float],
     threshold: float,
     heartbeat: float,
-    lookahead: float = 0.0,
 ) -> np.ndarray:
     """Indices of the samples of one track whose records a server would send: the rule of
     `DownlinkReckoner` applied at each sample's time (`t` (N,) ascending, `p` (N, 3),
@@ -191,11 +167,7 @@ def select(
         if s >= 0 and tj - sent_at < heartbeat - 1e-9:
             if tj <= t[s]:
                 continue
-            err = math.dist(pl[j], at(kn, tj - t[s]))
-            if lookahead > 0:
-                new = knots[j].tolist()
-                err = max(err, math.dist(at(new, lookahead), at(kn, tj - t[s] + lookahead)))
-            if not err > threshold:
+            if not math.dist(pl[j], at(kn, tj - t[s])) > threshold:
                 continue
         s, sent_at, kn = j, tj, knots[j].tolist()
         sent.append(j)
