@@ -23,6 +23,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from server import protocol as P  # noqa: E402
+from server.downlink import DownlinkReckoner  # noqa: E402
 
 DOC = ROOT / "docs" / "protocol.md"
 
@@ -91,6 +92,9 @@ KEY_NOTES = {
     "nh": "horizons per record",
     "dims": "offset components per horizon (2: x, y)",
     "rec": "n packed records",
+    "dr": "v2: the downlink dead-reckoning rule",
+    "threshold": "metres off the path before a record is resent",
+    "heartbeat": "seconds before a record is resent anyway",
 }
 
 HORIZONS = tuple(round(0.1 * (k + 1), 1) for k in range(10))
@@ -136,6 +140,50 @@ def example_state() -> bytes:
     x = example_state_inputs()
     rec = P.pack_records(x["handle"], x["age_s"], x["seq"], x["pos"], x["offsets"], x["dims"])
     return P.encode_state(x["tick"], x["server_time"], rec, len(rec), len(HORIZONS), x["dims"])
+
+
+def example_welcome_v2() -> bytes:
+    return P.encode_welcome(
+        P.Welcome(
+            avatar="alice",
+            room="lobby",
+            tick_hz=20.0,
+            horizons=HORIZONS,
+            model="avatar-gru-h64x1-1b1cf437",
+            server_time=1767225600.25,
+            resume="q1w2e3r4t5y6u7i8o9p0aa",
+            handle=1,
+            v=2,
+            dr={"threshold": 0.02, "heartbeat": 1.0},
+        )
+    )
+
+
+def example_v2_ticks() -> tuple[list[bool], list[bool], bytes]:
+    """The two avatars of `example_state` two ticks later, through the server's own rule:
+    handle 1 walked on along its path, handle 7 turned harder than predicted. Returns which
+    records were due one tick later (nothing new: no frame), two ticks later, and the frame."""
+    x = example_state_inputs()
+    h = np.asarray(HORIZONS)
+    dr = DownlinkReckoner(2, h, threshold=0.02, heartbeat=1.0)
+    slots = np.arange(2)
+    anchor = x["server_time"] - x["age_s"]
+    dr.commit(slots, anchor, x["pos"], x["offsets"], x["seq"], x["server_time"])
+    t1 = x["server_time"] + 0.05  # the next tick: no new sample from either
+    first = dr.due(slots, anchor, x["pos"], t1).tolist()
+    t2 = x["server_time"] + 0.1  # a new sample from each, taken 0.1 s after the last
+    new_anchor = anchor + 0.1
+    on_path = x["pos"] + x["offsets"][:, 0]  # where each path said it would be at +0.1 s
+    new_pos = on_path + np.array([[0.004, -0.003, 0.0], [-0.09, -0.04, 0.0]])
+    second = dr.due(slots, new_anchor, new_pos, t2)
+    new_off = x["offsets"] * np.array([1.0, 0.8])[:, None, None]  # its new prediction
+    seq = x["seq"] + 2
+    rec = P.pack_records(
+        x["handle"][second], t2 - new_anchor[second], seq[second], new_pos[second],
+        new_off[second], 2,
+    )  # fmt: skip
+    frame = P.encode_state(x["tick"] + 2, t2, rec, len(rec), len(HORIZONS), 2)
+    return first, second.tolist(), frame
 
 
 # -- a small annotating msgpack walker (only the formats these frames use) -----------------
@@ -327,13 +375,38 @@ def render_examples() -> str:
             )
     rows.append("```")
 
+    welcome = example_welcome_v2()
+    w = P.decode_server(welcome)
+    assert isinstance(w, P.Welcome) and w.v == 2 and w.dr == {"threshold": 0.02, "heartbeat": 1.0}
+    first, second, v2_state = example_v2_ticks()
+    s2 = P.decode_server(v2_state)
+    assert first == [False, False] and second == [False, True] and s2.handle.tolist() == [7]
+    v2_rows = [
+        "The same two avatars on a v2 connection. At tick 123457 neither sent anything new and",
+        "no heartbeat is due: **no `state` frame at all**. At tick 123458 both sent a sample:",
+        "handle 1 is 5 mm from the path its viewers hold (under the 0.02 m threshold: not",
+        "resent), handle 7 is 98 mm off its path (resent, with its new prediction). The",
+        "viewer keeps drawing handle 1 along the path of tick 123456.",
+        "",
+        "```text",
+        f"tick {s2.tick}  server_time {s2.server_time!r}  n {len(s2)}",
+        f"handle 7: seq {int(s2.seq[0])}, age {s2.age[0]:.3f} s, "
+        f"pos ({s2.pos[0, 0]:.3f}, {s2.pos[0, 1]:.3f}, {s2.pos[0, 2]:g})",
+        "```",
+    ]
     return "\n\n".join(
         [
             _section(
                 "`hello` — a player",
                 hello,
-                'Decoded: `{"type": "hello", "v": 1, "room": "lobby", "avatar": "alice"}` '
-                "(key order does not matter).",
+                'Decoded: `{"type": "hello", "v": 2, "room": "lobby", "avatar": "alice"}` '
+                "(key order does not matter; `v` 1 asks for a full state every tick).",
+            ),
+            _section(
+                "`welcome` — v2, with the downlink rule",
+                welcome,
+                "`v` 2 confirms protocol 2; `dr` is the server's resend rule "
+                "(`--dr-threshold`, `--dr-heartbeat`). A v1 `welcome` has `v` 1 and no `dr`.",
             ),
             _section(
                 "`pos`",
@@ -344,6 +417,7 @@ def render_examples() -> str:
             _section(
                 "`state` — two avatars, 10 horizons (0.1 … 1.0 s), dims 2", state, "\n".join(rows)
             ),
+            _section("`state` on v2 — only the record that changed", v2_state, "\n".join(v2_rows)),
         ]
     )
 
