@@ -27,6 +27,7 @@ from websockets.asyncio.client import connect
 
 from server import protocol as P
 from server.app import AvatarServer
+from server.downlink import path_at
 from tests.servers import running
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -307,6 +308,11 @@ async def test_js_decoder_and_reckoner():
         np.testing.assert_allclose(r["extra"], [2.5, 0, 0])  # last segment's velocity ...
         np.testing.assert_allclose(r["held"], [3, 0, 0])  # ... for 0.5 s, then hold
         np.testing.assert_allclose(r["later"], [3, 0, 0])
+        # what the server assumes a client draws when it decides not to resend (protocol v2)
+        pos, off = np.zeros((1, 3)), np.array([[[1.0, 0, 0], [2.0, 0, 0]]])
+        for key, t in (("before", 9), ("mid", 10.25), ("end", 11), ("extra", 11.25), ("held", 12)):
+            want = path_at(pos, off, [0.5, 1.0], np.array([t - 10.0]))[0]
+            np.testing.assert_allclose(r[key], want, atol=1e-12)
         assert r["same"] is False and r["older"] is False and r["fresh"] is True
         s = 0.5  # smoothstep(0.5) = 0.5: halfway through the blend
         np.testing.assert_allclose(r["blend"][0], [1.2, 0, 0], atol=1e-12)
