@@ -1,7 +1,7 @@
 """Downlink dead reckoning on real recordings: records, bytes and render error per threshold.
 
     python bench/downlink.py [--sets juelich,soccer,sdd] [--split test]
-                             [--thresholds 0.01,0.02,0.05,0.1,0.2] [--heartbeat 1.0]
+                             [--thresholds 0,0.005,0.01,0.02,0.03,0.05,0.1] [--heartbeat 1.0]
                              [--json runs/downlink.json]
 
 What a protocol-v2 viewer gets, replayed offline on held-out real motion: each recording is
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="bench/downlink.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--sets", default="juelich,soccer,sdd")
     ap.add_argument("--split", default="test")
-    ap.add_argument("--thresholds", default="0.01,0.02,0.03,0.05,0.1,0.2")
+    ap.add_argument("--thresholds", default="0,0.005,0.01,0.02,0.03,0.05,0.1")
     ap.add_argument("--heartbeat", type=float, default=1.0)
     ap.add_argument("--model", help="checkpoint (default: the shipped model)")
     ap.add_argument("--json")

@@ -226,7 +226,7 @@ def gauges(m: dict) -> dict[str, float]:
 
 
 def hello(avatar: str | None, room: str = "lobby") -> bytes:
-    return P.encode_client(P.Hello(room=room, avatar=avatar))
+    return P.encode_client(P.Hello(room=room, avatar=avatar, v=1))  # a state every tick
 
 
 def pos(seq: int, p, t: float) -> bytes:

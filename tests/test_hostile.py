@@ -124,7 +124,7 @@ class Probe:
 
 
 def hello(room: str = "lobby", avatar: str | None = "a") -> bytes:
-    return P.encode_client(P.Hello(room=room, avatar=avatar))
+    return P.encode_client(P.Hello(room=room, avatar=avatar, v=1))  # a state every tick
 
 
 def pos(seq: int, p=(0.0, 0.0, 0.0), t: float | None = None) -> bytes:

@@ -58,7 +58,7 @@ async def test_process_starts_serves_and_exits_on_sigterm():
         assert m, line
         url, _device, model = m.groups()
         async with connect(url) as ws:
-            await ws.send(P.encode_client(P.Hello(room="r", avatar="a")))
+            await ws.send(P.encode_client(P.Hello(room="r", avatar="a", v=1)))
             welcome = P.decode_server(await ws.recv())
             assert welcome.model == model and welcome.tick_hz == 40
             await ws.send(P.encode_client(P.Pos(seq=0, t=0.0, p=(1.0, 2.0))))
@@ -187,7 +187,7 @@ class _Streamer:
     @classmethod
     async def open(cls, url: str, avatar: str) -> _Streamer:
         ws = await connect(url)
-        await ws.send(P.encode_client(P.Hello(room="r", avatar=avatar)))
+        await ws.send(P.encode_client(P.Hello(room="r", avatar=avatar, v=1)))
         welcome = P.decode_server(await asyncio.wait_for(ws.recv(), FRAME_TIMEOUT))
         assert isinstance(welcome, P.Welcome), welcome
         return cls(ws, welcome)
@@ -234,7 +234,7 @@ class _Streamer:
 
 async def _welcome_model(url: str, avatar: str) -> str:
     async with connect(url) as ws:
-        await ws.send(P.encode_client(P.Hello(room="probe", avatar=avatar)))
+        await ws.send(P.encode_client(P.Hello(room="probe", avatar=avatar, v=1)))
         welcome = P.decode_server(await asyncio.wait_for(ws.recv(), FRAME_TIMEOUT))
         assert isinstance(welcome, P.Welcome), welcome
         return welcome.model
