@@ -48,6 +48,17 @@ def test_largest_is_the_last_step_before_the_first_break():
     assert peers.largest_held([]) == 0
 
 
+def test_a_step_holds_when_any_of_its_tries_held():
+    tries = [
+        {"clients": 100, "held": True},
+        {"clients": 200, "held": False},
+        {"clients": 200, "held": True},  # the second try of 200 held
+        {"clients": 300, "held": False},
+        {"clients": 300, "held": False},
+    ]
+    assert peers.largest_held(tries) == 200
+
+
 def test_ratio_needs_both_and_a_colyseus_that_held_something():
     assert peers.ratio({"colyseus": 200, "ours": 500}) == 2.5
     assert peers.ratio({"colyseus": 0, "ours": 500}) is None
@@ -62,7 +73,8 @@ def test_bot_processes():
 
 
 @pytest.mark.parametrize("argv", [["--clients", "a,b"], ["--clients", "200,100"],
-                                  ["--duration", "0"], ["--bot-procs", "0"]])  # fmt: skip
+                                  ["--duration", "0"], ["--bot-procs", "0"],
+                                  ["--tries", "0"]])  # fmt: skip
 def test_bad_flags_are_usage_errors_before_anything_starts(argv, capsys):
     with pytest.raises(SystemExit) as e:
         peers.main(argv)

@@ -75,7 +75,7 @@ function summary(parts, serverCpuInWindow) {
     e2e_samples: latencies.length,
     e2e_exact_ms: quantiles(exact), // only patches carrying exactly seq k (the older are dropped)
     msgs_sent: sum("sent"),
-    bytes_in_per_s: sum("bytes_in") / duration,
+    bytes_in_per_s: sum("bytes_in") / duration, // all clients, in the window
     generator_cpu_s_per_s: sum("cpu_s") / (ramp + 1 + duration),
     server_cpu_s_per_s: serverCpuInWindow,
   };
@@ -114,8 +114,10 @@ async function runBots(first, count) {
     events.onmessage = (ev) => {
       const now = performance.now();
       const bytes = new Uint8Array(ev.data);
-      part.bytes_in += bytes.length;
-      if ((bytes[0] & 0x1f) === Protocol.ROOM_STATE_PATCH && now >= tStart && now < tEnd) part.patches += 1;
+      if (now >= tStart && now < tEnd) {
+        part.bytes_in += bytes.length;
+        if ((bytes[0] & 0x1f) === Protocol.ROOM_STATE_PATCH) part.patches += 1;
+      }
       if (decode) {
         bot.arrival = now;
         sdkOnMessage(ev); // the others just count
