@@ -520,3 +520,29 @@ async def test_a_bug_while_handling_one_client_closes_only_that_client(monkeypat
         await good.state_where(lambda s: len(s) == 1)
         assert srv.stats.tick_errors == 0
         await good.close()
+
+
+async def test_v2_client_gets_only_changed_records_while_v1_gets_every_tick():
+    async with running(predictor="cv", dr_threshold=0.05, dr_heartbeat=30.0) as srv:
+        still = await Client.open(srv, avatar="still", v=2)
+        old = await Client.open(srv, avatar="old", v=1)
+        assert (still.welcome.v, still.welcome.dr) == (2, {"threshold": 0.05, "heartbeat": 30.0})
+        assert (old.welcome.v, old.welcome.dr) == (1, None)
+        await still.pos(0, 1.0, (0, 0, 0))
+        await old.pos(0, 1.0, (1, 0, 0))
+        st = await still.state_where(lambda s: len(s) == 2)  # each avatar's first path
+        assert sorted(still.visible(st)) == ["old", "still"]
+        await still.pos(1, 1.05, (0.01, 0, 0))  # 1 cm: still on its (standing) path
+        first = (await old.state_where(lambda s: len(s) == 2)).tick
+        ticks = [(await old.state()).tick for _ in range(10)]  # v1: a frame every tick
+        assert ticks == list(range(first + 1, first + 11))
+        # v2: nothing was due since, so the reply to a ping is the next thing it reads
+        await still.ws.send(P.encode_client(P.Ping(t=7.0)))
+        assert isinstance(P.decode_server(await still.ws.recv()), P.Pong)
+        await still.pos(2, 1.1, (0.5, 0, 0))  # 50 cm off its path: resent, to both
+        st = await still.state_where(lambda s: len(s) > 0)
+        assert still.visible(st) == ["still"] and st.seq.tolist() == [2]
+        st = await old.state_where(lambda s: 2 in s.seq.tolist())
+        assert sorted(old.visible(st)) == ["old", "still"]
+        await still.close()
+        await old.close()
