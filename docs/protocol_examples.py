@@ -72,6 +72,11 @@ ERROR_NOTES: dict[str, tuple[str, str]] = {
     ),
     "too_large": ("a client frame over `--max-frame` bytes (default 4096)", "any time"),
     "room_full": ("the room has `--max-room-avatars` players already", "in reply to hello"),
+    "moved": (
+        "the room is served by another worker (`url` says which: connect there), or this "
+        "worker is draining (no `url`: look the room up again with `GET /route?room=`)",
+        "on `hello`; any time when the worker drains (SIGTERM)",
+    ),
     "server_full": (
         "the server has `--max-connections` connections already",
         "on connect, before hello",

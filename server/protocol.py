@@ -43,6 +43,7 @@ CLOSE_POLICY = 1008  # a valid frame with a wrong message, too slow, refused
 CLOSE_TOO_BIG = 1009  # frame over the limit
 CLOSE_INTERNAL = 1011  # a server bug while handling this connection
 CLOSE_TRY_AGAIN = 1013  # server or room full
+CLOSE_MOVED = 4001  # the room is served by another worker: look it up again and reconnect
 
 # error code -> close code. The table in docs/protocol.md mirrors this one.
 ERROR_CODES: dict[str, int] = {
@@ -66,6 +67,7 @@ ERROR_CODES: dict[str, int] = {
     "too_large": CLOSE_TOO_BIG,  # frame over the size limit
     "room_full": CLOSE_TRY_AGAIN,
     "server_full": CLOSE_TRY_AGAIN,
+    "moved": CLOSE_MOVED,  # the room lives on another worker (url), or this one is draining
 }
 
 MAX_NAME = 64  # characters in an avatar id or room name
@@ -75,12 +77,14 @@ _LIMITS = dict(max_str_len=4096, max_bin_len=4096, max_array_len=64, max_map_len
 
 
 class ProtocolError(Exception):
-    """A frame that breaks the protocol. ``code`` names the rule, ``close_code`` the close."""
+    """A frame that breaks the protocol. ``code`` names the rule, ``close_code`` the close;
+    ``url`` (``moved`` only) where the room is served."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, url: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.close_code = ERROR_CODES[code]
+        self.url = url
 
 
 # -- messages ---------------------------------------------------------------------------
@@ -152,6 +156,7 @@ class Leave:
 class Error:
     code: str
     message: str
+    url: str | None = None  # `moved`: the WebSocket URL of the worker that serves the room
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,8 +309,11 @@ def encode_leave(avatars: list[str], handles: list[int]) -> bytes:
     return _pack({"type": "leave", "avatars": list(avatars), "handles": list(handles)})
 
 
-def encode_error(code: str, message: str) -> bytes:
-    return _pack({"type": "error", "code": code, "message": message})
+def encode_error(code: str, message: str, url: str | None = None) -> bytes:
+    d = {"type": "error", "code": code, "message": message}
+    if url is not None:
+        d["url"] = url
+    return _pack(d)
 
 
 def encode_pong(t: float, server_time: float) -> bytes:
@@ -505,7 +513,8 @@ def decode_server(data: Any) -> ServerMessage:
                 raise ProtocolError("bad_field", "avatars and handles differ in length")
             return (Join if kind == "join" else Leave)(avatars, handles)
         if kind == "error":
-            return Error(str(d["code"]), str(d["message"]))
+            url = d.get("url")
+            return Error(str(d["code"]), str(d["message"]), None if url is None else str(url))
         if kind == "pong":
             return Pong(float(d["t"]), float(d["server_time"]))
     except ProtocolError:
