@@ -10,16 +10,25 @@
 to the local one (`clock`, from `ping`/`pong` every `ping_interval`), and reconnects with
 exponential backoff when the connection drops (sending the resume token the server gave).
 To emulate network latency, connect through `client_demo.netem.LatencyProxy`.
+
+`url` may be any worker of a cluster (`python -m server --workers N --redis URL`): before
+each connection the client asks it where the room is served (`GET /route?room=`; a server
+without that route is used as it is) and connects there, and it follows a `moved` error
+(close 4001: the room is elsewhere, or the worker is draining) at once, without backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
+import urllib.error
+import urllib.request
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
+from urllib.parse import quote, urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -33,9 +42,14 @@ log = logging.getLogger("avatar_stream.client")
 class Refused(Exception):
     """The server answered `hello` with an error (`code`, `close_code`) or closed it."""
 
-    def __init__(self, code: str, message: str, close_code: int | None = None) -> None:
+    def __init__(
+        self, code: str, message: str, close_code: int | None = None, url: str | None = None
+    ) -> None:
         super().__init__(f"{code}: {message}")
-        self.code, self.close_code = code, close_code
+        self.code, self.close_code, self.url = code, close_code, url
+
+
+MAX_MOVES = 4  # `moved` errors followed in a row before giving up (a routing loop)
 
 
 class AvatarClient:
@@ -84,6 +98,9 @@ class AvatarClient:
         self._tasks: list[asyncio.Task] = []
         self._closed = False
         self._pings: dict[float, float] = {}
+        self.served_by: str | None = None  # the worker URL of the current connection
+        self._moved_to: str | None = None  # a `moved` error's url, used by the next connect
+        self.moves = 0  # `moved` errors followed
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -100,22 +117,51 @@ class AvatarClient:
         Raises Refused when the server answers with an error, OSError / InvalidHandshake
         when it cannot be reached (after `max_attempts` tries when reconnecting).
         """
-        delay, attempt = self.backoff[0], 0
+        delay, attempt, hops = self.backoff[0], 0, 0
         while True:
             attempt += 1
             try:
-                return await self._open()
-            except Refused:
-                raise
+                target = self._moved_to or await self._route()
+                self._moved_to = None
+                return await self._open(target)
+            except Refused as e:
+                if e.code != "moved" or hops >= MAX_MOVES:
+                    raise
+                hops += 1  # the room is elsewhere (or that worker drains): at once, no backoff
+                self.moves += 1
+                self._moved_to = e.url
             except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError):
                 if not self.reconnect or (self.max_attempts and attempt >= self.max_attempts):
                     raise
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.backoff[1])
 
-    async def _open(self) -> P.Welcome:
+    async def _route(self) -> str:
+        """The WebSocket URL that serves this client's room, from `GET /route` on `url`;
+        `url` itself for a server without the route (404). Raises OSError when unreachable."""
+        u = urlsplit(self.url)
+        if u.scheme not in ("ws", "wss") or not u.hostname:
+            raise ValueError(f"not a WebSocket URL: {self.url!r}")
+        http = (
+            f"{'https' if u.scheme == 'wss' else 'http'}://{u.netloc}/route?room={quote(self.room)}"
+        )
+
+        def get() -> str:
+            try:
+                with urllib.request.urlopen(http, timeout=5) as r:
+                    return str(json.loads(r.read())["url"])
+            except urllib.error.HTTPError as e:
+                if e.code == 404:
+                    return self.url
+                raise OSError(f"GET {http}: HTTP {e.code}") from None
+            except (KeyError, ValueError, TypeError) as e:
+                raise OSError(f"GET {http}: not a route reply ({e})") from None
+
+        return await asyncio.to_thread(get)
+
+    async def _open(self, url: str) -> P.Welcome:
         try:
-            ws = await connect(self.url, max_size=2**22, compression=None, open_timeout=10)
+            ws = await connect(url, max_size=2**22, compression=None, open_timeout=10)
         except InvalidURI as e:
             raise ValueError(str(e)) from None
         hello = P.Hello(
@@ -135,11 +181,11 @@ class AvatarClient:
             ) from None
         if isinstance(msg, P.Error):
             await ws.wait_closed()
-            raise Refused(msg.code, msg.message, ws.close_code)
+            raise Refused(msg.code, msg.message, ws.close_code, msg.url)
         if not isinstance(msg, P.Welcome):
             await ws.close()
             raise Refused("bad_reply", f"expected welcome, got {type(msg).__name__}")
-        self.ws, self.welcome, self.resume = ws, msg, msg.resume
+        self.ws, self.welcome, self.resume, self.served_by = ws, msg, msg.resume, url
         self.names.clear()
         self.connects += 1
         self.clock.on_frame(msg.server_time, time.monotonic())
@@ -245,6 +291,9 @@ class AvatarClient:
                     self.names.pop(h, None)
             elif isinstance(msg, P.Error) and msg.code == "replaced":
                 self.reconnect = False  # another connection has this avatar: never fight it
+            elif isinstance(msg, P.Error) and msg.code == "moved":
+                self._moved_to = msg.url  # the reconnect after the close goes there (or routes)
+                self.moves += 1
             elif isinstance(msg, P.Pong):
                 sent = self._pings.pop(msg.t, None)
                 if sent is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -79,3 +80,24 @@ async def test_unreachable_server_raises_after_attempts():
         await AvatarClient(
             "ws://127.0.0.1:1/", "r", "x", backoff=(0.01, 0.02), max_attempts=2
         ).connect()
+
+
+async def test_client_asks_any_worker_where_its_room_is_and_connects_there():
+    async with running() as home:
+        seen: list[str] = []
+
+        def route(path: str):  # what a cluster worker answers (server.cluster): home serves it
+            seen.append(path)
+            return 200, "application/json", json.dumps({"url": home.url}).encode()
+
+        async with (
+            running(setup=lambda s: s.add_route("/route", route)) as entry,
+            AvatarClient(entry.url, "big hall", "alice") as c,
+        ):
+            assert c.served_by == home.url and c.welcome.room == "big hall"
+            assert seen == ["/route?room=big%20hall"]
+            assert home.world.player("big hall", "alice") is not None
+            assert entry.world.player("big hall", "alice") is None
+        # a server without /route (404) is used as it is
+        async with AvatarClient(home.url, "r", "bob") as c:
+            assert c.served_by == home.url
