@@ -138,7 +138,8 @@ class AvatarClient:
 
     async def _route(self) -> str:
         """The WebSocket URL that serves this client's room, from `GET /route` on `url`;
-        `url` itself for a server without the route (404). Raises OSError when unreachable."""
+        `url` itself when the reply's url is null (one process) or the server has no such
+        route (404). Raises OSError when unreachable."""
         u = urlsplit(self.url)
         if u.scheme not in ("ws", "wss") or not u.hostname:
             raise ValueError(f"not a WebSocket URL: {self.url!r}")
@@ -149,7 +150,8 @@ class AvatarClient:
         def get() -> str:
             try:
                 with urllib.request.urlopen(http, timeout=5) as r:
-                    return str(json.loads(r.read())["url"])
+                    url = json.loads(r.read())["url"]  # null: the server asked serves it
+                    return self.url if url is None else str(url)
             except urllib.error.HTTPError as e:
                 if e.code == 404:
                     return self.url

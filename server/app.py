@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import sys
 import time
@@ -398,7 +399,16 @@ class AvatarServer:
             except Exception:
                 log.exception("route %s failed", route)
                 return HttpReply(500, "text/plain; charset=utf-8", b"error\n")
+        if route == "/route":
+            return self._route_reply(path)
         return HttpReply(404, "text/plain; charset=utf-8", b"not found\n")
+
+    def _route_reply(self, path: str) -> HttpReply:
+        """GET /route?room=R: where a client of room R connects. One process serves every
+        room itself: {"url": null} ("the URL you asked"). A cluster worker: see
+        server.cluster."""
+        body = json.dumps({"url": None}).encode()
+        return HttpReply(200, "application/json", body)
 
     def _static(self, path: str) -> HttpReply:
         name = "index.html" if path in ("/", "/index.html") else path.removeprefix("/viewer/")

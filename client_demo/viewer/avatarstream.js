@@ -34,6 +34,8 @@ const BACKOFF_MIN_S = 0.5; // reconnect delay: 0.5 s, doubling, at most 8 s
 const BACKOFF_MAX_S = 8.0;
 const RATE_WINDOW = 41; // state frames kept to measure the tick, record and byte rates
 const RATE_SPAN_S = 5; // ... over at most this many seconds
+const CLOSE_MOVED = 4001; // `moved`: the room is served by another worker (or this one drains)
+const MAX_MOVES = 4;
 
 const localNow = () => performance.now() / 1000;
 
@@ -105,7 +107,10 @@ export function decodeStateRecords(m, horizons) {
  * `serverNow()` is now on the server clock (seconds).
  */
 export class AvatarStream extends EventTarget {
-  constructor(url, { room, avatar = null, region = null, WebSocket: Impl = globalThis.WebSocket, now = localNow } = {}) {
+  constructor(
+    url,
+    { room, avatar = null, region = null, WebSocket: Impl = globalThis.WebSocket, fetch: fetchImpl = globalThis.fetch, now = localNow } = {},
+  ) {
     super();
     if (typeof room !== "string" || room.length === 0) throw new TypeError("AvatarStream: room is required");
     this.url = url;
@@ -113,7 +118,12 @@ export class AvatarStream extends EventTarget {
     this.avatar = avatar;
     this.region = checkRegion(region);
     this._Impl = Impl;
+    this._fetch = typeof fetchImpl === "function" ? fetchImpl.bind(globalThis) : null;
     this._now = now;
+    this._movedTo = null; // a `moved` error's url: where the next connection goes
+    this._routing = false; // a GET /route is in flight
+    this._moves = 0; // `moved` followed in a row (a routing loop stops after MAX_MOVES)
+    this.servedBy = null; // the worker URL of the current connection
     this.state = "idle";
     this.welcome = null;
     this.horizons = [];
@@ -148,7 +158,7 @@ export class AvatarStream extends EventTarget {
   /** Open the connection (and keep it open: reconnects with backoff until `close()`). */
   connect() {
     this._wanted = true;
-    if (this._ws || this._reconnectTimer !== null) return this;
+    if (this._ws || this._reconnectTimer !== null || this._routing) return this;
     this._open();
     return this;
   }
@@ -192,9 +202,30 @@ export class AvatarStream extends EventTarget {
   _open() {
     this._reconnectTimer = null;
     this.state = this.stats.reconnects > 0 ? "reconnecting" : "connecting";
+    const moved = this._movedTo;
+    this._movedTo = null;
+    if (moved) return this._connect(moved);
+    if (this._fetch === null) return this._connect(this.url);
+    // Ask the worker at `url` where the room is served (a cluster: any worker knows);
+    // a server without /route, or one that does not answer, is used as it is.
+    const u = new URL(this.url);
+    const route = `${u.protocol === "wss:" ? "https:" : "http:"}//${u.host}/route?room=${encodeURIComponent(this.room)}`;
+    this._routing = true;
+    this._fetch(route)
+      .then((r) => (r.ok ? r.json() : null))
+      .then((j) => (j && typeof j.url === "string" ? j.url : this.url)) // null: this server
+      .catch(() => this.url)
+      .then((target) => {
+        this._routing = false;
+        if (this._wanted && this._ws === null) this._connect(target);
+      });
+  }
+
+  _connect(url) {
     let ws;
+    this.servedBy = url;
     try {
-      ws = new this._Impl(this.url);
+      ws = new this._Impl(url);
     } catch (e) {
       this._emit("error", { code: "connect_failed", message: String(e) });
       this._scheduleReconnect();
@@ -221,7 +252,13 @@ export class AvatarStream extends EventTarget {
     this._dropAll();
     this.welcome = null;
     const again = this._wanted;
-    if (again) this._scheduleReconnect();
+    if (again && code === CLOSE_MOVED && this._moves < MAX_MOVES) {
+      this._moves += 1; // the room is elsewhere, or this worker drains: go now, no backoff
+      this.stats.reconnects += 1;
+      this._nextDelay = 0;
+      this.state = "reconnecting";
+      this._reconnectTimer = setTimeout(() => this._open(), 0);
+    } else if (again) this._scheduleReconnect();
     else this.state = "closed";
     this._emit("close", { code, reason, reconnectIn: again ? this._nextDelay : null });
   }
@@ -274,6 +311,7 @@ export class AvatarStream extends EventTarget {
       case "pong":
         return this._onPong(m, tRecv);
       case "error":
+        if (m.code === "moved") this._movedTo = typeof m.url === "string" ? m.url : null;
         this.stats.lastError = { code: m.code, message: m.message };
         return this._emit("error", { code: m.code, message: m.message });
       default:
@@ -286,6 +324,7 @@ export class AvatarStream extends EventTarget {
     this.horizons = Array.from(m.horizons ?? []);
     this.state = "open";
     this._backoff = BACKOFF_MIN_S;
+    this._moves = 0;
     this._arrivals = [];
     this._lastTick = null;
     this._coarse = [];
