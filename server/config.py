@@ -50,7 +50,7 @@ class Config:
     switch_interval: float = 0.0005
     inline_step_ms: float = 5.0
     compression: bool = False
-    transport: str = "websockets"
+    transport: str = "picows"
     dr_threshold: float = 0.02
     dr_heartbeat: float = 1.0
     log_level: str = "info"
@@ -171,8 +171,9 @@ HELP = {
     "inline_step_ms": "a CPU model step predicted (from a measured cost per avatar) to take "
     "at most this many ms runs on the event loop instead of a worker thread; 0: always a thread",
     "compression": "offer permessage-deflate (costs CPU per frame; off by default)",
-    "transport": "WebSocket library: websockets (reference) or picows (Cython framing, "
-    "several times less CPU per message; same protocol and behaviour)",
+    "transport": "WebSocket library: picows (Cython framing, several times less CPU per "
+    "message) or websockets (the reference implementation; needed for --compression); "
+    "same protocol and behaviour",
     "dr_threshold": "downlink dead reckoning (protocol v2 clients): an avatar's record is resent "
     "when its newest sample is more than this many metres off the path its viewers last got "
     "(0: whenever it moved); v1 clients get every avatar every tick",

@@ -1,4 +1,4 @@
-"""WebSocket transports behind one small interface: `websockets` (the default) and `picows`.
+"""WebSocket transports behind one small interface: `picows` (the default) and `websockets`.
 
 The app never touches a WebSocket library. A transport accepts connections and hands each
 one to the app as a `Connection`, and feeds the app's `Session` for it:
@@ -14,9 +14,10 @@ connection only through `Connection`, and none of its calls waits: `send` (whole
 messages, written now), `buffered`, `close`, `ping` (whose pong calls `on_pong`),
 `is_open`, `latency`, `extra`.
 
-`websockets` is the reference implementation (Sans-I/O protocol + asyncio); `picows`
-parses and frames in Cython and calls back per frame, which costs a fraction of the
-per-message Python work (see docs/performance.md). Both pass the same end-to-end tests.
+`websockets` is the reference implementation (Sans-I/O protocol + asyncio; the only one
+with permessage-deflate); `picows` parses and frames in Cython and calls back per frame,
+which costs a fraction of the per-message Python work (see docs/performance.md), so it
+serves by default. Both pass the same end-to-end tests.
 """
 
 from __future__ import annotations

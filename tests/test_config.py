@@ -6,6 +6,7 @@ from server.config import Config, build_parser
 def test_defaults_are_valid_and_documented():
     c = Config()
     assert c.tick_hz == 20 and c.aoi_cap == 64 and c.compression is False
+    assert c.transport == "picows"
     text = build_parser({}).format_help()
     for flag in ("--tick-hz", "--aoi-radius", "--max-frame", "--hello-timeout", "--predictor"):
         assert flag in text
@@ -14,6 +15,7 @@ def test_defaults_are_valid_and_documented():
 
 def test_env_overrides_defaults_and_flags_override_env():
     env = {"AVATAR_PORT": "9001", "AVATAR_TICK_HZ": "30", "AVATAR_COMPRESSION": "yes"}
+    env["AVATAR_TRANSPORT"] = "websockets"  # compression is the websockets transport's only
     c = Config.from_env(env)
     assert (c.port, c.tick_hz, c.compression) == (9001, 30.0, True)
     c = Config.from_args(["--tick-hz", "10", "--no-compression"], environ=env)
