@@ -99,6 +99,7 @@ class AvatarClient:
         self._closed = False
         self._pings: dict[float, float] = {}
         self.served_by: str | None = None  # the worker URL of the current connection
+        self._workers: list[str] = []  # workers that served this client (route fallbacks)
         self._moved_to: str | None = None  # a `moved` error's url, used by the next connect
         self.moves = 0  # `moved` errors followed
 
@@ -137,29 +138,35 @@ class AvatarClient:
                 delay = min(delay * 2, self.backoff[1])
 
     async def _route(self) -> str:
-        """The WebSocket URL that serves this client's room, from `GET /route` on `url`;
-        `url` itself when the reply's url is null (one process) or the server has no such
-        route (404). Raises OSError when unreachable."""
+        """The WebSocket URL that serves this client's room, from `GET /route` on `url`
+        (or, when that worker does not answer, on the workers this client was served by
+        before); a worker's own URL when its reply's url is null (one process) or it has
+        no such route (404). Raises OSError when none answers."""
         u = urlsplit(self.url)
         if u.scheme not in ("ws", "wss") or not u.hostname:
             raise ValueError(f"not a WebSocket URL: {self.url!r}")
-        http = (
-            f"{'https' if u.scheme == 'wss' else 'http'}://{u.netloc}/route?room={quote(self.room)}"
-        )
-
-        def get() -> str:
+        error: OSError | None = None
+        for base in [self.url, *[w for w in reversed(self._workers) if w != self.url]]:
             try:
-                with urllib.request.urlopen(http, timeout=5) as r:
-                    url = json.loads(r.read())["url"]  # null: the server asked serves it
-                    return self.url if url is None else str(url)
-            except urllib.error.HTTPError as e:
-                if e.code == 404:
-                    return self.url
-                raise OSError(f"GET {http}: HTTP {e.code}") from None
-            except (KeyError, ValueError, TypeError) as e:
-                raise OSError(f"GET {http}: not a route reply ({e})") from None
+                return await asyncio.to_thread(self._route_via, base)
+            except OSError as e:
+                error = e
+        raise error
 
-        return await asyncio.to_thread(get)
+    def _route_via(self, base: str) -> str:
+        u = urlsplit(base)
+        scheme = "https" if u.scheme == "wss" else "http"
+        http = f"{scheme}://{u.netloc}/route?room={quote(self.room)}"
+        try:
+            with urllib.request.urlopen(http, timeout=5) as r:
+                url = json.loads(r.read())["url"]  # null: the server asked serves it
+                return base if url is None else str(url)
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                return base
+            raise OSError(f"GET {http}: HTTP {e.code}") from None
+        except (KeyError, ValueError, TypeError) as e:
+            raise OSError(f"GET {http}: not a route reply ({e})") from None
 
     async def _open(self, url: str) -> P.Welcome:
         try:
@@ -188,6 +195,8 @@ class AvatarClient:
             await ws.close()
             raise Refused("bad_reply", f"expected welcome, got {type(msg).__name__}")
         self.ws, self.welcome, self.resume, self.served_by = ws, msg, msg.resume, url
+        if url not in self._workers:
+            self._workers = [*self._workers[-7:], url]
         self.names.clear()
         self.connects += 1
         self.clock.on_frame(msg.server_time, time.monotonic())

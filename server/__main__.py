@@ -83,9 +83,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        if config.redis:
+            cli.check_redis(config.redis)  # first: one clear line, before torch is loaded
         cli.check_device(config.device)  # before the server, for a message that says what to do
         if config.predictor == "gru":
             cli.load_model(config.model, "cpu")
+        if config.workers > 1:
+            from server.cluster import Supervisor
+
+            return Supervisor(config, args).run()
         runner.run(run(config))
     except (cli.UserError, ValueError, OSError) as e:
         why = cli.describe(e) or cli.first_line(e)

@@ -243,6 +243,28 @@ def check_device(device: str) -> None:
             raise UserError(f"device {device!r} is not there ({n} CUDA device(s))", DEVICE_HINT)
 
 
+def check_redis(url: str | None) -> None:
+    """Raise UserError (naming the URL, password hidden) unless the Redis of the room
+    directory at `url` answers PING within a few seconds."""
+    import asyncio
+
+    from server.directory import DirectoryError, RoomDirectory
+
+    async def ping() -> None:
+        d = RoomDirectory(url, timeout=3.0)
+        try:
+            await d.ping()
+        finally:
+            await d.stop()
+
+    try:
+        asyncio.run(ping())
+    except DirectoryError as e:
+        raise UserError(
+            first_line(e), "is redis-server running there? check --redis (AVATAR_REDIS)"
+        ) from None
+
+
 def load_model(path: str | os.PathLike | None, device: str = "auto"):
     """`server.model.load_checkpoint` for a command line: a missing file, a file that is not
     one of our checkpoints (or from an incompatible version), or a device that is not

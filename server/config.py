@@ -53,6 +53,12 @@ class Config:
     transport: str = "picows"
     dr_threshold: float = 0.02
     dr_heartbeat: float = 1.0
+    workers: int = 1
+    redis: str | None = field(default=None, repr=False)
+    advertise_url: str | None = None
+    cluster_prefix: str = "avatar"
+    directory_ttl: float = 2.0
+    cluster_nonce: str | None = None
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -84,6 +90,19 @@ class Config:
             (0 <= self.inline_step_ms <= 50, "inline_step_ms must be in [0, 50]"),
             (0 <= self.dr_threshold <= 100, "dr_threshold must be in [0, 100] m"),
             (0 < self.dr_heartbeat <= 60, "dr_heartbeat must be in (0, 60] s"),
+            (1 <= self.workers <= 256, "workers must be 1..256"),
+            (self.workers == 1 or self.redis, "--workers > 1 needs --redis (the room directory)"),
+            (self.workers == 1 or self.port > 0, "--workers > 1 needs a fixed --port (not 0)"),
+            (self.port + self.workers - 1 <= 65535, "port + workers - 1 must be <= 65535"),
+            (
+                not self.redis or self.redis.startswith(("redis://", "rediss://", "unix://")),
+                "redis must be a redis://, rediss:// or unix:// URL",
+            ),
+            (self.directory_ttl >= 0.5, "directory_ttl must be >= 0.5 s"),
+            (
+                not self.advertise_url or self.advertise_url.startswith(("ws://", "wss://")),
+                "advertise_url must be a ws:// or wss:// URL",
+            ),
             (self.transport in TRANSPORTS, "transport must be websockets or picows"),
             (
                 not (self.compression and self.transport != "websockets"),
@@ -180,6 +199,18 @@ HELP = {
     "dr_heartbeat": "seconds after which an avatar's record is resent to v2 clients even when "
     "its path still holds (and a v2 client that got nothing for this long gets an empty "
     "state frame: a clock heartbeat)",
+    "workers": "worker processes on this machine, worker k on --port + k, each serving whole "
+    "rooms (needs --redis); 1: this process serves",
+    "redis": "Redis URL of the room directory (e.g. redis://127.0.0.1:6379/0): workers that "
+    "share it form one cluster and route each room to the worker that serves it; unset: "
+    "one process, no Redis",
+    "advertise_url": "the WebSocket URL clients reach this worker at (a cluster worker behind "
+    "NAT or a proxy); default ws://HOST:PORT/ (this machine's name when HOST is 0.0.0.0)",
+    "cluster_prefix": "key prefix in Redis: clusters sharing one Redis use different ones",
+    "directory_ttl": "seconds a worker's and its rooms' directory entries live without a "
+    "heartbeat (heartbeats every ttl/4): how long a dead worker on another machine holds "
+    "its rooms",
+    "cluster_nonce": "(set by --workers for its workers) the worker's directory nonce",
     "log_level": "debug, info, warning or error",
 }
 

@@ -566,6 +566,34 @@ class RoomDirectory:
         n = await self._do("release", self._release(keys=[self.room_key(room)], args=[pid]))
         return bool(n)
 
+    async def processes(self) -> list[tuple[str, str, float]]:
+        """The live processes that can take rooms, ``(process_id, url, load)``, least
+        loaded first (for a route that suggests where a new room should go; the claim at
+        ``hello`` still decides). Raises :class:`DirectoryUnavailable`."""
+        ids = await self._do(
+            "processes", self._redis.zrange(self.processes_key, 0, -1, withscores=True)
+        )
+        if not ids:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for pid, _ in ids:
+            pipe.hmget(self.process_key(pid), "url", "draining")
+        rows = await self._do("processes", pipe.execute())
+        return [
+            (pid, url, float(load))
+            for (pid, load), (url, draining) in zip(ids, rows, strict=True)
+            if url is not None and draining != "1"
+        ]
+
+    async def evict(self, process_id: str) -> None:
+        """Forget a process known to be dead (its supervisor saw it exit): its key and
+        placement entry go now, so its rooms are placed anew at the next claim instead of
+        after the TTL. Raises :class:`DirectoryUnavailable`."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.zrem(self.processes_key, process_id)
+        pipe.delete(self.process_key(process_id))
+        await self._do("evict", pipe.execute())
+
     async def drain(self) -> None:
         """Stop taking new rooms; keep the rooms this process owns.
 

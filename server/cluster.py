@@ -1,0 +1,385 @@
+"""Past one process: room-sharded workers with a Redis room directory (docs/scaling.md).
+
+    python -m server --redis redis://127.0.0.1:6379/0 --port 8701            # one worker
+    python -m server --workers 4 --redis redis://127.0.0.1:6379/0 --port 8700 # 8700..8703
+
+Rooms are the unit of sharding: a room lives in one worker process, with its members,
+handles, engine slots and fan-out; nothing on the tick path crosses processes. Workers
+that share a Redis (`server.directory.RoomDirectory`) form one cluster, on one machine or
+many.
+
+`ClusterMember` is what a worker adds to `AvatarServer`:
+
+- start: register in the directory (Redis unreachable: `DirectoryUnavailable`, which the
+  CLI turns into one clear line and exit status 2), then heartbeat every ttl / 4 from its
+  own task (never on the tick path);
+- `hello` for a room it does not own yet: one atomic claim (placed here if it has no live
+  owner); owned elsewhere: the `moved` error with the owner's URL (close 4001);
+- `GET /route?room=R`: the owner this worker knows, else the least-loaded live worker
+  from its last heartbeat's view (the claim at `hello` decides; a stale answer costs the
+  client one `moved` hop);
+- Redis lost while running: the rooms it owns keep being served, new rooms are refused
+  (`server_full`, try again), one log line, counted in /metrics; when Redis is back the
+  heartbeat registers the worker and its rooms again;
+- SIGTERM: drain: no new rooms, its rooms released, every client told `moved` (no URL:
+  look the room up again), exit when they are gone or after `--shutdown-timeout`.
+
+`Supervisor` runs `--workers N` such workers on one machine (worker k on `--port` + k),
+restarts one that exits, evicts a dead one from the directory at once (its rooms are
+placed anew at the next claim instead of after the TTL), forwards SIGHUP (model reload),
+restarts them one after another on SIGUSR2 (a rolling restart) and drains them all on
+SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import TYPE_CHECKING
+
+from server import protocol as P
+from server.directory import DirectoryError, RoomDirectory
+
+if TYPE_CHECKING:
+    from server.app import AvatarServer
+    from server.config import Config
+
+log = logging.getLogger("avatar_stream.cluster")
+
+CAPACITY = 700  # clients that make load 1.0 (the measured single-process ceiling)
+SUGGESTED_S = 3.0  # a route answer counts as load on its worker this long
+
+
+def advertised_url(config: Config, port: int) -> str:
+    """The WebSocket URL clients use to reach the worker on `port`: `--advertise-url`
+    (for one worker), else ws://HOST:PORT/ with HOST the listening interface, or this
+    machine's host name when it listens on every interface."""
+    if config.advertise_url:
+        return config.advertise_url
+    host = config.host
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    return f"ws://{host}:{port}/"
+
+
+def process_id(config: Config, port: int, nonce: str) -> str:
+    """The directory id of the worker on `port` started with `nonce` (host:port:nonce)."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(advertised_url(config, port))
+    return f"{u.hostname}:{u.port}:{nonce}"
+
+
+class ClusterMember:
+    """One worker's membership of the cluster; see the module docstring."""
+
+    def __init__(self, server: AvatarServer, config: Config, port: int) -> None:
+        self.server = server
+        self.config = config
+        self.url = advertised_url(config, port)
+        self.directory = RoomDirectory(
+            config.redis, prefix=config.cluster_prefix, ttl=config.directory_ttl
+        )
+        if config.cluster_nonce:
+            self.directory.nonce = config.cluster_nonce
+        self.moved = 0  # hellos answered with `moved`
+        self.refused = 0  # hellos refused because the directory could not be reached
+        self.outages = 0  # times the directory became unreachable
+        self._peers: list[tuple[str, str, float]] = []  # (id, url, load): last heartbeat's view
+        self._owners: dict[str, str] = {}  # room -> owner url, from claims
+        self._suggested: list[tuple[float, str]] = []  # (time, url) of recent route answers
+        self._claiming: set[str] = set()
+        self._down = False
+        self._task: asyncio.Task | None = None
+        self._beaten = asyncio.Event()  # set when a heartbeat round ends (then replaced)
+
+    @property
+    def available(self) -> bool:
+        return not self._down
+
+    async def start(self) -> None:
+        """Register and start heartbeating. Raises DirectoryUnavailable (Redis unreachable)."""
+        await self.directory.start(self.url, CAPACITY)
+        with contextlib.suppress(DirectoryError):
+            self._peers = await self.directory.processes()
+        log.info(
+            "cluster: registered as %s in %s", self.directory.process_id, self.directory.safe_url
+        )
+        self._task = asyncio.get_running_loop().create_task(self._beat_forever(), name="directory")
+
+    def owns(self, room: str) -> bool:
+        """Whether this worker serves `room` now (no Redis round trip)."""
+        return room in self.directory.owned and not self.directory.draining
+
+    async def claim(self, room: str) -> str | None:
+        """Claim `room` for a `hello`: None when this worker serves it now, else the URL of
+        the worker that does. Raises ProtocolError moved (draining) or server_full (the
+        directory cannot be reached and the room is not served here)."""
+        if self.directory.draining:
+            raise P.ProtocolError("moved", "this worker is shutting down; look the room up again")
+        self._claiming.add(room)
+        try:
+            owner = await self.directory.claim(room, here=True)
+        except DirectoryError as e:
+            self.refused += 1
+            raise P.ProtocolError(
+                "server_full", f"the room directory cannot be reached ({type(e).__name__})"
+            ) from None
+        finally:
+            self._claiming.discard(room)
+        if owner.process_id == self.directory.process_id:
+            return None
+        self._owners[room] = owner.url
+        self.moved += 1
+        return owner.url
+
+    def route(self, room: str) -> str:
+        """Where a client of `room` should connect (synchronous: from this worker's view)."""
+        if self.owns(room):
+            return self.url
+        me = self.directory.process_id
+        peers = [p for p in self._peers if not (self.directory.draining and p[0] == me)]
+        known = self._owners.get(room)
+        if known is not None and known in {url for _, url, _ in peers}:
+            return known
+        if not peers:
+            return self.url
+        # Rooms suggested in the last few seconds count as load until their clients show
+        # in the heartbeats: consecutive new rooms spread over the workers.
+        now = time.monotonic()
+        recent = self._suggested = [(t, u) for t, u in self._suggested if now - t < SUGGESTED_S]
+        extra: dict[str, int] = {}
+        for _, u in recent:
+            extra[u] = extra.get(u, 0) + 1
+        _, url, _ = min(peers, key=lambda p: p[2] + extra.get(p[1], 0) / CAPACITY)
+        self._suggested.append((now, url))
+        return url
+
+    async def next_beat(self) -> None:
+        """Wait for the end of the next heartbeat round (tests, tools)."""
+        await self._beaten.wait()
+
+    async def _beat_forever(self) -> None:
+        period = self.directory.ttl / 4
+        while True:
+            await self._beat()
+            done, self._beaten = self._beaten, asyncio.Event()
+            done.set()
+            await asyncio.sleep(period)
+
+    async def _beat(self) -> None:
+        srv, directory = self.server, self.directory
+        rooms = set(srv.world.rooms)
+        try:
+            for room in directory.owned - rooms - self._claiming:  # emptied: free at once
+                await directory.release(room)
+            clients = srv.n_connections
+            hb = await directory.heartbeat(clients / CAPACITY, rooms, clients)
+            self._peers = await directory.processes()
+        except DirectoryError as e:
+            if not self._down:
+                self._down = True
+                self.outages += 1
+                log.error(
+                    "cluster: the room directory %s cannot be reached (%s); still serving "
+                    "the %d rooms here, refusing new ones until it is back",
+                    directory.safe_url, e, len(rooms),
+                )  # fmt: skip
+            return
+        if self._down:
+            self._down = False
+            log.warning("cluster: the room directory %s is back", directory.safe_url)
+        for room in hb.lost:  # another worker owns it now (this one was cut off too long)
+            self.close_room(room, "this room is now served by another worker")
+
+    def close_room(self, room: str, why: str) -> None:
+        """Tell every client of `room` to move (no URL: look it up again)."""
+        r = self.server.world.rooms.get(room)
+        if r is None:
+            return
+        for m in [*r.players.values(), *r.spectators]:
+            if m.session is not None:
+                m.session.refuse(P.ProtocolError("moved", why))
+            else:
+                self.server.world.remove(m)
+
+    async def drain(self, timeout: float) -> None:
+        """Stop taking rooms, release this worker's rooms, tell every client to move, and
+        wait (at most `timeout` s) for them to go. Never raises for Redis trouble."""
+        srv = self.server
+        with contextlib.suppress(DirectoryError):
+            await self.directory.drain()
+        rooms = list(srv.world.rooms)
+        with contextlib.suppress(DirectoryError):
+            for room in rooms:
+                await self.directory.release(room)
+        n = srv.n_connections
+        for room in rooms:
+            self.close_room(room, "this worker is shutting down; look the room up again")
+        for session in list(srv.sessions):  # not in a room yet
+            session.refuse(P.ProtocolError("moved", "this worker is shutting down"))
+        log.info("cluster: draining: %d clients told to move", n)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(srv.idle.wait(), timeout)
+
+    async def stop(self) -> None:
+        """Stop heartbeating and leave the directory (never raises)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.directory.stop()
+
+
+# -- the supervisor -----------------------------------------------------------------------
+
+
+def _worker_argv(argv: list[str], port: int, nonce: str) -> list[str]:
+    """`argv` (the supervisor's flags) for one worker: --workers 1, its port and nonce."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--workers", "--port", "--cluster-nonce"):
+            skip = True
+            continue
+        if a.startswith(("--workers=", "--port=", "--cluster-nonce=")):
+            continue
+        out.append(a)
+    return [*out, "--workers", "1", "--port", str(port), "--cluster-nonce", nonce]
+
+
+class Supervisor:
+    """`--workers N`: N workers on one machine, kept running; see the module docstring."""
+
+    def __init__(self, config: Config, argv: list[str]) -> None:
+        self.config = config
+        self.argv = argv
+        self.ports = [config.port + k for k in range(config.workers)]
+        self.procs: dict[int, subprocess.Popen] = {}  # port -> worker
+        self.nonces: dict[int, str] = {}
+        self.started_at: dict[int, float] = {}
+        self._stop = False
+        self._roll = False
+
+    def spawn(self, port: int) -> None:
+        nonce = secrets.token_hex(6)
+        cmd = [sys.executable, "-m", "server", *_worker_argv(self.argv, port, nonce)]
+        self.procs[port] = subprocess.Popen(cmd)
+        self.nonces[port] = nonce
+        self.started_at[port] = time.monotonic()
+        log.info("supervisor: worker on port %d started (pid %d)", port, self.procs[port].pid)
+
+    def evict(self, port: int) -> None:
+        """Remove a dead worker from the directory now (best effort)."""
+        pid = process_id(self.config, port, self.nonces[port])
+
+        async def go() -> None:
+            d = RoomDirectory(self.config.redis, prefix=self.config.cluster_prefix)
+            try:
+                await d.evict(pid)
+            finally:
+                await d.stop()
+
+        try:
+            asyncio.run(go())
+        except Exception as e:  # Redis down: its keys expire by themselves
+            log.warning("supervisor: could not evict %s from the directory: %s", pid, e)
+
+    def healthy(self, port: int, deadline: float) -> bool:
+        """Wait (bounded) until the worker on `port` answers /healthz."""
+        host = self.config.host if self.config.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        while time.monotonic() < deadline and not self._stop:
+            if self.procs[port].poll() is not None:
+                return False
+            url = f"http://{host}:{port}/healthz"
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return True
+            time.sleep(0.1)
+        return False
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT; returns the exit status (0 after a clean drain)."""
+
+        def stop(signum, frame) -> None:
+            self._stop = True
+
+        def roll(signum, frame) -> None:
+            self._roll = True
+
+        def hup(signum, frame) -> None:
+            for p in self.procs.values():
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(signal.SIGHUP)
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGUSR2, roll)
+        signal.signal(signal.SIGHUP, hup)
+        for port in self.ports:
+            self.spawn(port)
+        log.info(
+            "supervisor %d: %d workers on ports %d-%d, directory %s",
+            os.getpid(), len(self.ports), self.ports[0], self.ports[-1], self.config.redis,
+        )  # fmt: skip
+        while not self._stop:
+            time.sleep(0.1)
+            for port, p in list(self.procs.items()):
+                if self._stop or p.poll() is None:
+                    continue
+                log.warning("supervisor: worker on port %d exited (%s)", port, p.returncode)
+                self.evict(port)
+                if time.monotonic() - self.started_at[port] < 2.0:
+                    time.sleep(1.0)  # a crash at start: do not spin
+                self.spawn(port)
+            if self._roll:
+                self._roll = False
+                self.rolling_restart()
+        return self.shutdown()
+
+    def rolling_restart(self) -> None:
+        """Restart the workers one after another: drain one, start its successor, wait
+        until it answers, then the next."""
+        log.info("supervisor: rolling restart of %d workers", len(self.procs))
+        grace = self.config.shutdown_timeout + 5.0
+        for port in list(self.procs):
+            if self._stop:
+                return
+            p = self.procs[port]
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(grace)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            self.spawn(port)
+            if not self.healthy(port, time.monotonic() + 120.0):
+                log.error("supervisor: worker on port %d did not come back", port)
+
+    def shutdown(self) -> int:
+        """Drain every worker (SIGTERM), kill those still there after the grace period."""
+        for p in self.procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.config.shutdown_timeout + 10.0
+        status = 0
+        for p in self.procs.values():
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+                status = 1
+        log.info("supervisor: stopped")
+        return status

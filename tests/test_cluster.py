@@ -1,0 +1,238 @@
+"""Workers with a Redis room directory, end to end: a real redis-server (tests/redis_server.py),
+real servers on 127.0.0.1 port 0 (in this process, or `python -m server` subprocesses for
+a kill -9), real sockets. Waits are bounded by frame counts or deadlines, never sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from client_demo.client import AvatarClient
+from server import protocol as P
+from server.cluster import _worker_argv, advertised_url
+from server.config import Config
+from server.directory import RoomDirectory
+from tests.servers import running
+
+TTL = 0.8  # directory_ttl for these tests: a dead worker's rooms free within it
+
+
+def cluster(redis_url: str, **kw):
+    return running(redis=redis_url, directory_ttl=TTL, predictor="cv", **kw)
+
+
+async def get(srv, path: str) -> bytes:
+    """GET a path of an in-process server (in a thread: its loop must keep running)."""
+
+    def fetch() -> bytes:
+        with urllib.request.urlopen(f"http://127.0.0.1:{srv.port}{path}", timeout=5) as r:
+            return r.read()
+
+    return await asyncio.to_thread(fetch)
+
+
+async def route(srv, room: str) -> str | None:
+    return json.loads(await get(srv, f"/route?room={room}"))["url"]
+
+
+async def states(c: AvatarClient, n: int, budget: int = 600) -> int:
+    """Read until `n` state frames arrived (bounded); returns how many messages it took."""
+    got = 0
+    for k in range(budget):
+        msg = await c.recv()
+        got += isinstance(msg, P.State)
+        if got >= n:
+            return k + 1
+    raise AssertionError(f"{got} of {n} state frames within {budget} messages")
+
+
+async def stream(c: AvatarClient, stop: asyncio.Event, x: float = 0.0) -> None:
+    seq = 0
+    while not stop.is_set():
+        seq += 1
+        c.send_pos(seq, time.monotonic(), (x + 0.05 * seq, 0.0, 0.0))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.05)
+
+
+async def test_rooms_are_placed_on_two_workers_and_a_wrong_worker_says_moved(redis_url):
+    async with cluster(redis_url) as w0, cluster(redis_url) as w1:
+        await w0.cluster.next_beat()  # its view of the workers has w1 now
+        a_at, b_at = await route(w0, "a"), await route(w0, "b")
+        assert a_at != b_at  # least loaded, spread between heartbeats
+        async with (
+            AvatarClient(w0.url, "a", "alice", version=1) as a,
+            AvatarClient(w0.url, "b", "bob", version=1) as b,
+        ):
+            served = {a.served_by, b.served_by}
+            assert served == {w0.url, w1.url}  # two rooms, two workers
+            owner_a = w0 if a.served_by == w0.url else w1
+            other = w1 if owner_a is w0 else w0
+            assert owner_a.world.player("a", "alice") is not None
+            assert await route(other, "a") == owner_a.url  # any worker knows where a room lives
+            # a hello at the wrong worker: moved, with the owner's URL, close 4001
+            async with connect(other.url) as ws:
+                await ws.send(P.encode_client(P.Hello(room="a", avatar="carol")))
+                err = P.decode_server(await ws.recv())
+                assert isinstance(err, P.Error) and err.code == "moved" and err.url == owner_a.url
+                with pytest.raises(ConnectionClosed):
+                    await ws.recv()
+                assert ws.close_code == 4001
+            # AvatarClient given the wrong worker follows it without being told the route
+            c = AvatarClient(other.url, "a", "carol", version=1)
+            c._route = lambda: asyncio.sleep(0, other.url)  # as if /route were stale
+            async with c:
+                assert c.served_by == owner_a.url and c.moves == 1
+            metrics = await get(other, "/metrics")
+            assert b"avatar_hellos_moved_total 2.0" in metrics
+            assert b"avatar_directory_available 1.0" in metrics
+
+
+async def test_sigterm_drains_a_worker_and_its_clients_move(redis_url):
+    async with cluster(redis_url) as w1:
+        w0_cm = cluster(redis_url)
+        w0 = await w0_cm.__aenter__()
+        try:
+            c = AvatarClient(w0.url, "hall", "alice", backoff=(0.05, 0.2), version=1)
+            c._route = lambda: asyncio.sleep(0, w0.url)  # the room goes to the one we drain
+            await c.connect()
+            del c._route
+            assert c.served_by == w0.url
+            stop = asyncio.Event()
+            sender = asyncio.create_task(stream(c, stop))
+            await states(c, 3)
+            t0 = time.monotonic()
+            w0.request_shutdown()  # what SIGTERM does
+            msgs = []
+            for _ in range(400):  # until it is welcomed again, by the other worker
+                msg = await c.recv()
+                msgs.append(msg)
+                if isinstance(msg, P.Welcome):
+                    break
+            assert any(isinstance(m, P.Error) and m.code == "moved" for m in msgs)
+            assert c.served_by == w1.url and w1.world.player("hall", "alice") is not None
+            await states(c, 3)
+            assert time.monotonic() - t0 < 5.0
+            stop.set()
+            await sender
+            await c.close()
+        finally:
+            await w0_cm.__aexit__(None, None, None)
+
+
+async def test_redis_lost_while_running_keeps_serving_and_registers_again(redis_server):
+    async with cluster(redis_server.url) as w, AvatarClient(w.url, "r", "alice", version=1) as c:
+        stop = asyncio.Event()
+        sender = asyncio.create_task(stream(c, stop))
+        await states(c, 3)
+        await asyncio.to_thread(redis_server.stop)
+        for _ in range(600):  # the frames are the clock: until a heartbeat failed
+            await states(c, 1)
+            if not w.cluster.available:
+                break
+        assert not w.cluster.available and w.cluster.outages == 1
+        await states(c, 10)  # still served
+        await asyncio.to_thread(redis_server.start)  # empty: nothing of the cluster is left in it
+        for _ in range(600):
+            await states(c, 1)
+            if w.cluster.available:
+                break
+        assert w.cluster.available
+        d = RoomDirectory(redis_server.url)
+        try:
+            owner = await d.lookup("r")
+            assert owner is not None and owner.url == w.url  # registered again
+        finally:
+            await d.stop()
+        stop.set()
+        await sender
+
+
+async def test_redis_down_at_start_is_one_clear_line_and_exit_1(tmp_path):
+    from tests.redis_server import free_port
+
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    for workers in ("1", "2"):
+        r = subprocess.run(
+            [sys.executable, "-m", "server", "--redis", url, "--port", "0" if workers == "1"
+             else str(free_port()), "--workers", workers, "--predictor", "cv"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert r.returncode == 1, (workers, r.stderr[-2000:])
+        lines = [ln for ln in r.stderr.splitlines() if "127.0.0.1" in ln and "redis" in ln]
+        assert lines and "Traceback" not in r.stderr, r.stderr[-2000:]
+
+
+def _spawn_worker(redis_url: str) -> tuple[subprocess.Popen, str]:
+    cmd = [sys.executable, "-m", "server", "--redis", redis_url, "--port", "0",
+           "--predictor", "cv", "--directory-ttl", str(TTL), "--tick-hz", "50"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        m = re.search(r"serving (ws://\S+)", line)
+        if m:
+            import threading
+
+            threading.Thread(target=proc.stderr.read, daemon=True).start()
+            return proc, m.group(1)
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise AssertionError("worker did not start")
+
+
+async def test_kill_9_of_a_worker_its_clients_come_back_on_another(redis_url):
+    proc, url = await asyncio.to_thread(_spawn_worker, redis_url)
+    try:
+        async with cluster(redis_url) as live:
+            c = AvatarClient(live.url, "doomed", "alice", backoff=(0.05, 0.2), version=1)
+            c._route = lambda: asyncio.sleep(0, url)  # first connection: the doomed worker
+            await c.connect()
+            del c._route  # from now on, route through the live worker
+            assert c.served_by == url
+            stop = asyncio.Event()
+            sender = asyncio.create_task(stream(c, stop))
+            await states(c, 3)
+            t0 = time.monotonic()
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            for _ in range(400):
+                if isinstance(await c.recv(), P.Welcome):
+                    break
+            assert c.served_by == live.url
+            await states(c, 3)
+            assert time.monotonic() - t0 < 3.0 + TTL  # its room key expires within the TTL
+            stop.set()
+            await sender
+            await c.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_worker_argv_and_advertised_url():
+    argv = ["--workers", "3", "--redis", "redis://h/0", "--port=8700", "--tick-hz", "30"]
+    assert _worker_argv(argv, 8702, "n1") == [
+        "--redis", "redis://h/0", "--tick-hz", "30", "--workers", "1", "--port", "8702",
+        "--cluster-nonce", "n1",
+    ]  # fmt: skip
+    assert advertised_url(Config(host="10.1.2.3"), 8702) == "ws://10.1.2.3:8702/"
+    assert advertised_url(Config(advertise_url="wss://edge/a0/"), 1) == "wss://edge/a0/"
+    with pytest.raises(ValueError, match="needs --redis"):
+        Config(workers=2)
+    with pytest.raises(ValueError, match="fixed --port"):
+        Config(workers=2, redis="redis://h/0", port=0)
