@@ -31,6 +31,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, urlsplit
 
 import torch
 from prometheus_client import (
@@ -48,6 +50,9 @@ from server.engine import TickEngine
 from server.model import default_checkpoint_path, load_checkpoint
 from server.transports import Connection, HttpReply, make_transport
 from server.world import Member, World
+
+if TYPE_CHECKING:
+    from server.cluster import ClusterMember
 
 log = logging.getLogger("avatar_stream")
 
@@ -202,6 +207,32 @@ class _StatsCollector:
         yield GaugeMetricFamily(
             "avatar_rooms", "Rooms with members", value=len(w.rooms) if w else 0
         )
+        c = self.server.cluster
+        if c is not None:  # a cluster worker (--redis)
+            yield GaugeMetricFamily(
+                "avatar_directory_available",
+                "1 while the room directory (Redis) answers, 0 while it does not",
+                value=1.0 if c.available else 0.0,
+            )
+            for name, doc, value in (
+                ("avatar_directory_errors", "Room directory calls that failed", c.directory.errors),
+                (
+                    "avatar_directory_outages",
+                    "Times the room directory became unreachable",
+                    c.outages,
+                ),
+                (
+                    "avatar_hellos_moved",
+                    "Hellos answered with moved (room served elsewhere)",
+                    c.moved,
+                ),
+                (
+                    "avatar_hellos_refused_no_directory",
+                    "Hellos for new rooms refused while the directory was unreachable",
+                    c.refused,
+                ),
+            ):
+                yield CounterMetricFamily(name, doc, value=value)
 
 
 class AvatarServer:
@@ -217,6 +248,9 @@ class AvatarServer:
         self.started = asyncio.Event()
         self.port: int | None = None
         self.n_connections = 0
+        self.idle = asyncio.Event()  # set while no connection is open (a drain waits on it)
+        self.idle.set()
+        self.cluster: ClusterMember | None = None  # with --redis: this worker's membership
         self.sessions: set[Session] = set()
         self._stop: asyncio.Event | None = None
         self._reload: asyncio.Task | None = None
@@ -347,6 +381,16 @@ class AvatarServer:
             send_buffer=cfg.send_buffer,
         )
         self.port = await transport.start(cfg.host, cfg.port)
+        if cfg.redis:  # a cluster worker: register before the first client is admitted
+            from server.cluster import ClusterMember
+
+            self.cluster = ClusterMember(self, cfg, self.port)
+            try:
+                await self.cluster.start()
+            except BaseException:
+                await transport.stop()
+                self._executor.shutdown(wait=False)
+                raise
         log.info(
             "avatar-stream serving %s (http://%s:%d/metrics) device=%s model=%s tick=%g Hz "
             "transport=%s",
@@ -368,6 +412,9 @@ class AvatarServer:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
+            if self.cluster is not None:  # drain: clients move to other workers first
+                await self.cluster.drain(cfg.shutdown_timeout)
+                await self.cluster.stop()
             await transport.stop()  # 1001 to every client; the rest aborted after the timeout
             self._executor.shutdown(wait=True, cancel_futures=True)
             log.info("avatar-stream stopped")
@@ -407,8 +454,13 @@ class AvatarServer:
         """GET /route?room=R: where a client of room R connects. One process serves every
         room itself: {"url": null} ("the URL you asked"). A cluster worker: see
         server.cluster."""
-        body = json.dumps({"url": None}).encode()
-        return HttpReply(200, "application/json", body)
+        url = None
+        if self.cluster is not None:
+            room = parse_qs(urlsplit(path).query).get("room", [""])[0]
+            if not room:
+                return HttpReply(400, "text/plain; charset=utf-8", b"route needs ?room=NAME\n")
+            url = self.cluster.route(room)
+        return HttpReply(200, "application/json", json.dumps({"url": url}).encode())
 
     def _static(self, path: str) -> HttpReply:
         name = "index.html" if path in ("/", "/index.html") else path.removeprefix("/viewer/")
@@ -435,7 +487,7 @@ class AvatarServer:
         self.stats.errors[e.code] = self.stats.errors.get(e.code, 0) + 1
         log.info("closing %s: %s (%s)", conn.peer, e.code, e)
         if conn.is_open:
-            frame = P.encode_error(e.code, str(e))
+            frame = P.encode_error(e.code, str(e), e.url)
             self.stats.frames_out += 1
             self.stats.bytes_out += len(frame)
             conn.send([frame])
@@ -557,6 +609,7 @@ class Session:
     error with its documented code, anything else (a server bug) with internal_error."""
 
     __slots__ = (
+        "_claiming",
         "_drops",
         "_last_ping",
         "_refill_at",
@@ -579,7 +632,9 @@ class Session:
         self._tokens = cfg.max_msg_rate  # token bucket: one second's worth of burst
         self._drops = 0.0
         server.n_connections += 1
+        server.idle.clear()
         server.sessions.add(self)
+        self._claiming = False
         conn.on_pong = self._pong
         self._timer: asyncio.TimerHandle | None = None
         if server.n_connections > cfg.max_connections:
@@ -618,6 +673,8 @@ class Session:
         try:
             m = self.member
             if m is None:
+                if self._claiming:  # hello is being placed: nothing else is read meanwhile
+                    return
                 self._hello(P.decode_client(data, max_size=cfg.max_hello_frame))
                 return
             msg = P.decode_client(data, max_size=cfg.max_frame)
@@ -650,6 +707,36 @@ class Session:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        cluster = srv.cluster
+        if cluster is not None and not cluster.owns(msg.room):  # one directory round trip
+            self._claiming = True
+            asyncio.get_running_loop().create_task(self._claim_then_admit(cluster, msg))
+            return
+        self._admit(msg)
+
+    async def _claim_then_admit(self, cluster: ClusterMember, msg: P.Hello) -> None:
+        try:
+            url = await cluster.claim(msg.room)
+        except P.ProtocolError as e:
+            self.refuse(e)
+            return
+        finally:
+            self._claiming = False
+        if self.closed:
+            return
+        if url is not None:
+            self.refuse(P.ProtocolError("moved", f"room {msg.room!r} is served at {url}", url))
+            return
+        try:
+            self._admit(msg)
+        except P.ProtocolError as e:
+            self.refuse(e)
+        except Exception:  # a bug: this connection goes, the server and the others stay
+            log.exception("admitting %s failed", self.conn.peer)
+            self.refuse(P.ProtocolError("internal_error", "the server failed on a message"))
+
+    def _admit(self, msg: P.Hello) -> None:
+        srv = self.server
         world = srv.world
         prev = world.player(msg.room, msg.avatar)
         prev_session = prev.session if prev is not None else None
@@ -722,6 +809,8 @@ class Session:
         self._leave()
         srv.n_connections -= 1
         srv.sessions.discard(self)
+        if srv.n_connections == 0:
+            srv.idle.set()
 
 
 _NO_MODEL = object()
