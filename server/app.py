@@ -507,10 +507,12 @@ class AvatarServer:
             delay = start + k * period - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            elif -delay >= period:  # deadlines passed while the last tick ran: skip, count
-                missed = int(-delay // period)
-                self.stats.overruns += missed
-                k += missed
+            else:  # late: let the loop read sockets (and /metrics) before the next tick
+                await asyncio.sleep(0)
+                if -delay >= period:  # deadlines passed while the last tick ran: skip, count
+                    missed = int(-delay // period)
+                    self.stats.overruns += missed
+                    k += missed
             if self._next_model is not _NO_MODEL:
                 try:
                     self._apply_model()

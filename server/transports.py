@@ -95,6 +95,12 @@ class Transport(Protocol):
         close timeout."""
 
 
+# Pending connections the kernel queues for accept (capped by net.core.somaxconn): a
+# crowd connecting at once (a load test, a reconnect storm after a worker died) must not
+# overflow it, or SYNs are dropped and retried 1, 3, 7 ... s later. asyncio's default: 100.
+BACKLOG = 4096
+
+
 def make_transport(
     name: str,
     app: App,
@@ -244,6 +250,7 @@ class WebsocketsTransport:
             close_timeout=self.close_timeout,
             ping_interval=None,  # the app pings (idle_timeout) and closes the silent
             server_header="avatar-stream",
+            backlog=BACKLOG,
         )
         return self._server.sockets[0].getsockname()[1]
 
@@ -471,6 +478,7 @@ class PicowsTransport:
             websocket_handshake_timeout=self.close_timeout * 2.5,
             enable_auto_ping=False,  # the app pings (idle_timeout) and closes the silent
             logger_name=_PicowsLog(logging.getLogger("picows.server"), {}),
+            backlog=BACKLOG,
         )
         return self._server.sockets[0].getsockname()[1]
 
