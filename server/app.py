@@ -372,6 +372,11 @@ class AvatarServer:
         gc.collect()
         gc.freeze()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="avatar-step")
+        # A CPU step of MIN_BATCH avatars or more moves to a child process (server.stepper):
+        # in a thread it waits for the GIL behind the loop (1,000 clients: 37 vs 4.5 ms)
+        from server.stepper import Stepper
+
+        self._stepper = Stepper(engine, threads=cfg.threads)
         transport = make_transport(
             cfg.transport,
             self,
@@ -417,6 +422,7 @@ class AvatarServer:
                 await self.cluster.stop()
             await transport.stop()  # 1001 to every client; the rest aborted after the timeout
             self._executor.shutdown(wait=True, cancel_futures=True)
+            await asyncio.to_thread(self._stepper.close)  # killed by PID if it does not stop
             log.info("avatar-stream stopped")
 
     # -- HTTP on the same port ----------------------------------------------------------------
@@ -553,11 +559,15 @@ class AvatarServer:
                 self.request_reload()
 
     async def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
-        world = self.world
+        world, stepper = self.world, self._stepper
         world.begin_tick()
         t0 = time.perf_counter()
         n = world.engine.pending
-        if n * self._step_cost * 1000.0 <= self.config.inline_step_ms:
+        stepper.between_ticks(n)  # starts the step worker; hands the engine to it when ready
+        if stepper.active:  # in the worker process; the loop waits, without the GIL
+            result = stepper.step()
+            dt = time.perf_counter() - t0
+        elif n * self._step_cost * 1000.0 <= self.config.inline_step_ms:
             result = world.step()  # short: never stalls the loop longer than inline_step_ms
             dt = time.perf_counter() - t0
             if n >= 64:  # keep the estimate true (a slower machine, a busier one)

@@ -20,6 +20,17 @@ the state shape matches, their hidden states. A model step whose new hidden stat
 prediction is not finite for some rows resets those rows (zero state, CV prediction) and
 counts them in `nonfinite_resets`. On the CPU the hot path pays one finiteness check per
 tick; on CUDA the repair always runs on the device, so a tick keeps its single host sync.
+
+**Step worker.** `attach_worker` hands the compute (feature state, hidden states, model)
+to a `server.stepper.StepWorker`, a child process holding a copy of this engine; this
+object keeps the membership, the pending samples and the last predictions, so callers
+see no difference. `tick()` is `finish_tick(start_tick())`: `start_tick` ships the batch
+and returns at once, `finish_tick` waits for the worker's answer (without the GIL); a
+caller may do other work in between (the server does not: see `server.stepper`). Joins
+and leaves go to the worker as a journal with the next request (the slots come out the
+same: both sides run the same allocation; the worker checks). A worker that dies or
+fails is dropped (`finish_tick` raises); the engine then steps in-process again from a
+reset state (hidden states zero, every avatar's next sample starts a new segment).
 """
 
 from __future__ import annotations
@@ -105,6 +116,21 @@ class TickResult:
         return self.pos[:, None, :] + self.offsets
 
 
+@dataclass
+class StepBatch:
+    """One tick's input, taken by `TickEngine.start_tick` (rows in slot order)."""
+
+    tick: int
+    slots: np.ndarray  # (n,) int64, ascending
+    t: np.ndarray  # (n,) the samples' times (the clients' clocks)
+    p: np.ndarray  # (n, 3) float64 positions
+    seq: np.ndarray  # (n,) int64
+    clock: np.ndarray  # (n,) the samples' times on the shared clock (neighbours)
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+
 class TickEngine:
     """Batched stepped inference over all avatars; see the module docstring."""
 
@@ -169,6 +195,8 @@ class TickEngine:
         self.ticks = 0
         self.last_features = np.zeros((0, self.cfg.n_features), np.float32)
         self._pinned = self.device.type == "cuda"
+        self.worker = None  # a server.stepper.StepWorker running the steps (attach_worker)
+        self._journal: list[tuple] = []  # joins/leaves the worker has not been told of yet
         self._h = torch.tensor(self.horizons, dtype=torch.float32, device=self.device)
         self._set_scale()
         self._alloc_host_buffers(capacity)
@@ -213,6 +241,11 @@ class TickEngine:
                 )
             model.model.to(self.device).eval()
             model.device = self.device
+        if self.worker is not None:
+            try:  # the worker swaps first: a refusal there leaves this engine unchanged
+                self.worker.swap(self._take_journal(), model)
+            except ConnectionError:  # the worker is gone (not a refusal): serve in-process
+                self.drop_worker()
         keep = (
             model is not None
             and self.model is not None
@@ -272,6 +305,8 @@ class TickEngine:
             self._group_of_id[gid] = group
         self._group_size[gid] = self._group_size.get(gid, 0) + 1
         self._group[slot] = gid
+        if self.worker is not None:
+            self._journal.append(("join", avatar, group, slot))
         self.pool.zero(slot)
         self.fstate.clear(slot)
         self._pending[slot] = False
@@ -294,6 +329,8 @@ class TickEngine:
         self._pending[slot] = False
         self.last_t[slot] = np.nan
         heapq.heappush(self._free, slot)
+        if self.worker is not None:
+            self._journal.append(("leave", avatar))
 
     def _grow(self, capacity: int) -> None:
         old = self.capacity
@@ -362,7 +399,9 @@ class TickEngine:
             p = np.concatenate([p, np.zeros((len(p), 1))], axis=1)
         ok = np.isfinite(t) & np.isfinite(p).all(axis=1)
         ok &= np.abs(np.nan_to_num(p)).max(axis=1, initial=0.0) <= MAX_COORD
-        newest = np.where(self._pending[slots], self._pt[slots], self.fstate.t[slots])
+        # last_t is the newest stepped sample of a joined slot (NaN after a join), as in
+        # the feature state, which is the worker's when one is attached
+        newest = np.where(self._pending[slots], self._pt[slots], self.last_t[slots])
         ok &= np.isnan(newest) | (t > newest)
         kept = slots[ok]
         self._pending[kept] = True
@@ -376,29 +415,54 @@ class TickEngine:
 
     def tick(self) -> TickResult:
         """Run one batched step for every avatar with a new sample; return their predictions."""
+        return self.finish_tick(self.start_tick())
+
+    def start_tick(self) -> StepBatch:
+        """The first half of `tick`: take the pending samples as this tick's batch.
+
+        With a worker attached the batch is handed to it and this returns at once (the
+        worker's socket, `worker.fileno()`, turns readable when the step is done); call
+        `finish_tick` with the batch next, and nothing else of this engine's in between
+        but `join`, `leave`, `submit*`, `pending` and the read-only attributes.
+        """
         self.ticks += 1
         slots = np.flatnonzero(self._pending)
-        n = len(slots)
-        H = len(self.horizons)
-        if n == 0:
-            e = np.empty(0)
-            return TickResult(
-                self.ticks,
-                slots,
-                np.empty(0, dtype=object),
-                e,
-                np.empty((0, 3)),
-                np.empty((0, H, 3)),
-                np.empty(0, dtype=np.int64),
-                np.empty(0, dtype=bool),
-            )
         self._pending[slots] = False
-        t, p, seq = self._pt[slots], self._pp[slots], self._pseq[slots]
-        if self.model is None:  # model off: constant velocity from the last interval
+        batch = StepBatch(
+            self.ticks, slots, self._pt[slots], self._pp[slots], self._pseq[slots],
+            self._pclock[slots],
+        )  # fmt: skip
+        if self.worker is not None and len(slots):
+            try:
+                self.worker.start(batch, self._take_journal(), self.capacity)
+            except BaseException:
+                self.drop_worker()
+                raise
+        return batch
+
+    def finish_tick(self, batch: StepBatch) -> TickResult:
+        """The second half of `tick`: the batch's predictions (waits for the worker, if
+        one runs the step). Raises what the step raised; a worker that failed is dropped
+        first (the next tick steps in-process)."""
+        slots, t, p, seq = batch.slots, batch.t, batch.p, batch.seq
+        if len(slots) == 0:
+            H = len(self.horizons)
+            return TickResult(
+                batch.tick, slots, np.empty(0, dtype=object), np.empty(0), np.empty((0, 3)),
+                np.empty((0, H, 3)), np.empty(0, dtype=np.int64), np.empty(0, dtype=bool),
+            )  # fmt: skip
+        if self.worker is not None:
+            try:
+                off, reset = self.worker.finish(batch)
+            except BaseException:
+                self.drop_worker()
+                raise
+        elif self.model is None:  # model off: constant velocity from the last interval
             out = F.step(self.fstate, slots, t, p, self.cfg)
             off = (out.v[:, None, :] * self.horizons[None, :, None]).astype(np.float32)
+            self.last_features, reset = out.x, out.reset
         else:
-            self._clock[slots] = self._pclock[slots]
+            self._clock[slots] = batch.clock
             out = F.tick_features(
                 self.fstate,
                 slots,
@@ -410,12 +474,69 @@ class TickEngine:
                 clock=self._clock,
             )
             off = self._model_step(slots, out)
-        self.last_features = out.x  # (n, F) model input of this tick's rows (tests, tools)
+            self.last_features, reset = out.x, out.reset  # model input of this tick's rows
         self.last_t[slots] = t
         self.last_pos[slots] = p
         self.last_off[slots] = off
         self.last_seq[slots] = seq
-        return TickResult(self.ticks, slots, self._ids[slots], t, p, off, seq, out.reset)
+        return TickResult(batch.tick, slots, self._ids[slots], t, p, off, seq, reset)
+
+    # -- the step worker ----------------------------------------------------------------
+
+    def attach_worker(self, worker) -> None:
+        """Run the steps in `worker` (a started `server.stepper.StepWorker`) from now on.
+
+        Call between two ticks. The worker gets a copy of this engine (model, feature
+        and hidden states, slots); from then on this engine's own feature and hidden
+        states are not updated (`last_features` stays empty). Raises RuntimeError when
+        a worker is attached already or the device is not the CPU, and what the worker
+        raises when the copy cannot be sent (the engine is then unchanged).
+        """
+        if self.worker is not None:
+            raise RuntimeError("a step worker is attached already")
+        if self.device.type != "cpu":
+            raise RuntimeError(f"a step worker runs CPU engines; this one is on {self.device}")
+        worker.adopt(self)
+        self.worker = worker
+        self._journal = []
+        self.last_features = np.zeros((0, self.cfg.n_features), np.float32)
+
+    def _take_journal(self) -> list[tuple]:
+        journal, self._journal = self._journal, []
+        return journal
+
+    def drop_worker(self) -> None:
+        """Stop using the worker (it failed, or the caller gives up on it; between two
+        ticks): the steps run in-process again, from a reset state (zero hidden states,
+        every avatar's next sample starts a new segment). The worker is killed."""
+        worker, self.worker = self.worker, None
+        self._journal = []
+        if worker is None:
+            return
+        self._nonfinite = worker.nonfinite  # its count so far (it started from ours)
+        self.fstate.clear(slice(None))  # every avatar's next sample starts a new segment
+        self.pool = HiddenStatePool(self.pool.layers, self.pool.hidden, self.capacity, self.device)
+        worker.discard()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()  # what a worker gets: never the worker itself
+        state["worker"], state["_journal"] = None, []
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.fstate._views()  # pickled views are copies: views of the unpickled data again
+
+    def pend_batch(self, batch: StepBatch) -> None:
+        """Queue `batch`, taken by `start_tick` of an engine this one is a copy of (a step
+        worker's), as the next tick's samples. They were checked there, once."""
+        s = batch.slots
+        if not self._live[s].all() or self._pending[s].any():
+            raise RuntimeError("a batch for slots that are not joined: the engines diverged")
+        self._pending[s] = True
+        self._pt[s], self._pp[s], self._pseq[s], self._pclock[s] = (
+            batch.t, batch.p, batch.seq, batch.clock,
+        )  # fmt: skip
 
     @torch.inference_mode()
     def _model_step(self, slots: np.ndarray, out: F.StepOutput) -> np.ndarray:
@@ -476,6 +597,8 @@ class TickEngine:
     @property
     def nonfinite_resets(self) -> int:
         """Model-step rows reset because their hidden state or prediction was not finite."""
+        if self.worker is not None:
+            return self.worker.nonfinite  # as of its last step (it started from our count)
         dev = 0 if self._nonfinite_dev is None else int(self._nonfinite_dev.item())
         return self._nonfinite + dev
 
@@ -497,4 +620,7 @@ class TickEngine:
 
     def hidden(self, avatar: str) -> torch.Tensor:
         """Copy of an avatar's hidden state (layers, hidden). Raises KeyError if unknown."""
-        return self.pool.h[:, self._slot_of[avatar]].detach().cpu().clone()
+        slot = self._slot_of[avatar]
+        if self.worker is not None:  # asks the worker (between two ticks only)
+            return self.worker.hidden(self._take_journal(), slot)
+        return self.pool.h[:, slot].detach().cpu().clone()

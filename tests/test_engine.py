@@ -465,3 +465,47 @@ def test_group_ids_are_reused_when_rooms_empty():
     eng.join("z", "lobby")
     g = {a: int(eng._group[eng.slot(a)]) for a in "xyz"}
     assert g["x"] == g["z"] != g["y"] and max(g.values()) <= 1
+
+
+def test_start_and_finish_tick_are_tick_and_a_pickled_copy_steps_the_same(rng):
+    import pickle
+
+    lm = make_model()
+    a, b = TickEngine(lm, device="cpu"), TickEngine(make_model(), device="cpu")
+    for e in (a, b):
+        e.join("x", "r1"), e.join("y", "r1")
+    copy = None
+    for k in range(12):
+        if k == 6:  # a copy made between two ticks (what a step worker gets) goes on alike
+            copy = pickle.loads(pickle.dumps(b))
+            assert copy.worker is None and copy.fstate.t.base is copy.fstate.data
+            copy.join("z", "r2"), a.join("z", "r2")
+            b = copy
+        noise = rng.normal(0, 0.01, 3)
+        for e in (a, b):
+            for i, key in enumerate(("x", "y", "z")):
+                if key in e:
+                    assert e.submit(key, k * 0.05, (i + 0.1 * k, noise[i], 0.0), k)
+        ra = a.tick()
+        batch = b.start_tick()
+        assert batch.tick == b.ticks and len(batch) == len(ra) and b.pending == 0
+        rb = b.finish_tick(batch)
+        np.testing.assert_array_equal(ra.offsets, rb.offsets)
+        assert ra.avatars.tolist() == rb.avatars.tolist() and ra.tick == rb.tick
+    assert len(b.finish_tick(b.start_tick())) == 0  # nothing pending: an empty result
+
+
+def test_pend_batch_queues_another_engines_batch_and_refuses_foreign_slots():
+    src, dst = TickEngine(make_model(), device="cpu"), TickEngine(make_model(), device="cpu")
+    for e in (src, dst):
+        e.join("a"), e.join("b")
+    src.submit("b", 0.1, (1.0, 2.0, 0.0), seq=7)
+    batch = src.start_tick()
+    dst.pend_batch(batch)
+    assert dst.pending == 1
+    res = dst.tick()
+    assert res.avatars.tolist() == ["b"] and res.seq.tolist() == [7]
+    np.testing.assert_array_equal(res.offsets, src.finish_tick(batch).offsets)
+    dst.leave("b")
+    with pytest.raises(RuntimeError):
+        dst.pend_batch(batch)  # slot 1 is no longer joined here

@@ -1,0 +1,312 @@
+"""The step worker: a child process that steps a copy of the engine, bit for bit.
+
+Real child processes (``python -m server.stepper``), real sockets; every wait is bounded
+(a reply timeout, a frame count); no sleeps. Each test stops its children and checks by
+PID that none is left.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from websockets.asyncio.client import connect
+
+from server import protocol as P
+from server import stepper as S
+from server.engine import TickEngine
+from server.model import load_checkpoint
+from server.stepper import Stepper, StepWorker, StepWorkerGone
+from tests.servers import running
+from tests.test_engine import make_model
+
+START = 60.0  # seconds a child may take to import torch on a busy machine
+
+
+def gone(pid: int) -> bool:
+    """The process has exited and was reaped (no zombie left either)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.fixture
+def worker():
+    w = StepWorker(threads=1)
+    w.wait_ready(START)
+    yield w
+    w.close()
+    assert gone(w.pid)
+
+
+def feed(engines, k: int, n: int, rng) -> None:
+    """Tick k's samples for avatars x0..x{n-1} that are joined (same for every engine)."""
+    for i in range(n):
+        key = f"x{i}"
+        if key not in engines[0]:
+            continue
+        p = (i * 2.0 + 0.3 * k + rng.normal(0, 0.02), np.sin(0.2 * k + i), 0.0)
+        if i == 3 and k == 12:
+            p = (p[0] + 50.0, p[1], 0.0)  # a teleport: a reset row
+        for e in engines:
+            assert e.submit(key, k * 0.05 + i * 1e-3, p, seq=k)
+
+
+def test_the_worker_steps_bit_for_bit_like_the_engine_in_process(worker, rng):
+    local = TickEngine(load_checkpoint(device="cpu"), device="cpu", capacity=2)
+    remote = TickEngine(load_checkpoint(device="cpu"), device="cpu", capacity=2)
+    assert local.cfg.neighbours > 0  # the shipped model: the neighbour path runs too
+    for i in range(4):  # joined before the hand-over: their state travels with the copy
+        for e in (local, remote):
+            e.join(f"x{i}", "room-a")
+    feed([local, remote], 0, 4, rng)
+    local.tick(), remote.tick()
+    remote.attach_worker(worker)
+    with pytest.raises(RuntimeError):
+        remote.attach_worker(worker)
+    resets = 0
+    for k in range(1, 30):
+        for e in (local, remote):
+            if k < 24:  # joins grow the engines 4 -> 32 slots (new shared segments)
+                e.join(f"x{k + 3}", "room-a" if k % 2 else "room-b")
+            if k in (9, 17):
+                e.leave(f"x{k - 5}")  # freed slots are reused by later joins
+        feed([local, remote], k, 27, rng)
+        a, b = local.tick(), remote.tick()
+        resets += int(b.reset.sum())
+        assert a.slots.tolist() == b.slots.tolist() and a.avatars.tolist() == b.avatars.tolist()
+        np.testing.assert_array_equal(a.offsets, b.offsets)
+        np.testing.assert_array_equal(a.reset, b.reset)
+        assert a.tick == b.tick
+    assert remote.capacity == local.capacity == 32
+    assert resets >= 20 + 1  # every join's first sample, and the teleport
+    for key in ("x0", "x5", "x20"):
+        torch.testing.assert_close(remote.hidden(key), local.hidden(key), rtol=0, atol=0)
+    np.testing.assert_array_equal(remote.snapshot().offsets, local.snapshot().offsets)
+    assert remote.nonfinite_resets == local.nonfinite_resets == 0
+    assert remote.worker is worker and worker.alive
+
+
+def test_a_swapped_model_reaches_the_worker(worker, rng):
+    lm = make_model(hidden=16)
+    local = TickEngine(lm, device="cpu")
+    remote = TickEngine(make_model(hidden=16), device="cpu")
+    remote.attach_worker(worker)
+    for e in (local, remote):
+        e.join("x0"), e.join("x1")
+    swaps = [
+        (lambda: make_model(hidden=16, seed=1, version="same-shape"), True),
+        (lambda: make_model(hidden=8, seed=2, version="other-shape"), False),
+        (lambda: None, False),  # constant velocity
+        (lambda: make_model(hidden=8, seed=3, version="back"), False),
+    ]
+    for k in range(20):
+        if k % 5 == 4:
+            make, keep = swaps[k // 5]
+            assert local.swap_model(make()) is keep
+            assert remote.swap_model(make()) is keep
+            assert remote.version == local.version
+        feed([local, remote], k, 2, rng)
+        a, b = local.tick(), remote.tick()
+        np.testing.assert_array_equal(a.offsets, b.offsets)
+    with pytest.raises(ValueError):  # refused by the same checks: both keep serving
+        remote.swap_model(make_model(feats=local.cfg.__class__(horizons=(0.5, 1.0))))
+    assert remote.version == "back" and remote.worker is worker
+
+
+def test_a_killed_worker_is_dropped_and_the_engine_steps_in_process(worker):
+    eng = TickEngine(load_checkpoint(device="cpu"), device="cpu")
+    eng.attach_worker(worker)
+    for i in range(3):
+        eng.join(f"a{i}")
+    for k in range(3):
+        for i in range(3):
+            eng.submit(f"a{i}", k * 0.05, (i + 0.1 * k, 0.0, 0.0))
+        assert eng.tick().reset.tolist() == [k == 0] * 3
+    os.kill(worker.pid, signal.SIGKILL)
+    for i in range(3):
+        eng.submit(f"a{i}", 0.15, (i + 0.3, 0.0, 0.0))
+    with pytest.raises(StepWorkerGone):
+        eng.tick()
+    assert eng.worker is None and gone(worker.pid)
+    for i in range(3):
+        assert eng.submit(f"a{i}", 0.2, (i + 0.4, 0.0, 0.0))
+    res = eng.tick()  # in-process, from a reset state: every row starts a new segment
+    assert len(res) == 3 and res.reset.all() and np.isfinite(res.offsets).all()
+
+
+def test_close_stops_the_child_and_a_forgotten_worker_is_killed():
+    w = StepWorker()
+    pid = w.pid
+    w.close()  # before it even said it is ready: still stopped
+    assert gone(pid) and not w.alive
+    w.close()  # idempotent
+    w2 = StepWorker()
+    pid2 = w2.pid
+    w2.wait_ready(START)
+    del w2
+    gc.collect()  # nobody closed it: its finalizer kills it by PID
+    assert gone(pid2)
+
+
+def step_with_busy_main_thread(step, reps: int = 5) -> float:
+    """p50 seconds of `step()` while this (the main) thread runs Python, like a loop."""
+    times = []
+    for _ in range(reps):
+        done = threading.Event()
+
+        def run(done=done):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+            done.set()
+
+        th = threading.Thread(target=run)
+        th.start()
+        x = 0
+        while not done.is_set():
+            for i in range(300):
+                x += i
+        th.join()
+    return float(np.median(times))
+
+
+def test_a_busy_main_thread_does_not_hold_up_the_worker_as_it_holds_up_a_thread(worker):
+    """The point of the worker: a step in a thread waits for the GIL at every numpy and
+    torch call while the main thread runs Python; in the worker it does not."""
+    n = 500
+    local = TickEngine(load_checkpoint(device="cpu"), device="cpu", capacity=n)
+    remote = TickEngine(load_checkpoint(device="cpu"), device="cpu", capacity=n)
+    remote.attach_worker(worker)
+    rng = np.random.default_rng(0)
+    pos = rng.uniform(-60, 60, (n, 3))
+    pos[:, 2] = 0
+    slots = np.array([[e.join(f"a{i}") for e in (local, remote)] for i in range(n)])[:, 0]
+    k = [0]
+
+    def step(e):
+        k[0] += 1
+        e.submit_many(slots, np.full(n, k[0] * 0.05), pos + k[0] * 0.05, np.full(n, k[0]))
+        return e.tick()
+
+    step(local), step(remote)
+    old = os.sys.getswitchinterval()
+    os.sys.setswitchinterval(0.0005)  # the server's setting
+    try:
+        in_thread = step_with_busy_main_thread(lambda: step(local))
+        in_worker = step_with_busy_main_thread(lambda: step(remote))
+    finally:
+        os.sys.setswitchinterval(old)
+    assert in_worker * 2 < in_thread, (in_worker, in_thread)
+
+
+def test_stepper_starts_at_min_batch_and_drops_a_worker_that_does_not_answer():
+    eng = TickEngine(make_model(), device="cpu")
+    stepper = Stepper(eng, min_batch=2, timeout=0.5)
+    eng.join("a"), eng.join("b")
+    stepper.between_ticks(1)
+    assert stepper.worker is None  # under min_batch: nothing started
+    stepper.between_ticks(2)
+    worker = stepper.worker
+    assert worker is not None and not stepper.active
+    worker.wait_ready(START)
+    stepper.between_ticks(2)  # ready: the engine moves to it
+    assert stepper.active and eng.worker is worker
+    for k in range(3):
+        eng.submit("a", k * 0.05, (0.1 * k, 0, 0)), eng.submit("b", k * 0.05, (0, 0.1 * k, 0))
+        assert len(stepper.step()) == 2
+    os.kill(worker.pid, signal.SIGSTOP)  # alive but silent
+    try:
+        eng.submit("a", 0.2, (0.3, 0, 0))
+        t0 = time.monotonic()
+        with pytest.raises(StepWorkerGone):
+            stepper.step()
+        assert time.monotonic() - t0 < 5.0  # the stepper's timeout (0.5 s)
+    finally:
+        if not gone(worker.pid):
+            os.kill(worker.pid, signal.SIGKILL)
+    assert stepper.failed and not stepper.active and gone(worker.pid)
+    stepper.between_ticks(100)  # failed once: in-process for good
+    assert stepper.worker is worker and eng.worker is None
+    eng.submit("a", 0.25, (0.35, 0, 0))
+    assert len(eng.tick()) == 1
+
+
+async def test_served_predictions_from_the_worker_equal_the_engine_and_shutdown_stops_it(
+    monkeypatch,
+):
+    monkeypatch.setattr(S, "MIN_BATCH", 1)  # one client is enough to move the step out
+    ref = TickEngine(load_checkpoint(), device="cpu")
+    ref.join("me")
+    pids = []
+    async with running() as srv, connect(srv.url) as ws:
+        await ws.send(P.encode_client(P.Hello(room="r", avatar="me", v=1)))
+        welcome = P.decode_server(await ws.recv())
+        assert isinstance(welcome, P.Welcome)
+        p, t = np.zeros(3), 0.0
+        for k in range(400):  # lock-step, bounded: until the worker has served 10 ticks
+            t += 0.05
+            p = p + (0.06, 0.01 * np.sin(k), 0.0)
+            await ws.send(P.encode_client(P.Pos(seq=k, t=t, p=tuple(p))))
+            for _ in range(100):
+                st = P.decode_server(await ws.recv())
+                if isinstance(st, P.State) and len(st) and st.seq[0] == k:
+                    break
+            ref.submit("me", t, p, k)
+            expect = ref.tick()
+            np.testing.assert_allclose(st.offsets[0], expect.offsets[0], atol=5.1e-4)
+            stepper = srv._stepper
+            if stepper.active:
+                pids.append(stepper.worker.pid)
+                if len(pids) == 10:
+                    break
+        assert len(pids) == 10 and len(set(pids)) == 1 and not gone(pids[0])
+        assert srv.stats.tick_errors == 0
+    assert gone(pids[0])  # the server's shutdown stopped it
+
+
+async def test_a_server_whose_worker_dies_keeps_serving_in_process(monkeypatch):
+    monkeypatch.setattr(S, "MIN_BATCH", 1)
+    async with running() as srv, connect(srv.url) as ws:
+        await ws.send(P.encode_client(P.Hello(room="r", avatar="me", v=1)))
+        assert isinstance(P.decode_server(await ws.recv()), P.Welcome)
+        killed = None
+        states_after = 0
+        for k in range(600):  # bounded
+            await ws.send(P.encode_client(P.Pos(seq=k, t=0.05 * k, p=(0.05 * k, 0.0, 0.0))))
+            st = P.decode_server(await ws.recv())
+            stepper = srv._stepper
+            if killed is None and stepper.active:
+                killed = stepper.worker.pid
+                os.kill(killed, signal.SIGKILL)
+            elif killed is not None and stepper.failed and isinstance(st, P.State) and len(st):
+                states_after += 1
+                if states_after == 5 and st.seq[0] >= k - 2:
+                    break
+        assert killed is not None and gone(killed)
+        assert stepper.failed and not stepper.active and states_after == 5
+        assert srv.stats.tick_errors == 1
+
+
+def test_a_failure_in_the_child_comes_back_with_its_traceback_and_ends_the_worker(worker):
+    from server.stepper import StepWorkerError
+
+    eng = TickEngine(make_model(), device="cpu")
+    eng.join("a")
+    eng.attach_worker(worker)
+    eng.join("b")
+    eng._journal[-1] = ("join", "b", None, 7)  # a journal that disagrees with the copy
+    eng.submit("a", 0.0, (0.0, 0.0, 0.0))
+    with pytest.raises(StepWorkerError, match="diverged"):
+        eng.tick()
+    assert eng.worker is None and gone(worker.pid)
+    with pytest.raises(StepWorkerGone):
+        worker.hidden([], 0)  # a dropped worker answers nothing more
