@@ -25,12 +25,14 @@ and the app read it as before:
     result = engine.tick()                   # the step runs in the child
     worker.close()                           # stop; killed by PID after `timeout`
 
-`Stepper` is the server's policy around it (`AvatarServer._tick`): the worker starts the
-first time a tick's batch reaches `MIN_BATCH` avatars on a CPU engine (small servers and
-the tests stay in-process; CUDA engines always do), the engine moves to it between two
-ticks once it is ready (until then the steps run as before: inline or in a thread), and a
-worker that fails or does not answer within the timeout is dropped for good: the engine
-steps in-process again, from a reset state, and the failure is logged.
+`Stepper` is the server's policy around it (`AvatarServer._tick`): the worker takes the
+place of the thread. It starts the first time a CPU step of at least `MIN_BATCH` avatars
+is predicted to take longer than `--inline-step-ms` (shorter steps run on the loop, as
+before; small servers and the tests stay in-process; CUDA engines always do), the engine
+moves to it between two ticks once it is ready (until then the thread serves), every
+step runs there from then on, and a worker that fails or does not answer within the
+timeout is dropped for good: the engine steps in-process again, from a reset state, and
+the failure is logged.
 """
 
 from __future__ import annotations
@@ -395,15 +397,17 @@ class Stepper:
         """The engine steps in the worker."""
         return self.engine.worker is not None
 
-    def between_ticks(self, pending: int) -> None:
-        """Call before each tick's step (loop thread): starts the worker when `pending`
-        reaches `min_batch`, hands the engine over once it is ready. Never blocks for
-        long (a process start, a pickled engine); a failure is logged, not raised."""
+    def between_ticks(self, pending: int, off_loop: bool = True) -> None:
+        """Call before each tick's step (loop thread): starts the worker when a step of
+        `pending` avatars is to leave the loop (`off_loop`: it would go to a thread) and
+        `pending` reaches `min_batch`; hands the engine over once the worker is ready.
+        Never blocks for long (a process start, a pickled engine); a failure is logged,
+        not raised."""
         if self.failed or self.active or self.engine.device.type != "cpu":
             return
         try:
             if self.worker is None:
-                if pending >= self.min_batch:
+                if off_loop and pending >= self.min_batch:
                     self.worker = StepWorker(self.threads, reply_timeout=self.timeout)
                     self._started_at = time.monotonic()
                     log.info("step worker starting (pid %d)", self.worker.pid)
