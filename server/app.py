@@ -12,8 +12,9 @@ owns sockets and time:
     await task
 
 The tick loop runs on absolute deadlines (k / tick_hz after start), counts the deadlines
-it misses (overruns) instead of drifting, runs the model step in a worker thread so the
-event loop keeps reading sockets, and writes each client's frames without awaiting: a
+it misses (overruns) instead of drifting, runs a short model step on the loop and a long
+one in a thread, or, once a step of 256+ avatars runs long, in a step worker process
+(`server.stepper`: off the GIL), and writes each client's frames without awaiting: a
 client whose socket does not drain has its `state` frames dropped (each frame is
 complete, the next replaces it) and is closed after `max_dropped` in a row.
 """

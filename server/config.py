@@ -188,7 +188,9 @@ HELP = {
     "switch_interval": "Python GIL switch interval in seconds while serving (short: the model-step "
     "thread is not kept waiting behind socket I/O; Python's default is 0.005)",
     "inline_step_ms": "a CPU model step predicted (from a measured cost per avatar) to take "
-    "at most this many ms runs on the event loop instead of a worker thread; 0: always a thread",
+    "at most this many ms runs on the event loop; a longer one runs in a thread, and from the "
+    "first long step of 256+ avatars in a step worker process (server.stepper); 0: never on "
+    "the loop",
     "compression": "offer permessage-deflate (costs CPU per frame; off by default)",
     "transport": "WebSocket library: picows (Cython framing, several times less CPU per "
     "message) or websockets (the reference implementation; needed for --compression); "
