@@ -28,7 +28,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -685,7 +685,7 @@ class Session:
                 self.refuse(P.ProtocolError("rate_limited", f"over {rate:g} messages/s, sustained"))
             return
         self._tokens -= 1.0
-        try:
+        with self._refusing("handling a message"):
             m = self.member
             if m is None:
                 if self._claiming:  # hello is being placed: nothing else is read meanwhile
@@ -707,10 +707,17 @@ class Session:
                 self.conn.close(P.CLOSE_NORMAL, "bye")
             else:  # a second hello
                 raise P.ProtocolError("expected_hello", "hello was already received")
+
+    @contextlib.contextmanager
+    def _refusing(self, doing: str) -> Iterator[None]:
+        """A protocol error inside closes this connection with its code; anything else (a
+        server bug) with internal_error: the server and the other connections stay."""
+        try:
+            yield
         except P.ProtocolError as e:
             self.refuse(e)
-        except Exception:  # a bug: this connection goes, the server and the others stay
-            log.exception("handling a message from %s failed", self.conn.peer)
+        except Exception:
+            log.exception("%s from %s failed", doing, self.conn.peer)
             self.refuse(P.ProtocolError("internal_error", "the server failed on a message"))
 
     def _hello(self, msg: P.ClientMessage) -> None:
@@ -742,13 +749,8 @@ class Session:
         if url is not None:
             self.refuse(P.ProtocolError("moved", f"room {msg.room!r} is served at {url}", url))
             return
-        try:
+        with self._refusing("admitting a hello"):
             self._admit(msg)
-        except P.ProtocolError as e:
-            self.refuse(e)
-        except Exception:  # a bug: this connection goes, the server and the others stay
-            log.exception("admitting %s failed", self.conn.peer)
-            self.refuse(P.ProtocolError("internal_error", "the server failed on a message"))
 
     def _admit(self, msg: P.Hello) -> None:
         srv = self.server

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -64,25 +65,33 @@ class Workload:
 
     def busy(self, steps: int) -> float:
         """p50 seconds of a step run in a thread while this (main) thread runs Python."""
-        times: list[float] = []
+        times = []
         for _ in range(steps):
             self.feed()
-            done = threading.Event()
-
-            def run(done=done) -> None:
-                t0 = time.perf_counter()
-                self.engine.tick()
-                times.append(time.perf_counter() - t0)
-                done.set()
-
-            th = threading.Thread(target=run)
-            th.start()
-            x = 0
-            while not done.is_set():
-                for i in range(300):
-                    x += i
-            th.join()
+            times.append(behind_busy_main_thread(self.engine.tick))
         return float(np.median(times))
+
+
+def behind_busy_main_thread(step: Callable[[], object]) -> float:
+    """Seconds `step()` takes in a thread while this (the main) thread runs Python in a
+    tight loop, a stand-in for the event loop's callbacks."""
+    done = threading.Event()
+    took: list[float] = []
+
+    def run() -> None:
+        t0 = time.perf_counter()
+        step()
+        took.append(time.perf_counter() - t0)
+        done.set()
+
+    th = threading.Thread(target=run)
+    th.start()
+    x = 0
+    while not done.is_set():
+        for i in range(300):
+            x += i
+    th.join()
+    return took[0]
 
 
 def _traced(engine: TickEngine) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import gc
 import os
 import signal
-import threading
 import time
 
 import numpy as np
@@ -21,6 +20,7 @@ from websockets.asyncio.client import connect
 from server import protocol as P
 from server import stepper as S
 from server.engine import TickEngine
+from server.gilbench import behind_busy_main_thread
 from server.model import load_checkpoint
 from server.stepper import Stepper, StepWorker, StepWorkerGone
 from tests.servers import running
@@ -159,24 +159,7 @@ def test_close_stops_the_child_and_a_forgotten_worker_is_killed():
 
 def step_with_busy_main_thread(step, reps: int = 5) -> float:
     """p50 seconds of `step()` while this (the main) thread runs Python, like a loop."""
-    times = []
-    for _ in range(reps):
-        done = threading.Event()
-
-        def run(done=done):
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
-            done.set()
-
-        th = threading.Thread(target=run)
-        th.start()
-        x = 0
-        while not done.is_set():
-            for i in range(300):
-                x += i
-        th.join()
-    return float(np.median(times))
+    return float(np.median([behind_busy_main_thread(step) for _ in range(reps)]))
 
 
 def test_the_worker_steps_like_the_engine_behind_a_busy_main_thread(worker):
