@@ -2,6 +2,7 @@
 
     python -m client_demo.loadtest --url ws://127.0.0.1:8765/ --clients 1000 --rate 20 \\
         --duration 30 --ramp 5 [--processes auto] [--protocol 2] --rooms 1 --json load.json
+    python -m client_demo.loadtest --url ws://127.0.0.1:8700/ --route --rooms 8 ...  # a cluster
 
 Clients connect over --ramp seconds, spread evenly over the worker processes (one asyncio
 loop each, uvloop when installed), then each streams the training simulator's motion at
@@ -32,6 +33,25 @@ the ones the server skipped by design (the delta of avatar_state_frames_skipped_
 the window, scaled to the window and to this run's share of the server's players), and the
 service level uses it when there is one.
 
+Cluster (--route): a cluster's workers (`python -m server --workers N --redis URL`, see
+docs/scaling.md) each serve some rooms. With --route the tool asks --url's worker
+`GET /route?room=load{k}` for every room the run uses, one after another (so the worker
+spreads the new rooms), before its processes start; a null url (one server) or an HTTP
+404 (an older server) means --url itself, and any other failure stops the run at the
+start as an unreachable /metrics does. Each client connects to its room's worker and
+follows an `error` `moved` (close 4001: the room lives elsewhere, or the worker drains) to
+the URL it names, or looks the room up again on --url when it names none, at most 4 hops
+(then "moved" is its error; "moves" counts the hops). The report names the servers
+("workers": the distinct URLs the rooms went to, the cluster's workers, not this tool's
+processes; "room_urls": {room: URL}). The server-side figures are then
+the cluster's: /metrics is read from every worker the rooms went to and from --url (all
+must answer, the slowest read is the one that counts) and summed sample by sample
+(`merge_metrics`: tick histograms, counters and the connections gauge add up), and the
+server CPU is the sum over the server PIDs (--server-pid, several allowed; else the one
+listening on each worker's port on this machine). With --workers N the supervisor (the
+workers' parent) is a process too: give its PID with --server-pid to count it. Without
+--route every client connects to --url and a `moved` is an error, as before.
+
 It never crashes on overload. A worker that does not report (it died, failed, or was not
 ready / did not report by its deadline) is terminated by its PID and counted
 ("workers_missing", "workers_missing_why", "clients_unreported": those clients are in no
@@ -53,7 +73,7 @@ JSON (`--json`): {"clients", "connected", "connected_late", "errors", "error_kin
 "server_records_per_s"}, "generator": {"cpu_s_per_s", "send_lag_ms", "sends_skipped",
 "saturated", "saturated_why"}, "generator_cpu_s_per_s", "server_cpu_s_per_s",
 "workers_missing", "workers_missing_why", "clients_unreported", "unmeasured",
-"machine_listen_overflows", ...};
+"machine_listen_overflows", "route", "room_urls", "workers", "moves", "server_pids", ...};
 `bytes_out` is what the clients sent, `bytes_in` what they got (whole run);
 "downlink_per_client" counts the measured window only, per connected client-second.
 """
@@ -93,6 +113,8 @@ SATURATED_SKIPPED = 0.01  # fraction of the sends due in the window skipped (a p
 CLOSE_TIMEOUT = 5.0  # seconds a worker waits for its clients' closing handshakes
 CLOSE_WAIT = 15.0  # seconds a worker keeps its clients after the window, for the parent
 CONNECT_TRY = 0.5  # seconds for one connection attempt of a /metrics read
+MAX_MOVES = 4  # `moved` errors a client follows (--route) before it counts as an error
+ROUTE_TIMEOUT = 5.0  # seconds for one GET /route
 
 
 @dataclass
@@ -115,6 +137,7 @@ class ClientStats:
     record_bytes: int = 0  # bytes of those frames
     records_in_window: int = 0
     latencies: list[float] = field(default_factory=list)
+    moves: int = 0  # `moved` errors followed (--route)
 
 
 @dataclass
@@ -134,6 +157,7 @@ class WorkerJob:
     t_connect: float = 0.0  # time.time() when the ramp starts; sent once all workers are ready
     protocol: int = 2
     settle: float = 1.0  # seconds after the ramp before the measured window starts
+    room_urls: dict[str, str] | None = None  # --route: each room's worker URL (else all: url)
 
 
 def auto_processes(clients: int, cpus: int | None = None) -> int:
@@ -193,11 +217,42 @@ class _Conn:
         self.stats = ClientStats()
 
 
+def room_name(gi: int, rooms: int) -> str:
+    """The room of the client with global index `gi`: rooms are filled round-robin."""
+    return f"load{gi % rooms}"
+
+
 def _hello(job: WorkerJob, c: _Conn) -> bytes:
     from server import protocol as P
 
-    hello = P.Hello(room=f"load{c.gi % job.rooms}", avatar=f"c{c.gi:06d}", v=job.protocol)
+    hello = P.Hello(room=room_name(c.gi, job.rooms), avatar=f"c{c.gi:06d}", v=job.protocol)
     return P.encode_client(hello)
+
+
+def _first_url(job: WorkerJob, c: _Conn) -> str:
+    """Where this client connects first: its room's worker (--route), else --url."""
+    if job.room_urls is None:
+        return job.url
+    return job.room_urls.get(room_name(c.gi, job.rooms), job.url)
+
+
+async def _next_hop(job: WorkerJob, c: _Conn, reply) -> str | None:
+    """Where a hello answered with `reply` (not a welcome) goes next: a `moved` error's
+    url, or the room looked up again on --url when it names none. None: give up (no
+    --route, not a `moved`, MAX_MOVES hops made, or the look-up failed: its error is set)."""
+    if job.room_urls is None or getattr(reply, "code", None) != "moved":
+        return None
+    if c.stats.moves >= MAX_MOVES:
+        return None
+    url = getattr(reply, "url", None)
+    if not url:
+        try:
+            url = await asyncio.to_thread(route_url, job.url, room_name(c.gi, job.rooms))
+        except OSError:
+            c.stats.error = "moved_route_failed"
+            return None
+    c.stats.moves += 1
+    return url
 
 
 def _ended(c: _Conn, error: str, code: int | None, now: float) -> None:
@@ -217,25 +272,32 @@ async def _connect(job: WorkerJob, c: _Conn, t_conn: float, window) -> None:
 
     loop = asyncio.get_running_loop()
     await asyncio.sleep(max(0.0, t_conn - loop.time()))
-    try:
-        ws = await connect(
-            job.url, max_size=2**22, compression=None, open_timeout=30, close_timeout=2
-        )
-        await ws.send(_hello(job, c))
-        welcome = P.decode_server(await ws.recv())
-    except ConnectionClosed as e:
-        c.stats.error, c.stats.close_code = "closed", (e.rcvd.code if e.rcvd else None)
-        return
-    except (OSError, TimeoutError) as e:
-        c.stats.error = type(e).__name__
-        return
-    except Exception as e:  # handshake refused, a frame that is not a server message
-        c.stats.error = type(e).__name__
-        return
-    if not isinstance(welcome, P.Welcome):
-        c.stats.error = getattr(welcome, "code", "no_welcome")
+    target = _first_url(job, c)
+    while True:
+        try:
+            ws = await connect(
+                target, max_size=2**22, compression=None, open_timeout=30, close_timeout=2
+            )
+            await ws.send(_hello(job, c))
+            welcome = P.decode_server(await ws.recv())
+        except ConnectionClosed as e:
+            c.stats.error, c.stats.close_code = "closed", (e.rcvd.code if e.rcvd else None)
+            return
+        except (OSError, TimeoutError) as e:
+            c.stats.error = type(e).__name__
+            return
+        except Exception as e:  # handshake refused, a frame that is not a server message
+            c.stats.error = type(e).__name__
+            return
+        if isinstance(welcome, P.Welcome):
+            break
         await ws.close()
-        return
+        target = await _next_hop(job, c, welcome)
+        if target is None:
+            if c.stats.error is None:
+                c.stats.error = getattr(welcome, "code", "no_welcome")
+                c.stats.close_code = ws.close_code
+            return
     from websockets.asyncio.connection import broadcast
 
     c.ws, c.handle = ws, welcome.handle
@@ -292,57 +354,80 @@ async def _connect_picows(job: WorkerJob, c: _Conn, t_conn: float, window) -> No
     from server import protocol as P
 
     loop = asyncio.get_running_loop()
-    welcomed = loop.create_future()
 
     class Listener(WSListener):
+        """One connection attempt: the first frame answers the hello; only an attempt that
+        was welcomed (`ok`) counts frames and ends the client (a refused one, e.g. `moved`,
+        leaves it alone, however late its close arrives)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.welcomed = loop.create_future()
+            self.ok = False
+            self.close_code: int | None = None
+
         def on_ws_frame(self, t, frame) -> None:
             kind = frame.msg_type
             if kind is WSMsgType.BINARY:
                 data = frame.get_payload_as_memoryview()
-                if c.handle is None and not welcomed.done():
+                if self.ok:
+                    _on_state(c, data, loop.time(), window)
+                elif not self.welcomed.done():
                     try:
-                        welcomed.set_result(P.decode_server(bytes(data)))
+                        reply = P.decode_server(bytes(data))
                     except Exception as e:  # not a server message: no welcome
-                        welcomed.set_result(type(e).__name__)
-                    return
-                _on_state(c, data, loop.time(), window)
+                        reply = type(e).__name__
+                    self.ok = isinstance(reply, P.Welcome)
+                    self.welcomed.set_result(reply)
             elif kind is WSMsgType.CLOSE:
-                if c.ws is not None:  # not closed by us at the end
-                    _ended(c, "closed", int(frame.get_close_code().value), loop.time())
-                    if not welcomed.done():
-                        welcomed.set_result(None)
-                c.send = None
+                code = int(frame.get_close_code().value)
+                if self.ok:
+                    if c.ws is not None:  # not closed by us at the end
+                        _ended(c, "closed", code, loop.time())
+                    c.send = None
+                else:
+                    self.close_code = code
+                    if not self.welcomed.done():
+                        self.welcomed.set_result(None)
                 t.send_close()
                 t.disconnect()
 
         def on_ws_disconnected(self, t) -> None:
-            if c.ws is not None and c.stats.connected:  # dropped without a close frame
-                _ended(c, "disconnected", None, loop.time())
-            c.send = None
-            if not welcomed.done():
-                welcomed.set_result(None)
+            if self.ok:
+                if c.ws is not None and c.stats.connected:  # dropped without a close frame
+                    _ended(c, "disconnected", None, loop.time())
+                c.send = None
+            if not self.welcomed.done():
+                self.welcomed.set_result(None)
 
     await asyncio.sleep(max(0.0, t_conn - loop.time()))
-    try:
-        t, _ = await ws_connect(Listener, job.url, max_frame_size=2**22,
-                                websocket_handshake_timeout=30)  # fmt: skip
-    except (OSError, TimeoutError) as e:
-        c.stats.error = type(e).__name__
-        return
-    except Exception as e:  # picows' handshake errors
-        c.stats.error = type(e).__name__
-        return
-    c.ws = t
-    t.send(WSMsgType.BINARY, _hello(job, c))
-    welcome = await welcomed
-    if not isinstance(welcome, P.Welcome):
-        if c.stats.error is None:
-            c.stats.error = getattr(welcome, "code", None) or (
-                welcome if isinstance(welcome, str) else "no_welcome"
-            )
+    target = _first_url(job, c)
+    while True:
+        try:
+            t, listener = await ws_connect(Listener, target, max_frame_size=2**22,
+                                           websocket_handshake_timeout=30)  # fmt: skip
+        except (OSError, TimeoutError) as e:
+            c.stats.error = type(e).__name__
+            return
+        except Exception as e:  # picows' handshake errors
+            c.stats.error = type(e).__name__
+            return
+        c.ws = t
+        t.send(WSMsgType.BINARY, _hello(job, c))
+        welcome = await listener.welcomed
+        if isinstance(welcome, P.Welcome):
+            break
         c.ws = None
         t.disconnect()
-        return
+        target = await _next_hop(job, c, welcome)
+        if target is None:
+            if c.stats.error is None:
+                code = getattr(welcome, "code", None) or (
+                    welcome if isinstance(welcome, str) else None
+                )
+                c.stats.error = code or ("no_welcome" if listener.close_code is None else "closed")
+                c.stats.close_code = listener.close_code
+            return
     c.handle = welcome.handle
     c.send = lambda frame: t.send(WSMsgType.BINARY, frame)
     c.stats.connected, c.stats.expected_hz = True, welcome.tick_hz
@@ -499,6 +584,7 @@ def _worker_result(
         "send_lags": np.array(probe.lags, dtype=np.float32),
         "sends_skipped": probe.skipped,
         "sends_scheduled": probe.scheduled,
+        "moves": sum(s.moves for s in stats),
     }
 
 
@@ -621,6 +707,87 @@ def fetch_metrics(url: str, timeout: float = 10.0) -> str:
             conn.close()
 
 
+def route_url(url: str, room: str, timeout: float = ROUTE_TIMEOUT) -> str:
+    """The WebSocket URL of the worker serving `room` (or suggested to place it), from
+    `GET /route?room=` on the host and port of `url`: `url` itself when the answer's url is
+    null (one server) or the server has no /route (HTTP 404, an older server).
+
+    Raises OSError: unreachable, timed out, another HTTP status, or not a route reply.
+    """
+    import http.client
+    import urllib.error
+    import urllib.request
+    from urllib.parse import quote
+
+    u = urlsplit(url)
+    where = f"{'https' if u.scheme == 'wss' else 'http'}://{u.netloc}/route?room={quote(room)}"
+    try:
+        with urllib.request.urlopen(where, timeout=timeout) as r:
+            got = json.loads(r.read())["url"]
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return url
+        raise OSError(f"GET {where}: HTTP {e.code}") from None
+    except (KeyError, ValueError, TypeError, http.client.HTTPException) as e:
+        raise OSError(f"GET {where}: not a route reply ({type(e).__name__}: {e})") from None
+    except urllib.error.URLError as e:  # an OSError already; name the URL
+        raise OSError(f"GET {where}: {cli.first_line(e.reason)}") from None
+    if got is None:
+        return url
+    if not isinstance(got, str) or urlsplit(got).scheme not in ("ws", "wss"):
+        raise OSError(f"GET {where}: not a route reply (url {got!r})")
+    return got
+
+
+def route_rooms(url: str, rooms: int, timeout: float = ROUTE_TIMEOUT) -> dict[str, str]:
+    """{room: worker URL} for the rooms load0 .. load{rooms-1}, asked of `url`'s worker one
+    after another (a worker spreads consecutive new rooms over the cluster). OSError as
+    `route_url`."""
+    names = [room_name(k, rooms) for k in range(rooms)]
+    return {room: route_url(url, room, timeout) for room in names}
+
+
+def _sample_line(line: str) -> tuple[str, float] | None:
+    """(name with its labels as written, value) of one exposition line; None for a
+    comment, a blank line or one that does not parse."""
+    line = line.strip()
+    if not line or line.startswith("#"):
+        return None
+    if "}" in line:  # a label value may hold spaces (and braces): split after the last }
+        cut = line.rindex("}") + 1
+        key, rest = line[:cut], line[cut:].split()
+    else:
+        key, *rest = line.split()
+    try:
+        return key, float(rest[0])  # a timestamp after the value, if any, is dropped
+    except (IndexError, ValueError):
+        return None
+
+
+def _prom_float(v: float) -> str:
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    return repr(v)
+
+
+def merge_metrics(texts: list[str]) -> str:
+    """Several servers' /metrics texts as one: the samples with the same name and labels
+    summed over the texts (histogram buckets, _sum and _count, counters and the
+    connections gauge add up: the histogram of the merged buckets is that of all the
+    servers' observations together), in the order first seen; comment lines dropped.
+    Pure. (A gauge that does not add up, e.g. a start time, is summed all the same.)"""
+    sums: dict[str, float] = {}
+    for text in texts:
+        for line in text.splitlines():
+            sample = _sample_line(line)
+            if sample is not None:
+                key, v = sample
+                sums[key] = sums.get(key, 0.0) + v
+    return "".join(f"{key} {_prom_float(v)}\n" for key, v in sums.items())
+
+
 def _buckets(metrics: str, name: str) -> list[tuple[float, float]]:
     return [
         (math.inf if le == "+Inf" else float(le), float(v))
@@ -706,20 +873,51 @@ class Scrape:
     t_sent: float = 0.0
 
 
-def scrape(url: str, server_pid: int | None = None, timeout: float = 10.0) -> Scrape:
-    """Read /metrics and the server's CPU now; never raises (a failure is in `why`)."""
+def _pid_list(pids) -> list[int]:
+    """None, a PID or PIDs -> the distinct PIDs, in order."""
+    if pids is None:
+        return []
+    return list(dict.fromkeys(int(p) for p in ([pids] if isinstance(pids, int) else pids) if p))
+
+
+def scrape(
+    url: str | list[str], server_pid: int | list[int] | None = None, timeout: float = 10.0
+) -> Scrape:
+    """Read /metrics and the server's CPU now; never raises (a failure is in `why`).
+
+    Several URLs (a cluster's workers): every /metrics is read at once (one thread each)
+    and the texts merged (`merge_metrics`); the read fails if any one does; `took` is the
+    slowest read. Several PIDs: `cpu` is the sum of their CPU seconds (None if one cannot
+    be read)."""
+    urls = [url] if isinstance(url, str) else list(dict.fromkeys(url))
+    pids = _pid_list(server_pid)
     t0 = time.time()
     cpu = None
-    if server_pid:
+    if pids:
         with contextlib.suppress(OSError, ValueError, IndexError):
-            cpu = process_cpu(server_pid)
-    text, why = None, None
-    try:
-        text = fetch_metrics(url, timeout)
-    except (OSError, ValueError) as e:
-        why = f"{metrics_url(url)}: {cli.first_line(e)}"
+            cpu = sum(process_cpu(p) for p in pids)
+
+    def read(u: str) -> tuple[str | None, str | None, float]:
+        t = time.time()
+        try:
+            return fetch_metrics(u, timeout), None, time.time() - t
+        except (OSError, ValueError) as e:
+            return None, f"{metrics_url(u)}: {cli.first_line(e)}", time.time() - t
+
+    if len(urls) == 1:
+        reads = [read(urls[0])]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(urls)) as pool:
+            reads = list(pool.map(read, urls))
     t1 = time.time()
-    return Scrape(text, (t0 + t1) / 2, cpu, why, t1 - t0, t0)
+    whys = [w for _, w, _ in reads if w]
+    text = None
+    if not whys:
+        text = reads[0][0] if len(reads) == 1 else merge_metrics([t for t, _, _ in reads])
+    took = max(k for _, _, k in reads) if len(reads) > 1 else t1 - t0
+    return Scrape(text, (t0 + t1) / 2, cpu, "; ".join(whys) or None, took, t0)
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -870,6 +1068,8 @@ def run(
     ready_timeout: float = 120.0,
     report_timeout: float = 30.0,
     on_start: Callable[[list[int]], None] | None = None,
+    route: bool = False,
+    server_pids: list[int] | None = None,
 ) -> dict:
     """Run one bounded load test; returns the figures (see the module docstring).
 
@@ -878,19 +1078,41 @@ def run(
     terminated by its PID and counted missing. `on_start(pids)` is called with the started
     workers' PIDs as their clients begin to connect (to watch, pin or profile them).
 
-    Raises ValueError for bad arguments and OSError if the server's /metrics is unreachable
-    at the start; after that it always returns a report.
+    `route`: look every room up on `url` (`GET /route`, `route_rooms`) before the workers
+    start, connect each client to its room's server and follow `moved`; /metrics is then
+    read from every server the rooms went to and from `url`, and summed. The server CPU is
+    the sum over `server_pids` and `server_pid` (none given: the process listening on each
+    of those servers' ports on this machine, when every one is found). With
+    `python -m server --workers N` the supervisor is one more process: pass its PID in
+    `server_pids` too to count it (it is not found by port: it does not listen).
+
+    Raises ValueError for bad arguments and OSError if the server's /metrics (or, with
+    `route`, its /route) is unreachable at the start; after that it always returns a report.
     """
     check_args(clients, rate, duration, ramp, processes, rooms, sample_every, client, protocol)
     requested = parse_processes(processes)
     n_proc = auto_processes(clients) if requested is None else min(requested, clients)
     fetch_metrics(url)  # fail fast when the server is not there
+    room_urls = route_rooms(url, rooms) if route else None
+    workers = list(dict.fromkeys(room_urls.values())) if room_urls else [url]
+    metrics_from = list(dict.fromkeys([url, *workers]))
+    pids, pids_why = _pid_list([*(server_pids or []), *_pid_list(server_pid)]), None
+    if not pids:
+        found = {u: find_server_pid(u) for u in metrics_from}
+        lost = [u for u, p in found.items() if p is None]
+        if lost:
+            pids_why = (
+                "no --server-pid, and no process on this machine listens on the port of "
+                + ", ".join(lost)
+            )
+        else:
+            pids = _pid_list(list(found.values()))
     settle = settle_time(ramp)
     share = [clients // n_proc + (k < clients % n_proc) for k in range(n_proc)]
     firsts = np.concatenate([[0], np.cumsum(share)[:-1]]).astype(int)
     jobs = [
         WorkerJob(url, int(f), n, clients, rate, duration, ramp, rooms, density, sample_every,
-                  seed, client, protocol=protocol, settle=settle)
+                  seed, client, protocol=protocol, settle=settle, room_urls=room_urls)
         for f, n in zip(firsts, share, strict=True)
     ]  # fmt: skip
     setup = {
@@ -905,7 +1127,11 @@ def run(
         "client": client,
         "protocol": protocol,
         "sample_every": sample_every,
-        "server_pid": server_pid,
+        "route": route,
+        "room_urls": room_urls or {room_name(k, rooms): url for k in range(rooms)},
+        "workers": workers,
+        "server_pids": pids,
+        "server_pids_why": pids_why,
     }
     overflows0 = listen_overflows()
     ctx = mp.get_context("spawn")
@@ -948,9 +1174,9 @@ def run(
             window_start = t_connect + ramp + settle
             # read /metrics around the measured window, from this (idle) parent process
             time.sleep(max(0.0, window_start - time.time()))
-            m0 = scrape(url, server_pid)
+            m0 = scrape(metrics_from, pids)
             time.sleep(max(0.0, window_start + duration - time.time()))
-            m1 = scrape(url, server_pid)
+            m1 = scrape(metrics_from, pids)
             for i in started:  # read with the clients still there: they may close now
                 with contextlib.suppress(OSError):
                     starts[i].send("close")
@@ -963,7 +1189,7 @@ def run(
             close_by = time.time() + CLOSE_TIMEOUT + 3.0
             for i in got:
                 procs[i].join(max(0.0, close_by - time.time()))
-            after = scrape(url, server_pid)
+            after = scrape(metrics_from, pids)
     finally:
         stop_workers(procs)
         for c in links + starts:
@@ -1102,11 +1328,13 @@ def build_report(
         server_cpu = (m1.cpu - m0.cpu) / (m1.t_sent - m0.t_sent)
     else:
         server_cpu = None
-        unmeasured["server_cpu_s_per_s"] = (
-            "no --server-pid, and no process on this machine listens on the URL's port"
-            if not setup.get("server_pid")
-            else f"could not read /proc/{setup['server_pid']}/stat"
-        )
+        pids = setup.get("server_pids") or _pid_list(setup.get("server_pid"))
+        if pids:
+            unmeasured["server_cpu_s_per_s"] = f"could not read /proc/PID/stat of every PID {pids}"
+        else:
+            unmeasured["server_cpu_s_per_s"] = setup.get("server_pids_why") or (
+                "no --server-pid, and no process on this machine listens on the URL's port"
+            )
 
     # -- updates: state frames expected less the ones the server skipped by design (v2)
     skipped_raw = delta("avatar_state_frames_skipped_total")
@@ -1204,7 +1432,11 @@ def build_report(
         for i, (first, n, pid, why) in sorted(missing.items())
     ]
     return {
-        **{k: v for k, v in setup.items() if k not in ("sample_every", "server_pid")},
+        **{
+            k: v
+            for k, v in setup.items()
+            if k not in ("sample_every", "server_pid", "server_pids_why")
+        },
         "connected": connected,
         "connected_late": int(tot("connected_late")),
         "errors": len(errors),
@@ -1227,6 +1459,7 @@ def build_report(
         "model_step_ms": step_ms,
         "overruns": overruns,
         "dropped_frames": dropped,
+        "moves": int(sum(r.get("moves", 0) for r in results)),
         "metrics_window_s": interval,
         "metrics_read_s": [m0.took, m1.took],
         "state_bytes_per_avatar": state_bytes,
@@ -1313,6 +1546,17 @@ def print_summary(r: dict) -> None:
         f"  sends    late ms p50 {f(lag.get('p50'))}  p99 {f(lag.get('p99'))}  max "
         f"{f(lag.get('max'))}; skipped {g.get('sends_skipped', 0)}",
     ]
+    if r.get("route") or len(r.get("workers") or []) > 1:
+        rooms_at: dict[str, int] = {}
+        for u in (r.get("room_urls") or {}).values():
+            rooms_at[u] = rooms_at.get(u, 0) + 1
+        lines.append(
+            f"  cluster  {len(r.get('workers') or [])} server(s) for {r['rooms']} room(s) "
+            f"(GET /route): "
+            + ", ".join(f"{u} ({n} room{'s' * (n != 1)})" for u, n in rooms_at.items())
+            + f"; moves followed {r.get('moves', 0)}; /metrics summed over them, server CPU "
+            f"over PIDs {', '.join(map(str, r.get('server_pids') or [])) or '-'}"
+        )
     if r.get("machine_listen_overflows") and r["connected"] < r["clients"]:
         lines.append(
             f"  connects {r['machine_listen_overflows']} dropped by full accept queues on this "
@@ -1380,6 +1624,16 @@ def _processes_arg(value: str) -> str | int:
     return "auto" if n is None else n
 
 
+def _pids_arg(value: str) -> list[int]:
+    try:
+        pids = [int(p) for p in value.split(",") if p.strip()]
+    except ValueError:
+        pids = []
+    if not pids or min(pids) < 1:
+        raise argparse.ArgumentTypeError(f"expected a PID or PID,PID,..., not {value!r}")
+    return pids
+
+
 @cli.command("python -m client_demo.loadtest")
 def main(argv: list[str] | None = None) -> int:
     """Run one load test (see ``--help``), print its summary (and write --json); returns 0.
@@ -1422,7 +1676,20 @@ def main(argv: list[str] | None = None) -> int:
         default="picows",
         help="the generator's WebSocket library (picows costs the generator less CPU per frame)",
     )
-    ap.add_argument("--server-pid", type=int, help="for the server's CPU (default: by port)")
+    ap.add_argument(
+        "--server-pid",
+        type=_pids_arg,
+        action="append",
+        help="the server's PID for its CPU; several (repeated or a comma list) are summed "
+        "(a cluster's workers, and its supervisor if wanted) (default: the process listening "
+        "on each server's port on this machine)",
+    )
+    ap.add_argument(
+        "--route",
+        action="store_true",
+        help="a cluster: look each room up (GET /route on --url), connect its clients to its "
+        "worker, follow `moved` (at most 4 hops); /metrics and CPU summed over the workers",
+    )
     ap.add_argument(
         "--ready-timeout",
         type=float,
@@ -1445,8 +1712,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(e))
     if args.ready_timeout <= 0 or args.report_timeout < 0:
         ap.error("need --ready-timeout > 0 and --report-timeout >= 0")
-    if args.server_pid and os.path.isdir("/proc") and not os.path.isdir(f"/proc/{args.server_pid}"):
-        ap.error(f"--server-pid {args.server_pid}: no such process")
+    pids = _pid_list([p for group in args.server_pid or [] for p in group])
+    for pid in pids:
+        if os.path.isdir("/proc") and not os.path.isdir(f"/proc/{pid}"):
+            ap.error(f"--server-pid {pid}: no such process")
     try:
         fetch_metrics(args.url)
     except OSError as e:
@@ -1455,13 +1724,18 @@ def main(argv: list[str] | None = None) -> int:
             f"{cli.explain(e)[0]}",
             "is an avatar-stream server running there? start one with avatar-server",
         ) from None
-    pid = args.server_pid or find_server_pid(args.url)
-    r = run(
-        args.url, args.clients, args.rate, args.duration, args.ramp, args.processes,
-        args.rooms, args.density, args.sample_every, args.seed, pid, args.client,
-        protocol=args.protocol, ready_timeout=args.ready_timeout,
-        report_timeout=args.report_timeout,
-    )  # fmt: skip
+    try:
+        r = run(
+            args.url, args.clients, args.rate, args.duration, args.ramp, args.processes,
+            args.rooms, args.density, args.sample_every, args.seed, None, args.client,
+            protocol=args.protocol, ready_timeout=args.ready_timeout,
+            report_timeout=args.report_timeout, route=args.route, server_pids=pids or None,
+        )  # fmt: skip
+    except OSError as e:  # only before anything started: /metrics or (--route) /route
+        raise cli.UserError(
+            f"cannot start on --url {args.url}: {cli.first_line(e)}",
+            "is an avatar-stream server (of this version, for --route) running there?",
+        ) from None
     print_summary(r)
     if args.json:
         with open(args.json, "w") as f:

@@ -1,30 +1,41 @@
 """The load tool against a real server on 127.0.0.1 port 0 (the tool is a benchmark): the
 figures of a short run, the report under a server made too slow on purpose, workers that
-die or never report; and its pure parts (the report, the process rule, the verdicts)."""
+die or never report; --route against two cluster workers sharing a real redis-server
+(rooms spread, /metrics summed, `moved` followed); and its pure parts (the report, the
+process rule, the verdicts, merging /metrics)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import multiprocessing as mp
 import os
 import signal
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 
+from client_demo import loadtest
+from client_demo.client import AvatarClient
 from client_demo.loadtest import (
     Scrape,
     auto_processes,
     build_report,
     collect,
+    counter,
+    fetch_metrics,
     generator_verdict,
     histogram_quantiles,
     main,
     meets_service_level,
+    merge_metrics,
     parse_processes,
     print_summary,
+    route_url,
     run,
     stop_workers,
 )
@@ -166,6 +177,114 @@ async def test_workers_not_ready_by_the_deadline_give_a_report_of_nothing_measur
     assert not meets_service_level(r)
 
 
+# -- a cluster: two workers sharing a real redis-server (tests/redis_server.py) ----------------
+
+
+def cluster(redis_url: str):
+    return running(redis=redis_url, directory_ttl=0.8, predictor="cv", tick_hz=20.0)
+
+
+ROUTED = {"route", "room_urls", "workers", "moves", "server_pids"}
+
+
+async def test_route_spreads_the_rooms_over_two_workers_and_sums_their_metrics(
+    redis_url, monkeypatch
+):
+    reads = []  # every /metrics scrape of the run: (the URLs read, what came back)
+    real = loadtest.scrape
+
+    def spy(urls, pids=None, timeout=10.0):
+        got = real(urls, pids, timeout)
+        reads.append((urls, got))
+        return got
+
+    monkeypatch.setattr(loadtest, "scrape", spy)
+    async with cluster(redis_url) as w0, cluster(redis_url) as w1:
+        await w0.cluster.next_beat()  # its view of the workers has w1 now
+        r = await asyncio.to_thread(
+            run, w0.url, 8, rate=20.0, duration=1.0, ramp=0.3, processes=1, rooms=2,
+            sample_every=4, route=True,
+        )  # fmt: skip
+    complete(r)
+    assert r.keys() >= ROUTED and r["route"] is True
+    both = {w0.url, w1.url}
+    assert set(r["workers"]) == both and len(r["workers"]) == 2  # one room each
+    assert set(r["room_urls"]) == {"load0", "load1"} and set(r["room_urls"].values()) == both
+    assert r["connected"] == 8 and r["errors"] == 0 and r["workers_missing"] == 0
+    assert r["moves"] == 0  # nobody was sent to the wrong worker
+    assert r["frames_fraction"] > 0.5
+    # the server side is the two workers' together: both read at each scrape, summed
+    (urls0, m0), (urls1, m1) = reads[:2]
+    assert set(urls0) == set(urls1) == both
+    for m in (m0, m1):
+        assert m.why is None
+        assert counter(m.text, "avatar_connections", {"kind": "player"}) == 8
+    assert r["tick_ms"]["p99"] is not None and r["overruns"] is not None
+    # both workers run in this process: found by their ports, counted once
+    assert r["server_pids"] == [os.getpid()] and r["server_cpu_s_per_s"] > 0
+
+
+@pytest.mark.parametrize("client", ["picows", "websockets"])
+async def test_a_client_sent_to_the_wrong_worker_follows_moved(redis_url, monkeypatch, client):
+    """Room load0 lives on w1 but the route map (stale, as a route answer may be) sends its
+    clients to w0: w0 answers `moved` with w1's URL and each client follows it, once."""
+    async with cluster(redis_url) as w0, cluster(redis_url) as w1:
+        await w0.cluster.next_beat()
+        holder = AvatarClient(w1.url, "load0", "holder", version=1)
+        holder._route = lambda: asyncio.sleep(0, w1.url)  # load0 is placed on w1
+        async with holder:
+            stale = {"load0": w0.url, "load1": w1.url}
+            monkeypatch.setattr(loadtest, "route_url", lambda url, room, timeout=5.0: stale[room])
+            r = await asyncio.to_thread(
+                run, w0.url, 4, rate=20.0, duration=1.0, ramp=0.2, processes=1, rooms=2,
+                sample_every=4, client=client, route=True,
+            )  # fmt: skip
+            moved = counter(
+                await asyncio.to_thread(fetch_metrics, w0.url), "avatar_hellos_moved_total"
+            )
+    complete(r)
+    assert r["room_urls"] == stale
+    assert r["connected"] == 4 and r["errors"] == 0, r["error_kinds"]
+    assert r["moves"] == 2 and moved == 2  # clients 0 and 2 (load0), one hop each
+    assert r["frames_fraction"] > 0.5 and r["tick_ms"]["p99"] is not None
+
+
+def test_route_url_falls_back_to_the_url_asked_and_refuses_what_is_not_a_route():
+    asked = []
+    reply = {"status": 404, "body": b"not found\n"}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            asked.append(self.path)
+            self.send_response(reply["status"])
+            self.end_headers()
+            self.wfile.write(reply["body"])
+
+        def log_message(self, *args):
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Handler) as httpd:
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        try:
+            url = f"ws://127.0.0.1:{httpd.server_port}/"
+            assert route_url(url, "load 0") == url  # 404: a server without /route
+            assert asked == ["/route?room=load%200"]
+            reply.update(status=200, body=b'{"url": null}')  # one server: the URL asked
+            assert route_url(url, "load0") == url
+            reply["body"] = b'{"url": "ws://127.0.0.1:9/"}'
+            assert route_url(url, "load0") == "ws://127.0.0.1:9/"
+            for status, body in ((200, b"<html>"), (200, b'{"url": 3}'), (500, b"error")):
+                reply.update(status=status, body=body)
+                with pytest.raises(OSError, match="/route"):
+                    route_url(url, "load0")
+        finally:
+            httpd.shutdown()
+            thread.join(5)
+    with pytest.raises(OSError):
+        route_url("ws://127.0.0.1:1/", "load0")  # nobody listens
+
+
 def test_collect_by_a_deadline_then_stop_stragglers_by_pid():
     """A stopped worker never reports: it is left pending at the deadline and then
     terminated by its PID; one that exits first, one that fails and one that reports are
@@ -222,10 +341,11 @@ def test_help_states_the_process_rule(capsys):
     assert e.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "ceil(clients / 350)" in out and "--protocol" in out and "--report-timeout" in out
+    assert "--route" in out and "GET /route" in out and "comma list" in out
 
 
 @pytest.mark.parametrize("bad", [["--processes", "0"], ["--processes", "many"],
-                                 ["--protocol", "3"]])  # fmt: skip
+                                 ["--protocol", "3"], ["--server-pid", "12,x"]])  # fmt: skip
 def test_cli_refuses_bad_processes_and_protocol(bad, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--url", "ws://127.0.0.1:1/", *bad])
@@ -334,6 +454,46 @@ def test_generator_verdict():
     (why,) = generator_verdict([0.2], 5.0, 50, 1000)
     assert "50 of 1000 sends skipped" in why
     assert generator_verdict([None], None, 0, 0) == []
+
+
+def _exposition(obs: np.ndarray, players: int, spectators: int, extra: str = "") -> str:
+    """A server's /metrics as prometheus_client writes it: a tick histogram of `obs`
+    (seconds) and the connections gauge, with their comment lines."""
+    lines = ["# HELP avatar_tick_seconds Tick duration", "# TYPE avatar_tick_seconds histogram"]
+    for le in (0.001, 0.005, 0.01, 0.05, math.inf):
+        text = "+Inf" if le == math.inf else repr(le)
+        lines.append(f'avatar_tick_seconds_bucket{{le="{text}"}} {float(np.sum(obs <= le))}')
+    lines += [
+        f"avatar_tick_seconds_count {float(len(obs))}",
+        f"avatar_tick_seconds_sum {float(obs.sum())}",
+        "# TYPE avatar_connections gauge",
+        f'avatar_connections{{kind="player"}} {float(players)}',
+        f'avatar_connections{{kind="spectator"}} {float(spectators)}',
+    ]
+    return "\n".join(lines) + "\n" + extra
+
+
+def test_merge_metrics_sums_samples_with_the_same_name_and_labels(rng):
+    a, b = rng.exponential(0.003, 300), rng.exponential(0.02, 100)
+    merged = merge_metrics([
+        _exposition(a, 3, 1, 'only_here_total 2.0\nx{path="a b}"} 1.0\n'),
+        _exposition(b, 5, 0, 'x{path="a b}"} 1.5\n'),
+    ])  # fmt: skip
+    assert "#" not in merged
+    assert counter(merged, "avatar_connections", {"kind": "player"}) == 8  # labels apart
+    assert counter(merged, "avatar_connections", {"kind": "spectator"}) == 1
+    assert counter(merged, "avatar_tick_seconds_count") == 400
+    assert counter(merged, "avatar_tick_seconds_sum") == pytest.approx(a.sum() + b.sum())
+    assert counter(merged, "only_here_total") == 2.0 and 'x{path="a b}"} 2.5' in merged
+    # the quantiles of the merged buckets are those of all the observations together
+    qs = (0.5, 0.9, 0.99)
+    together = histogram_quantiles("", _exposition(np.concatenate([a, b]), 0, 0),
+                                   "avatar_tick_seconds", qs)  # fmt: skip
+    assert histogram_quantiles("", merged, "avatar_tick_seconds", qs) == together
+    alone = histogram_quantiles("", _exposition(a, 0, 0), "avatar_tick_seconds", qs)
+    assert alone != together
+    assert merge_metrics([_exposition(a, 3, 1)]) == merge_metrics([_exposition(a, 3, 1), ""])
+    assert merge_metrics([]) == ""
 
 
 def test_histogram_quantiles_use_the_window_only():
