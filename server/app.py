@@ -215,6 +215,11 @@ class _StatsCollector:
                 "1 while the room directory (Redis) answers, 0 while it does not",
                 value=1.0 if c.available else 0.0,
             )
+            yield GaugeMetricFamily(
+                "avatar_cluster_workers",
+                "Live workers taking rooms in this worker's view (its last heartbeat)",
+                value=len(c.peers),
+            )
             for name, doc, value in (
                 ("avatar_directory_errors", "Room directory calls that failed", c.directory.errors),
                 (

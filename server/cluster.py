@@ -96,8 +96,8 @@ class ClusterMember:
         self.outages = 0  # times the directory became unreachable
         self._peers: list[tuple[str, str, float]] = []  # (id, url, load): last heartbeat's view
         self._owners: dict[str, str] = {}  # room -> owner url, from claims
-        self._suggested: list[tuple[float, str]] = []  # (time, url) of recent route answers
-        self._claiming: set[str] = set()
+        self._suggested: dict[str, tuple[float, str]] = {}  # room -> (time, url) of a route
+        self._claims: dict[str, asyncio.Future] = {}  # room -> its claim in flight
         self._down = False
         self._task: asyncio.Task | None = None
         self._beaten = asyncio.Event()  # set when a heartbeat round ends (then replaced)
@@ -105,6 +105,11 @@ class ClusterMember:
     @property
     def available(self) -> bool:
         return not self._down
+
+    @property
+    def peers(self) -> list[tuple[str, str, float]]:
+        """The live workers taking rooms, (process id, url, load), as of the last heartbeat."""
+        return list(self._peers)
 
     async def start(self) -> None:
         """Register and start heartbeating. Raises DirectoryUnavailable (Redis unreachable)."""
@@ -126,21 +131,29 @@ class ClusterMember:
         directory cannot be reached and the room is not served here)."""
         if self.directory.draining:
             raise P.ProtocolError("moved", "this worker is shutting down; look the room up again")
-        self._claiming.add(room)
+        claim = self._claims.get(room)
+        if claim is None:  # one claim per room in flight: the hellos of a crowd share it
+            claim = self._claims[room] = asyncio.ensure_future(
+                self.directory.claim(room, here=True)
+            )
+            claim.add_done_callback(lambda f: self._claim_done(room, f))
         try:
-            owner = await self.directory.claim(room, here=True)
+            owner = await asyncio.shield(claim)
         except DirectoryError as e:
             self.refused += 1
             raise P.ProtocolError(
                 "server_full", f"the room directory cannot be reached ({type(e).__name__})"
             ) from None
-        finally:
-            self._claiming.discard(room)
         if owner.process_id == self.directory.process_id:
             return None
         self._owners[room] = owner.url
         self.moved += 1
         return owner.url
+
+    def _claim_done(self, room: str, claim: asyncio.Future) -> None:
+        self._claims.pop(room, None)
+        if not claim.cancelled():
+            claim.exception()  # retrieved: the hellos that awaited it have raised it
 
     def route(self, room: str) -> str:
         """Where a client of `room` should connect (synchronous: from this worker's view)."""
@@ -153,15 +166,22 @@ class ClusterMember:
             return known
         if not peers:
             return self.url
-        # Rooms suggested in the last few seconds count as load until their clients show
-        # in the heartbeats: consecutive new rooms spread over the workers.
+        # A room suggested in the last few seconds gets the same answer (the crowd that
+        # joins a new room goes to one worker, whose claim at `hello` then places it), and
+        # counts as load until its clients show in the heartbeats: consecutive new rooms
+        # spread over the workers.
         now = time.monotonic()
-        recent = self._suggested = [(t, u) for t, u in self._suggested if now - t < SUGGESTED_S]
+        self._suggested = {
+            r: (t, u) for r, (t, u) in self._suggested.items() if now - t < SUGGESTED_S
+        }
+        urls = {u for _, u, _ in peers}
+        if room in self._suggested and self._suggested[room][1] in urls:
+            return self._suggested[room][1]
         extra: dict[str, int] = {}
-        for _, u in recent:
+        for _, u in self._suggested.values():
             extra[u] = extra.get(u, 0) + 1
         _, url, _ = min(peers, key=lambda p: p[2] + extra.get(p[1], 0) / CAPACITY)
-        self._suggested.append((now, url))
+        self._suggested[room] = (now, url)
         return url
 
     async def next_beat(self) -> None:
@@ -180,7 +200,7 @@ class ClusterMember:
         srv, directory = self.server, self.directory
         rooms = set(srv.world.rooms)
         try:
-            for room in directory.owned - rooms - self._claiming:  # emptied: free at once
+            for room in directory.owned - rooms - self._claims.keys():  # emptied: free at once
                 await directory.release(room)
             clients = srv.n_connections
             hb = await directory.heartbeat(clients / CAPACITY, rooms, clients)

@@ -355,6 +355,8 @@ class World:
                 m.pending = None
         self._to_join.clear()
         slots = np.flatnonzero(self._in_has)
+        if not len(slots):
+            return
         self._in_has[slots] = False
         t = self._in_t[slots]
         anchor = t + self._in_off[slots]  # the samples' times on the server clock

@@ -100,6 +100,47 @@ async def test_rooms_are_placed_on_two_workers_and_a_wrong_worker_says_moved(red
             assert b"avatar_directory_available 1.0" in metrics
 
 
+async def test_a_crowd_joining_a_new_room_makes_one_claim_and_gets_one_route(redis_url):
+    async with cluster(redis_url) as w0, cluster(redis_url) as w1:
+        await w0.cluster.next_beat()
+        assert metric(await get(w0, "/metrics"), "avatar_cluster_workers") == 2
+        first = await route(w0, "crowd")
+        assert all([await route(w0, "crowd") == first for _ in range(5)])  # sticky until placed
+        target = w0 if first == w0.url else w1
+        claims, hellos_in, all_in = 0, 0, asyncio.Event()
+        real_hello, real_claim = target.cluster.claim, target.cluster.directory.claim
+
+        async def hello_claim(room):
+            nonlocal hellos_in
+            hellos_in += 1
+            if hellos_in == 12:
+                all_in.set()
+            return await real_hello(room)
+
+        async def directory_claim(room, **kw):  # held until all 12 hellos wait for a claim
+            nonlocal claims
+            claims += 1
+            await asyncio.wait_for(all_in.wait(), 10)
+            return await real_claim(room, **kw)
+
+        target.cluster.claim = hello_claim
+        target.cluster.directory.claim = directory_claim
+        hellos = []
+        async with contextlib.AsyncExitStack() as stack:
+            for i in range(12):
+                ws = await stack.enter_async_context(connect(first))
+                await ws.send(P.encode_client(P.Hello(room="crowd", avatar=f"a{i}", v=1)))
+                hellos.append(ws)
+            replies = [P.decode_server(await ws.recv()) for ws in hellos]
+        assert all(isinstance(r, P.Welcome) for r in replies)
+        assert claims == 1
+
+
+def metric(text: bytes, name: str) -> float | None:
+    m = re.search(rf"^{name} (\S+)$", text.decode(), re.M)
+    return float(m.group(1)) if m else None
+
+
 async def test_sigterm_drains_a_worker_and_its_clients_move(redis_url):
     async with cluster(redis_url) as w1:
         w0_cm = cluster(redis_url)
