@@ -1070,6 +1070,7 @@ def run(
     on_start: Callable[[list[int]], None] | None = None,
     route: bool = False,
     server_pids: list[int] | None = None,
+    room_urls: dict[str, str] | None = None,
 ) -> dict:
     """Run one bounded load test; returns the figures (see the module docstring).
 
@@ -1085,6 +1086,8 @@ def run(
     of those servers' ports on this machine, when every one is found). With
     `python -m server --workers N` the supervisor is one more process: pass its PID in
     `server_pids` too to count it (it is not found by port: it does not listen).
+    `room_urls` ({room_name: URL}, without `route`): a fixed placement used the same way
+    (rooms it does not name go to `url`), e.g. rooms split by hand over plain servers.
 
     Raises ValueError for bad arguments and OSError if the server's /metrics (or, with
     `route`, its /route) is unreachable at the start; after that it always returns a report.
@@ -1093,7 +1096,7 @@ def run(
     requested = parse_processes(processes)
     n_proc = auto_processes(clients) if requested is None else min(requested, clients)
     fetch_metrics(url)  # fail fast when the server is not there
-    room_urls = route_rooms(url, rooms) if route else None
+    room_urls = route_rooms(url, rooms) if route else (dict(room_urls) if room_urls else None)
     workers = list(dict.fromkeys(room_urls.values())) if room_urls else [url]
     metrics_from = list(dict.fromkeys([url, *workers]))
     pids, pids_why = _pid_list([*(server_pids or []), *_pid_list(server_pid)]), None

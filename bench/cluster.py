@@ -1,0 +1,691 @@
+"""Cluster benchmark: workers with a Redis directory under load, and their failures.
+
+    python bench/cluster.py [--clients 200] [--rooms 8] [--rate 10] [--json runs/cluster.json]
+                            [--phases cpu,kill,roll,redis] [--cpu-clients 200] [--cpu-duration 15]
+
+Everything runs on this machine, on loopback: a real `redis-server` (started on a free port,
+stopped by PID), `python -m server --workers 2 --redis URL` (the supervisor and its two
+workers, the shipped model) and the clients. The four targets of docs/scaling.md §0:
+
+- **cpu**: server CPU per client-second, `--workers 2 --redis` (the supervisor and both
+  workers) against one plain process, at the same load from the load tool
+  (`client_demo.loadtest --route`: rooms looked up, clients on their room's worker).
+  Alternated (plain, cluster, plain, cluster) and compared as the ratio of the medians:
+  these cores are shared and noisy.
+- **kill**: `--clients` clients over `--rooms` rooms stream to the cluster; one worker is
+  killed with SIGKILL. For each of its clients: the time from the kill to its next state
+  frame; for the other worker's clients: state frames per client-second in the 5 s after
+  the kill against the 5 s before.
+- **roll**: SIGUSR2 to the supervisor (a rolling restart: each worker drained, restarted,
+  waited for); every client's time from losing its worker to its next state frame, and
+  every error message a client saw (`moved` is the documented redirect of a drain; any
+  other code counts as an error).
+- **redis**: the redis-server stopped (SIGTERM) and started again, empty, on the same port;
+  clients disconnected meanwhile (the target is none), and the time until the directory
+  holds every room again.
+
+The clients of kill/roll/redis are this script's own (one asyncio loop, websockets,
+protocol v1 so that every tick brings a frame and a gap is a gap): each looks its room up
+(`GET /route` on one of the workers' URLs it was given, the next one when that fails),
+connects, follows `moved` at once, and after a drop tries again after 0.1 s, doubling to
+at most 1 s (with jitter), as a game client with a list of entry points would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import math
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from array import array
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from client_demo import loadtest
+from server import cli
+from server import protocol as P
+
+STATE_PREFIX = loadtest.STATE_PREFIX
+PREFIX = "bench"  # --cluster-prefix of the bench's cluster
+CHURN = ("kill", "killttl", "roll", "redis")
+
+
+# -- processes ------------------------------------------------------------------------------
+
+
+def free_port_pair() -> int:
+    """A port P on 127.0.0.1 with P and P + 1 free a moment ago."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            p = s.getsockname()[1]
+        if p >= 65535:
+            continue
+        with socket.socket() as s2:
+            try:
+                s2.bind(("127.0.0.1", p + 1))
+            except OSError:
+                continue
+        return p
+    raise OSError("no two free consecutive ports on 127.0.0.1")
+
+
+def healthy(port: int) -> bool:
+    import urllib.request
+
+    with (
+        contextlib.suppress(OSError),
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r,
+    ):
+        return r.status == 200
+    return False
+
+
+def wait_until(cond, timeout: float, what: str, step: float = 0.05) -> float:
+    """Poll `cond()` until true (bounded); returns the seconds it took. Raises TimeoutError."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if cond():
+            return time.monotonic() - t0
+        time.sleep(step)
+    raise TimeoutError(f"{what}: not within {timeout:g} s")
+
+
+class Servers:
+    """The server processes of one phase: started here, stopped by PID on exit."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, args: list[str], name: str) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child holds it
+        cmd = [sys.executable, "-m", "server", "--log-level", "info", *args]
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, grace: float = 20.0) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for p in self.procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.procs.clear()
+
+
+def start_cluster(servers: Servers, redis_url: str, port: int, extra: list[str]) -> tuple:
+    """`--workers 2` on port, port + 1; returns (supervisor, [url0, url1]) once both answer."""
+    sup = servers.start(
+        ["--workers", "2", "--redis", redis_url, "--port", str(port), "--host", "127.0.0.1",
+         "--cluster-prefix", PREFIX, *extra],
+        "cluster",
+    )  # fmt: skip
+    wait_until(lambda: sup.poll() is not None or (healthy(port) and healthy(port + 1)), 180,
+               "the cluster's two workers")  # fmt: skip
+    if sup.poll() is not None:
+        raise cli.UserError(f"the cluster exited ({sup.returncode}); see {servers.log_dir}")
+    seeds = [f"ws://127.0.0.1:{port}/", f"ws://127.0.0.1:{port + 1}/"]
+    wait_until(lambda: all(workers_seen(u) == 2 for u in seeds), 30, "the workers to see both")
+    return sup, seeds
+
+
+def workers_seen(url: str) -> float | None:
+    """avatar_cluster_workers of the worker at `url` (None: no answer)."""
+    try:
+        text = loadtest.fetch_metrics(url, timeout=2)
+    except OSError:
+        return None
+    return loadtest._series(text, "avatar_cluster_workers")
+
+
+def serving(ports: list[int], procs: list[subprocess.Popen]) -> bool:
+    """All answer /healthz (or one exited: stop waiting)."""
+    return all(healthy(p) for p in ports) or any(x.poll() is not None for x in procs)
+
+
+def worker_pid(url: str) -> int | None:
+    return loadtest.find_server_pid(url)
+
+
+# -- the bench's clients --------------------------------------------------------------------
+
+
+async def http_json(base: str, path: str, timeout: float = 2.0) -> dict:
+    """GET `path` on the HTTP side of the WebSocket URL `base`. Raises OSError."""
+    u = urlsplit(base)
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(u.hostname, u.port), timeout
+        )
+    except TimeoutError as e:
+        raise OSError(f"connect to {u.netloc} timed out") from e
+    try:
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: {u.netloc}\r\nConnection: close\r\n\r\n".encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        length = next(
+            (int(h.split(":", 1)[1]) for h in lines if h.lower().startswith("content-length:")),
+            None,
+        )
+        body = await asyncio.wait_for(
+            reader.readexactly(length) if length is not None else reader.read(), timeout
+        )
+    except (TimeoutError, asyncio.IncompleteReadError, ValueError, IndexError) as e:
+        raise OSError(f"GET {path} on {u.netloc}: {type(e).__name__}") from e
+    finally:
+        writer.close()
+    if status != 200:
+        raise OSError(f"GET {path} on {u.netloc}: HTTP {status}")
+    return json.loads(body)
+
+
+@dataclass
+class Client:
+    i: int
+    room: str
+    seeds: list[str]
+    frames: array = field(default_factory=lambda: array("d"))  # state frame arrival times
+    events: list = field(default_factory=list)  # (time, kind, detail)
+    url: str | None = None  # the worker serving it now (None while not connected)
+
+    def log(self, kind: str, detail=None) -> None:
+        self.events.append((time.monotonic(), kind, detail))
+
+
+async def route(c: Client, k: int) -> tuple[str, str]:
+    """(where to connect, the seed that said so), trying the seeds from the k-th on."""
+    last: OSError | None = None
+    for j in range(len(c.seeds)):
+        base = c.seeds[(k + j) % len(c.seeds)]
+        try:
+            url = (await http_json(base, f"/route?room={quote(c.room)}"))["url"]
+            return (base if url is None else url), base
+        except OSError as e:
+            last = e
+    raise last or OSError("no seed")
+
+
+async def run_client(c: Client, stop: asyncio.Event, rate: float) -> None:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+    loop = asyncio.get_running_loop()
+    rng = random.Random(c.i)
+    delay, k, moved_to = 0.1, 0, None  # seeds[0] first, like a client with one entry URL
+    cx, cy = rng.uniform(0, 40), rng.uniform(0, 40)
+    seq = 0
+
+    async def backoff() -> None:
+        nonlocal delay, k
+        k += 1
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay * rng.uniform(0.5, 1.0))
+        delay = min(delay * 2, 1.0)
+
+    while not stop.is_set():
+        try:
+            if moved_to is not None:
+                targets, moved_to = [moved_to], None
+            else:
+                target, base = await route(c, k)
+                targets = [target] if target == base else [target, base]  # the claim decides
+            ws = None
+            for target in targets:
+                try:
+                    ws = await connect(target, open_timeout=5, compression=None, max_size=2**22)
+                    break
+                except (OSError, InvalidHandshake, TimeoutError) as e:
+                    c.log("connect_failed", f"{target}: {type(e).__name__}")
+            if ws is None:
+                await backoff()
+                continue
+        except OSError as e:
+            c.log("route_failed", str(e))
+            await backoff()
+            continue
+        sender = None
+        try:
+            await ws.send(P.encode_client(P.Hello(room=c.room, avatar=f"b{c.i:04d}", v=1)))
+            first = P.decode_server(await ws.recv())
+            if isinstance(first, P.Error):
+                c.log("error", first.code)
+                if first.code == "moved":
+                    moved_to = first.url  # None: route again, at once
+                else:
+                    await backoff()
+                continue
+            if not isinstance(first, P.Welcome):
+                c.log("error", "no_welcome")
+                await backoff()
+                continue
+            c.url, delay = target, 0.1
+            c.log("connected", target)
+
+            async def send(ws) -> None:
+                nonlocal seq
+                phase = rng.uniform(0, 1 / rate)
+                t0 = loop.time() + phase
+                n = 0
+                while True:
+                    n += 1
+                    await asyncio.sleep(max(0.0, t0 + n / rate - loop.time()))
+                    seq += 1
+                    a = 0.3 * (loop.time() + c.i)
+                    p = (cx + 5 * math.cos(a), cy + 5 * math.sin(a), 0.0)
+                    await ws.send(P.encode_client(P.Pos(seq=seq, t=time.monotonic(), p=p)))
+
+            sender = asyncio.create_task(send(ws))
+            async for data in ws:
+                if data[1:12] == STATE_PREFIX:
+                    c.frames.append(time.monotonic())
+                    continue
+                msg = P.decode_server(data)
+                if isinstance(msg, P.Error):
+                    c.log("error", msg.code)
+                    if msg.code == "moved":
+                        moved_to = msg.url
+            c.log("closed", ws.close_code)
+        except ConnectionClosed as e:
+            c.log("closed", e.rcvd.code if e.rcvd else None)
+        except OSError as e:
+            c.log("closed", type(e).__name__)
+        finally:
+            c.url = None
+            if sender is not None:
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await sender
+            if stop.is_set():
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(ws.close(), 2)
+        if moved_to is None and not stop.is_set():
+            await backoff()
+
+
+class Swarm:
+    """`n` bench clients over `rooms` rooms, in this process's loop."""
+
+    def __init__(self, seeds: list[str], n: int, rooms: int, rate: float) -> None:
+        self.clients = [Client(i, f"r{i % rooms}", seeds) for i in range(n)]
+        self.rate = rate
+        self.stop = asyncio.Event()
+        self.tasks: list[asyncio.Task] = []
+
+    async def start(self, ramp: float = 2.0) -> None:
+        for c in self.clients:
+            self.tasks.append(asyncio.create_task(run_client(c, self.stop, self.rate)))
+            await asyncio.sleep(ramp / len(self.clients))
+        await self.settled(60.0)
+
+    async def settled(self, timeout: float) -> float:
+        """Wait until every client got a state frame in the last 0.5 s; returns the wait."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            now = time.monotonic()
+            if all(c.url and c.frames and now - c.frames[-1] < 0.5 for c in self.clients):
+                return now - t0
+            await asyncio.sleep(0.1)
+        late = sum(not (c.frames and time.monotonic() - c.frames[-1] < 0.5) for c in self.clients)
+        raise TimeoutError(
+            f"{late} of {len(self.clients)} clients without frames after {timeout} s"
+        )
+
+    async def close(self) -> None:
+        self.stop.set()
+        _, late = await asyncio.wait(self.tasks, timeout=10)
+        for t in late:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    def on(self, url: str) -> list[Client]:
+        return [c for c in self.clients if c.url == url]
+
+
+def next_frame_after(c: Client, t: float) -> float | None:
+    """Seconds from t to this client's first state frame after it (None: none came)."""
+    from bisect import bisect_right
+
+    j = bisect_right(c.frames, t)
+    return c.frames[j] - t if j < len(c.frames) else None
+
+
+def frames_between(c: Client, t0: float, t1: float) -> int:
+    from bisect import bisect_left
+
+    return bisect_left(c.frames, t1) - bisect_left(c.frames, t0)
+
+
+def quantiles(xs: list[float]) -> dict:
+    if not xs:
+        return {"n": 0, "p50": None, "p99": None, "max": None}
+    s = sorted(xs)
+
+    def q(p: float) -> float:
+        return round(s[min(len(s) - 1, math.ceil(p * len(s)) - 1)], 3)
+
+    return {"n": len(s), "p50": q(0.5), "p99": q(0.99), "max": round(s[-1], 3)}
+
+
+def errors_between(clients: list[Client], t0: float, t1: float) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for c in clients:
+        for t, kind, detail in c.events:
+            if t0 <= t <= t1 and kind == "error":
+                out[str(detail)] = out.get(str(detail), 0) + 1
+    return out
+
+
+def closes_between(clients: list[Client], t0: float, t1: float) -> int:
+    return sum(1 for c in clients for t, kind, _ in c.events if t0 <= t <= t1 and kind == "closed")
+
+
+async def sleep_till(t: float) -> None:
+    await asyncio.sleep(max(0.0, t - time.monotonic()))
+
+
+# -- the phases -----------------------------------------------------------------------------
+
+
+async def phase_kill(swarm: Swarm, sup: subprocess.Popen | None, seeds: list[str]) -> dict:
+    """SIGKILL the worker with the most clients; see the module docstring. With `sup` its
+    supervisor evicts it and starts a successor; without, its directory entries expire."""
+    await asyncio.sleep(5.0)
+    victim = max(seeds, key=lambda u: len(swarm.on(u)))
+    pid = worker_pid(victim)
+    if pid is None or (sup is not None and pid == sup.pid):
+        raise RuntimeError(f"no worker process found on {victim}")
+    hit = swarm.on(victim)
+    others = [c for c in swarm.clients if c.url and c.url != victim]
+    t_kill = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    await asyncio.sleep(8.0)
+    gaps = [next_frame_after(c, t_kill) for c in hit]
+    back = [g for g in gaps if g is not None]
+    before = sum(frames_between(c, t_kill - 5, t_kill) for c in others)
+    after = sum(frames_between(c, t_kill, t_kill + 5) for c in others)
+    out = {
+        "supervised": sup is not None,
+        "victim": victim,
+        "victim_clients": len(hit),
+        "other_clients": len(others),
+        "back_s": quantiles(back),
+        "not_back_within_8s": len(gaps) - len(back),
+        "other_frames_before_5s": before,
+        "other_frames_after_5s": after,
+        "other_frames_ratio": round(after / before, 4) if before else None,
+        "errors": errors_between(swarm.clients, t_kill, t_kill + 8),
+    }
+    if sup is not None:  # the supervisor starts a successor on the same port
+        port = urlsplit(victim).port
+        restart_s = await asyncio.to_thread(
+            wait_until, lambda: healthy(port) and worker_pid(victim) not in (None, pid), 120,
+            "the killed worker's successor",
+        )  # fmt: skip
+        out["successor_ready_s"] = round(8.0 + restart_s, 1)
+    return out
+
+
+async def phase_roll(swarm: Swarm, sup: subprocess.Popen, seeds: list[str]) -> dict:
+    """SIGUSR2 to the supervisor; wait until both workers are new and every client streams."""
+    await swarm.settled(30.0)
+    await asyncio.sleep(3.0)
+    old = {u: worker_pid(u) for u in seeds}
+    t0 = time.monotonic()
+    sup.send_signal(signal.SIGUSR2)
+
+    def renewed() -> bool:
+        return all(healthy(urlsplit(u).port) and worker_pid(u) not in (None, old[u]) for u in seeds)
+
+    took = await asyncio.to_thread(wait_until, renewed, 240, "the rolling restart", 0.2)
+    await swarm.settled(30.0)
+    t1 = time.monotonic()
+    gaps = []
+    for c in swarm.clients:  # each drop in the window: from the close to the next frame
+        for t, kind, _ in c.events:
+            if t0 <= t <= t1 and kind == "closed":
+                g = next_frame_after(c, t)
+                gaps.append(g if g is not None else math.inf)
+    errs = errors_between(swarm.clients, t0, t1)
+    return {
+        "roll_s": round(took, 1),
+        "drops": len(gaps),
+        "back_s": quantiles([g for g in gaps if math.isfinite(g)]),
+        "never_back": sum(not math.isfinite(g) for g in gaps),
+        "error_messages": errs,
+        "error_messages_not_moved": sum(v for k, v in errs.items() if k != "moved"),
+        "clients_that_dropped": sum(
+            any(t0 <= t <= t1 and k == "closed" for t, k, _ in c.events) for c in swarm.clients
+        ),
+    }
+
+
+async def phase_redis(swarm: Swarm, redis, rooms: int) -> dict:
+    """Stop redis-server, start it again (empty) on the same port; count client drops."""
+    import redis.asyncio as aioredis
+
+    await swarm.settled(30.0)
+    await asyncio.sleep(2.0)
+    t0 = time.monotonic()
+    await asyncio.to_thread(redis.stop)
+    down_s = 3.0  # longer than the directory's TTL (2 s): every key would have expired
+    await asyncio.sleep(down_s)
+    await asyncio.to_thread(redis.start)
+    t_up = time.monotonic()
+    r = aioredis.from_url(redis.url)
+    whole = None
+    try:
+        while time.monotonic() - t_up < 30:
+            n = len([k async for k in r.scan_iter(f"{PREFIX}:room:*")])
+            if n >= rooms:
+                whole = time.monotonic() - t_up
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await r.aclose()
+    await asyncio.sleep(3.0)
+    t1 = time.monotonic()
+    stalls = [longest_gap(c, t0, t1) for c in swarm.clients]
+    return {
+        "redis_down_s": down_s,
+        "clients_disconnected": sum(
+            any(t0 <= t <= t1 and k == "closed" for t, k, _ in c.events) for c in swarm.clients
+        ),
+        "error_messages": errors_between(swarm.clients, t0, t1),
+        "directory_whole_after_s": None if whole is None else round(whole, 2),
+        "longest_frame_gap_s": quantiles(stalls),
+    }
+
+
+def longest_gap(c: Client, t0: float, t1: float) -> float:
+    """The longest time between two state frames of `c` (or a window edge) in [t0, t1]."""
+    from bisect import bisect_left
+
+    ts = [t0, *c.frames[bisect_left(c.frames, t0) : bisect_left(c.frames, t1)], t1]
+    return max(b - a for a, b in itertools.pairwise(ts))
+
+
+async def churn_phase(name: str, args, redis, log_dir: Path) -> dict:
+    """One of kill, killttl, roll, redis on a cluster of its own (balanced, fresh)."""
+    servers = Servers(log_dir)
+    try:
+        port = free_port_pair()
+        if name == "killttl":  # two workers without a supervisor: no eviction, the TTL decides
+            sup = None
+            seeds = [f"ws://127.0.0.1:{port + k}/" for k in range(2)]
+            for k in range(2):
+                servers.start(["--redis", redis.url, "--port", str(port + k), "--host",
+                               "127.0.0.1", "--cluster-prefix", PREFIX, *args.server_args],
+                              f"worker{k}")  # fmt: skip
+            await asyncio.to_thread(
+                wait_until, lambda: all(workers_seen(u) == 2 for u in seeds), 180, "two workers"
+            )
+        else:
+            sup, seeds = await asyncio.to_thread(
+                start_cluster, servers, redis.url, port, args.server_args
+            )
+        swarm = Swarm(seeds, args.clients, args.rooms, args.rate)
+        await swarm.start()
+        placement = {u: len(swarm.on(u)) for u in seeds}
+        try:
+            if name in ("kill", "killttl"):
+                out = await phase_kill(swarm, sup, seeds)
+            elif name == "roll":
+                out = await phase_roll(swarm, sup, seeds)
+            else:
+                out = await phase_redis(swarm, redis, args.rooms)
+        finally:
+            await swarm.close()
+    finally:
+        await asyncio.to_thread(servers.stop)
+    return {"placement": placement, **out}
+
+
+def cpu_phase(args, redis, log_dir: Path) -> dict:
+    """Plain process vs --workers 2 --redis under the same load tool run, alternated."""
+    runs: dict[str, list[float]] = {"plain": [], "plain2": [], "cluster": []}
+    detail: list[dict] = []
+    for k in range(args.cpu_rounds):
+        for kind in runs:
+            servers = Servers(log_dir)
+            try:
+                port = free_port_pair()
+                room_urls = None
+                if kind in ("plain", "plain2"):  # plain2: two plain servers, rooms split by hand
+                    ports = [port] if kind == "plain" else [port, port + 1]
+                    procs = [
+                        servers.start(
+                            ["--port", str(p), "--host", "127.0.0.1", *args.server_args], kind
+                        )
+                        for p in ports
+                    ]
+                    wait_until(partial(serving, ports, procs), 180, "the servers")
+                    urls = [f"ws://127.0.0.1:{p}/" for p in ports]
+                    url, pids, route = urls[0], [x.pid for x in procs], False
+                    if kind == "plain2":
+                        room_urls = {
+                            loadtest.room_name(r, args.rooms): urls[r % 2]
+                            for r in range(args.rooms)
+                        }
+                else:
+                    sup, seeds = start_cluster(servers, redis.url, port, args.server_args)
+                    url, route = seeds[0], True
+                    pids = [sup.pid, *(worker_pid(u) for u in seeds)]
+                rep = loadtest.run(
+                    url, args.cpu_clients, rate=20.0, duration=args.cpu_duration, ramp=3.0,
+                    rooms=args.rooms, route=route, server_pids=pids, room_urls=room_urls,
+                )  # fmt: skip
+            finally:
+                servers.stop()
+            cps = rep.get("server_cpu_s_per_s")
+            connected = rep.get("connected") or 0
+            per = cps / connected if cps is not None and connected else None
+            if per is not None:
+                runs[kind].append(per)
+            row = {
+                "round": k,
+                "kind": kind,
+                "connected": connected,
+                "server_cpu_s_per_s": cps,
+                "cpu_per_client_s": per,
+                "frames_fraction": rep.get("frames_fraction"),
+                "tick_ms": rep.get("tick_ms"),
+                "workers": rep.get("workers"),
+                "errors": rep.get("errors"),
+            }
+            detail.append(row)
+            print("cpu:", json.dumps(row), flush=True)
+    med = {k: statistics.median(v) if v else None for k, v in runs.items()}
+
+    def ratio(a: str, b: str) -> float | None:
+        return round(med[a] / med[b], 3) if med[a] and med[b] else None
+
+    return {
+        "runs": detail,
+        "median_cpu_per_client_s": med,
+        "ratio_cluster_to_plain": ratio("cluster", "plain"),
+        "ratio_plain2_to_plain": ratio("plain2", "plain"),
+        "ratio_cluster_to_plain2": ratio("cluster", "plain2"),
+    }
+
+
+@cli.command("bench/cluster.py")
+def main(argv: list[str] | None = None) -> int:
+    """Run the phases (see ``--help``); writes --json after each phase."""
+    ap = argparse.ArgumentParser(prog="bench/cluster.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--phases", default="cpu,kill,killttl,roll,redis")
+    ap.add_argument("--clients", type=int, default=200, help="bench clients (kill, roll, redis)")
+    ap.add_argument("--rooms", type=int, default=8)
+    ap.add_argument("--rate", type=float, default=10.0, help="positions per client per second")
+    ap.add_argument("--cpu-clients", type=int, default=200)
+    ap.add_argument("--cpu-duration", type=float, default=15.0)
+    ap.add_argument("--cpu-rounds", type=int, default=2)
+    ap.add_argument("--server-args", default="", help="extra flags for every server, quoted")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    args.phases = {p.strip() for p in args.phases.split(",") if p.strip()}
+    unknown = args.phases - {"cpu", *CHURN}
+    if unknown:
+        ap.error(f"unknown phases: {sorted(unknown)}")
+    if args.clients < 2 or args.rooms < 2 or args.rate <= 0:
+        ap.error("need --clients >= 2, --rooms >= 2, --rate > 0")
+    args.server_args = args.server_args.split()
+    from tests.redis_server import RedisServer, redis_server_path
+
+    if redis_server_path() is None:
+        raise cli.UserError("redis-server not found (Debian: apt-get install -y redis-server)")
+    log_dir = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
+    print(f"server logs in {log_dir}", flush=True)
+    report: dict = {"setup": {k: (sorted(v) if isinstance(v, set) else v)
+                              for k, v in vars(args).items() if k != "json"}}  # fmt: skip
+    report["setup"]["json"] = str(args.json) if args.json else None
+
+    def save() -> None:
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=2, default=str))
+
+    with RedisServer() as redis:
+        try:
+            if "cpu" in args.phases:
+                report["cpu"] = cpu_phase(args, redis, log_dir)
+                save()
+            from server import runner
+
+            for name in CHURN:
+                if name in args.phases:
+                    report[name] = runner.run(churn_phase(name, args, redis, log_dir))
+                    print(f"{name}:", json.dumps(report[name]), flush=True)
+                    save()
+        finally:
+            save()
+    print(json.dumps({k: v for k, v in report.items() if k != "setup"}, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
