@@ -7,23 +7,28 @@ Everything runs on this machine, on loopback: a real `redis-server` (started on 
 stopped by PID), `python -m server --workers 2 --redis URL` (the supervisor and its two
 workers, the shipped model) and the clients. The four targets of docs/scaling.md §0:
 
-- **cpu**: server CPU per client-second, `--workers 2 --redis` (the supervisor and both
-  workers) against one plain process, at the same load from the load tool
-  (`client_demo.loadtest --route`: rooms looked up, clients on their room's worker).
-  Alternated (plain, cluster, plain, cluster) and compared as the ratio of the medians:
-  these cores are shared and noisy.
-- **kill**: `--clients` clients over `--rooms` rooms stream to the cluster; one worker is
-  killed with SIGKILL. For each of its clients: the time from the kill to its next state
-  frame; for the other worker's clients: state frames per client-second in the 5 s after
-  the kill against the 5 s before.
+- **cpu**: server CPU per client-second of `--workers 2 --redis` (the supervisor and both
+  workers) against one plain process, and against two plain processes with the rooms
+  split by hand (no Redis: what the process split itself costs), at the same load from
+  the load tool (`client_demo.loadtest --route` for the cluster). Alternated (plain, two
+  plain, cluster, ...) over `--cpu-rounds`, compared as ratios of the medians: these cores
+  are shared and noisy.
+- **kill**: `--clients` clients over `--rooms` rooms stream to `--workers 2`; the worker
+  with more clients is killed with SIGKILL (the supervisor evicts it and starts a
+  successor). For each of its clients: the time from the kill to its next state frame;
+  for the other worker's clients: state frames in the 5 s after the kill against the 5 s
+  before. **killttl**: the same with two workers started apart, no supervisor (as on two
+  hosts): the dead worker's entries expire after the TTL.
 - **roll**: SIGUSR2 to the supervisor (a rolling restart: each worker drained, restarted,
-  waited for); every client's time from losing its worker to its next state frame, and
-  every error message a client saw (`moved` is the documented redirect of a drain; any
-  other code counts as an error).
-- **redis**: the redis-server stopped (SIGTERM) and started again, empty, on the same port;
-  clients disconnected meanwhile (the target is none), and the time until the directory
-  holds every room again.
+  waited for); every drop's time from the close to the client's next state frame, the
+  close codes, the error messages clients got in a session ("error_messages", the target
+  is none) and the replies to a reconnect's hello that were `moved` ("hello_replies":
+  a redirect `AvatarClient` follows inside `connect()`, never shown to the app).
+- **redis**: the redis-server stopped (SIGTERM) for 3 s and started again, empty, on the
+  same port; clients disconnected meanwhile (the target is none), the longest gap between
+  a client's frames, and the time until the directory holds every room again.
 
+Each of kill, killttl, roll and redis runs on a fresh cluster, so each starts balanced.
 The clients of kill/roll/redis are this script's own (one asyncio loop, websockets,
 protocol v1 so that every tick brings a frame and a gap is a gap): each looks its room up
 (`GET /route` on one of the workers' URLs it was given, the next one when that fails),
@@ -272,8 +277,8 @@ async def run_client(c: Client, stop: asyncio.Event, rate: float) -> None:
         try:
             await ws.send(P.encode_client(P.Hello(room=c.room, avatar=f"b{c.i:04d}", v=1)))
             first = P.decode_server(await ws.recv())
-            if isinstance(first, P.Error):
-                c.log("error", first.code)
+            if isinstance(first, P.Error):  # the reply to hello: AvatarClient follows a
+                c.log("hello_error", first.code)  # `moved` inside connect(), unseen by the app
                 if first.code == "moved":
                     moved_to = first.url  # None: route again, at once
                 else:
@@ -391,17 +396,26 @@ def quantiles(xs: list[float]) -> dict:
     return {"n": len(s), "p50": q(0.5), "p99": q(0.99), "max": round(s[-1], 3)}
 
 
-def errors_between(clients: list[Client], t0: float, t1: float) -> dict[str, int]:
+def errors_between(
+    clients: list[Client], t0: float, t1: float, kind_: str = "error"
+) -> dict[str, int]:
+    """Error messages by code in [t0, t1]: "error" those of a session (after its welcome),
+    "hello_error" the replies to a hello."""
     out: dict[str, int] = {}
     for c in clients:
         for t, kind, detail in c.events:
-            if t0 <= t <= t1 and kind == "error":
+            if t0 <= t <= t1 and kind == kind_:
                 out[str(detail)] = out.get(str(detail), 0) + 1
     return out
 
 
-def closes_between(clients: list[Client], t0: float, t1: float) -> int:
-    return sum(1 for c in clients for t, kind, _ in c.events if t0 <= t <= t1 and kind == "closed")
+def close_codes_between(clients: list[Client], t0: float, t1: float) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for c in clients:
+        for t, kind, detail in c.events:
+            if t0 <= t <= t1 and kind == "closed":
+                out[str(detail)] = out.get(str(detail), 0) + 1
+    return out
 
 
 async def sleep_till(t: float) -> None:
@@ -439,6 +453,7 @@ async def phase_kill(swarm: Swarm, sup: subprocess.Popen | None, seeds: list[str
         "other_frames_after_5s": after,
         "other_frames_ratio": round(after / before, 4) if before else None,
         "errors": errors_between(swarm.clients, t_kill, t_kill + 8),
+        "hello_replies": errors_between(swarm.clients, t_kill, t_kill + 8, "hello_error"),
     }
     if sup is not None:  # the supervisor starts a successor on the same port
         port = urlsplit(victim).port
@@ -470,14 +485,14 @@ async def phase_roll(swarm: Swarm, sup: subprocess.Popen, seeds: list[str]) -> d
             if t0 <= t <= t1 and kind == "closed":
                 g = next_frame_after(c, t)
                 gaps.append(g if g is not None else math.inf)
-    errs = errors_between(swarm.clients, t0, t1)
     return {
         "roll_s": round(took, 1),
         "drops": len(gaps),
         "back_s": quantiles([g for g in gaps if math.isfinite(g)]),
         "never_back": sum(not math.isfinite(g) for g in gaps),
-        "error_messages": errs,
-        "error_messages_not_moved": sum(v for k, v in errs.items() if k != "moved"),
+        "error_messages": errors_between(swarm.clients, t0, t1),
+        "hello_replies": errors_between(swarm.clients, t0, t1, "hello_error"),
+        "close_codes": close_codes_between(swarm.clients, t0, t1),
         "clients_that_dropped": sum(
             any(t0 <= t <= t1 and k == "closed" for t, k, _ in c.events) for c in swarm.clients
         ),
@@ -516,6 +531,7 @@ async def phase_redis(swarm: Swarm, redis, rooms: int) -> dict:
             any(t0 <= t <= t1 and k == "closed" for t, k, _ in c.events) for c in swarm.clients
         ),
         "error_messages": errors_between(swarm.clients, t0, t1),
+        "hello_replies": errors_between(swarm.clients, t0, t1, "hello_error"),
         "directory_whole_after_s": None if whole is None else round(whole, 2),
         "longest_frame_gap_s": quantiles(stalls),
     }

@@ -15,6 +15,7 @@ To emulate network latency, connect through `client_demo.netem.LatencyProxy`.
 each connection the client asks it where the room is served (`GET /route?room=`; a server
 without that route is used as it is) and connects there, and it follows a `moved` error
 (close 4001: the room is elsewhere, or the worker is draining) at once, without backoff.
+When the worker it was sent to cannot be reached (killed), it says hello at `url` itself.
 """
 
 from __future__ import annotations
@@ -121,21 +122,34 @@ class AvatarClient:
         delay, attempt, hops = self.backoff[0], 0, 0
         while True:
             attempt += 1
+            down = None  # a worker this attempt could not reach
             try:
                 target = self._moved_to or await self._route()
                 self._moved_to = None
-                return await self._open(target)
+                try:
+                    return await self._open(target)
+                except (OSError, InvalidHandshake, TimeoutError):
+                    if target == self.url:
+                        raise
+                    # the worker it was sent to is down (killed: its rooms are free once
+                    # its entry expires): say hello at `url`, whose claim decides
+                    down = target
+                    return await self._open(self.url)
             except Refused as e:
                 if e.code != "moved" or hops >= MAX_MOVES:
                     raise
-                hops += 1  # the room is elsewhere (or that worker drains): at once, no backoff
-                self.moves += 1
-                self._moved_to = e.url
-            except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError):
-                if not self.reconnect or (self.max_attempts and attempt >= self.max_attempts):
-                    raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.backoff[1])
+                if e.url is None or e.url != down:
+                    hops += 1  # the room is elsewhere (or that worker drains): at once
+                    self.moves += 1
+                    self._moved_to = e.url
+                    continue
+                failed: Exception = e  # moved to the worker that is down: not expired yet
+            except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError) as e:
+                failed = e
+            if not self.reconnect or (self.max_attempts and attempt >= self.max_attempts):
+                raise failed
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.backoff[1])
 
     async def _route(self) -> str:
         """The WebSocket URL that serves this client's room, from `GET /route` on `url`

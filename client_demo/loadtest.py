@@ -39,7 +39,7 @@ docs/scaling.md) each serve some rooms. With --route the tool asks --url's worke
 spreads the new rooms), before its processes start; a null url (one server) or an HTTP
 404 (an older server) means --url itself, and any other failure stops the run at the
 start as an unreachable /metrics does. Each client connects to its room's worker and
-follows an `error` `moved` (close 4001: the room lives elsewhere, or the worker drains) to
+follows an `error` `moved` (close 4001: the room lives elsewhere, or that worker drains) to
 the URL it names, or looks the room up again on --url when it names none, at most 4 hops
 (then "moved" is its error; "moves" counts the hops). The report names the servers
 ("workers": the distinct URLs the rooms went to, the cluster's workers, not this tool's

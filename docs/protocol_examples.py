@@ -75,7 +75,7 @@ ERROR_NOTES: dict[str, tuple[str, str]] = {
     "moved": (
         "the room is served by another worker (`url` says which: connect there), or this "
         "worker is draining (no `url`: look the room up again with `GET /route?room=`)",
-        "on `hello`; any time when the worker drains (SIGTERM)",
+        "in reply to `hello`",
     ),
     "server_full": (
         "the server has `--max-connections` connections already",

@@ -233,6 +233,11 @@ class _StatsCollector:
                     c.moved,
                 ),
                 (
+                    "avatar_clients_moved_away",
+                    "Clients closed with 4001 to look their room up again (drain, room lost)",
+                    c.moved_away,
+                ),
+                (
                     "avatar_hellos_refused_no_directory",
                     "Hellos for new rooms refused while the directory was unreachable",
                     c.refused,
@@ -466,14 +471,16 @@ class AvatarServer:
     def _route_reply(self, path: str) -> HttpReply:
         """GET /route?room=R: where a client of room R connects. One process serves every
         room itself: {"url": null} ("the URL you asked"). A cluster worker: see
-        server.cluster."""
+        server.cluster. Readable from any origin (CORS *)."""
         url = None
         if self.cluster is not None:
             room = parse_qs(urlsplit(path).query).get("room", [""])[0]
             if not room:
                 return HttpReply(400, "text/plain; charset=utf-8", b"route needs ?room=NAME\n")
             url = self.cluster.route(room)
-        return HttpReply(200, "application/json", json.dumps({"url": url}).encode())
+        body = json.dumps({"url": url}).encode()
+        # a web app on another origin looks rooms up too (the WebSocket checks its origin)
+        return HttpReply(200, "application/json", body, (("Access-Control-Allow-Origin", "*"),))
 
     def _static(self, path: str) -> HttpReply:
         name = "index.html" if path in ("/", "/index.html") else path.removeprefix("/viewer/")
@@ -806,6 +813,16 @@ class Session:
             return
         self._leave()
         self.server.refuse(self.conn, e)
+
+    def move_away(self, why: str) -> None:
+        """Close with 4001 (`moved`) and no error message (nothing went wrong: the client
+        looks its room up again and reconnects at once); its avatar leaves now."""
+        if self.closed:
+            return
+        self._leave()
+        log.info("moving %s away: %s", self.conn.peer, why)
+        if self.conn.is_open:
+            self.conn.close(P.CLOSE_MOVED, "moved")
 
     def _leave(self) -> None:
         self.closed = True

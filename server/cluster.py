@@ -21,8 +21,9 @@ many.
 - Redis lost while running: the rooms it owns keep being served, new rooms are refused
   (`server_full`, try again), one log line, counted in /metrics; when Redis is back the
   heartbeat registers the worker and its rooms again;
-- SIGTERM: drain: no new rooms, its rooms released, every client told `moved` (no URL:
-  look the room up again), exit when they are gone or after `--shutdown-timeout`.
+- SIGTERM: drain: no new rooms, its rooms released, every client closed with 4001
+  (`moved`, no error message: look the room up again), exit when they are gone or after
+  `--shutdown-timeout`.
 
 `Supervisor` runs `--workers N` such workers on one machine (worker k on `--port` + k),
 restarts one that exits, evicts a dead one from the directory at once (its rooms are
@@ -93,6 +94,7 @@ class ClusterMember:
             self.directory.nonce = config.cluster_nonce
         self.moved = 0  # hellos answered with `moved`
         self.refused = 0  # hellos refused because the directory could not be reached
+        self.moved_away = 0  # clients of a room told to look it up again (close 4001)
         self.outages = 0  # times the directory became unreachable
         self._peers: list[tuple[str, str, float]] = []  # (id, url, load): last heartbeat's view
         self._owners: dict[str, str] = {}  # room -> owner url, from claims
@@ -222,13 +224,15 @@ class ClusterMember:
             self.close_room(room, "this room is now served by another worker")
 
     def close_room(self, room: str, why: str) -> None:
-        """Tell every client of `room` to move (no URL: look it up again)."""
+        """Tell every client of `room` to move: close 4001, no error message (they look
+        the room up again)."""
         r = self.server.world.rooms.get(room)
         if r is None:
             return
         for m in [*r.players.values(), *r.spectators]:
             if m.session is not None:
-                m.session.refuse(P.ProtocolError("moved", why))
+                m.session.move_away(why)
+                self.moved_away += 1
             else:
                 self.server.world.remove(m)
 
@@ -246,7 +250,7 @@ class ClusterMember:
         for room in rooms:
             self.close_room(room, "this worker is shutting down; look the room up again")
         for session in list(srv.sessions):  # not in a room yet
-            session.refuse(P.ProtocolError("moved", "this worker is shutting down"))
+            session.move_away("this worker is shutting down")
         log.info("cluster: draining: %d clients told to move", n)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(srv.idle.wait(), timeout)

@@ -40,6 +40,7 @@ class HttpReply(NamedTuple):
     status: int
     content_type: str
     body: bytes
+    headers: tuple[tuple[str, str], ...] = ()  # more response headers (e.g. CORS)
 
 
 class Connection(Protocol):
@@ -280,6 +281,7 @@ class WebsocketsTransport:
                 ("Content-Type", reply.content_type),
                 ("Content-Length", str(len(reply.body))),
                 ("Cache-Control", "no-store"),
+                *reply.headers,
             ]
         )
         return Response(status.value, status.phrase, headers, reply.body)
@@ -492,6 +494,7 @@ class PicowsTransport:
         else:
             reply = self.app.http(request.path.decode("latin-1"))
         headers = {"Content-Type": reply.content_type, "Cache-Control": "no-store"}
+        headers.update(reply.headers)
         if reply.status == 200:
             response = WSUpgradeResponse.create_ok_response(reply.body, headers)
         else:

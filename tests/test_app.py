@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import time
 import urllib.error
@@ -389,6 +390,18 @@ async def drain(ws) -> None:
     with contextlib.suppress(ConnectionClosed):
         async for _ in ws:
             pass
+
+
+async def test_route_of_one_process_is_the_url_asked_and_readable_from_any_origin():
+    async with running() as srv:
+
+        def get():
+            url = f"http://127.0.0.1:{srv.port}/route?room=lobby"
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return r.headers.get("Access-Control-Allow-Origin"), json.loads(r.read())
+
+        cors, body = await asyncio.to_thread(get)
+        assert body == {"url": None} and cors == "*"
 
 
 async def test_extra_routes():

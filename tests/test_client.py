@@ -101,3 +101,18 @@ async def test_client_asks_any_worker_where_its_room_is_and_connects_there():
         # a server without /route (404) is used as it is
         async with AvatarClient(home.url, "r", "bob") as c:
             assert c.served_by == home.url
+
+
+async def test_client_sent_to_a_worker_that_is_down_says_hello_at_the_one_it_asked():
+    from tests.redis_server import free_port
+
+    gone = f"ws://127.0.0.1:{free_port()}/"  # nothing listens: a killed worker's stale route
+
+    def route(path: str):
+        return 200, "application/json", json.dumps({"url": gone}).encode()
+
+    async with (
+        running(setup=lambda s: s.add_route("/route", route)) as entry,
+        AvatarClient(entry.url, "r", "carol", max_attempts=1) as c,  # one try, no retry
+    ):
+        assert c.served_by == entry.url and entry.world.player("r", "carol") is not None

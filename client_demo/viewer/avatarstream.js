@@ -233,7 +233,9 @@ export class AvatarStream extends EventTarget {
     }
     ws.binaryType = "arraybuffer";
     this._ws = ws;
+    ws._opened = false;
     ws.onopen = () => {
+      ws._opened = true;
       const hello = { type: "hello", v: PROTOCOL_VERSION, room: this.room };
       if (this.avatar !== null && this.avatar !== undefined) hello.avatar = this.avatar;
       if (this.region !== null) hello.region = this.region;
@@ -248,6 +250,11 @@ export class AvatarStream extends EventTarget {
   _onClose(ws, code, reason) {
     if (ws !== this._ws) return;
     this._ws = null;
+    if (!ws._opened && this.servedBy !== this.url && this._movedTo === null) {
+      // the worker it was sent to is down (killed: its rooms are free once its entry
+      // expires): the next hello goes to `url` itself, whose claim decides
+      this._movedTo = this.url;
+    }
     this._stopPing();
     this._dropAll();
     this.welcome = null;
