@@ -114,14 +114,19 @@ def wait_until(cond, timeout: float, what: str, step: float = 0.05) -> float:
 class Servers:
     """The server processes of one phase: started here, stopped by PID on exit."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, cpus: set[int] | None = None) -> None:
         self.log_dir = log_dir
+        self.cpus = cpus  # pin every server process (and the workers it starts) to these
         self.procs: list[subprocess.Popen] = []
 
     def start(self, args: list[str], name: str) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child holds it
         cmd = [sys.executable, "-m", "server", "--log-level", "info", *args]
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        cpus = self.cpus
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+        )  # fmt: skip
         log.close()
         self.procs.append(proc)
         return proc
@@ -581,13 +586,31 @@ async def churn_phase(name: str, args, redis, log_dir: Path) -> dict:
     return {"placement": placement, **out}
 
 
+def pin(cpus: set[int] | None):
+    """An on_start for the load tool: its processes on `cpus` (None: left alone)."""
+    if not cpus:
+        return None
+
+    def go(pids: list[int]) -> None:
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(pid, cpus)
+
+    return go
+
+
+def cpu_set(text: str) -> set[int] | None:
+    """--server-cpus / --generator-cpus: "0" or "0,1" (empty: not pinned)."""
+    return {int(x) for x in text.split(",") if x.strip()} or None
+
+
 def cpu_phase(args, redis, log_dir: Path) -> dict:
     """Plain process vs --workers 2 --redis under the same load tool run, alternated."""
     runs: dict[str, list[float]] = {"plain": [], "plain2": [], "cluster": []}
     detail: list[dict] = []
     for k in range(args.cpu_rounds):
         for kind in runs:
-            servers = Servers(log_dir)
+            servers = Servers(log_dir, args.server_cpus)
             try:
                 port = free_port_pair()
                 room_urls = None
@@ -614,6 +637,7 @@ def cpu_phase(args, redis, log_dir: Path) -> dict:
                 rep = loadtest.run(
                     url, args.cpu_clients, rate=20.0, duration=args.cpu_duration, ramp=3.0,
                     rooms=args.rooms, route=route, server_pids=pids, room_urls=room_urls,
+                    on_start=pin(args.generator_cpus),
                 )  # fmt: skip
             finally:
                 servers.stop()
@@ -661,6 +685,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpu-duration", type=float, default=15.0)
     ap.add_argument("--cpu-rounds", type=int, default=2)
     ap.add_argument("--server-args", default="", help="extra flags for every server, quoted")
+    ap.add_argument(
+        "--server-cpus",
+        type=cpu_set,
+        default=None,
+        help="cpu phase: pin the server processes to these CPUs, e.g. 0",
+    )
+    ap.add_argument(
+        "--generator-cpus",
+        type=cpu_set,
+        default=None,
+        help="cpu phase: pin the load tool's processes to these CPUs, e.g. 1",
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     args.phases = {p.strip() for p in args.phases.split(",") if p.strip()}
