@@ -761,6 +761,9 @@ class Session:
         if url is not None:
             self.refuse(P.ProtocolError("moved", f"room {msg.room!r} is served at {url}", url))
             return
+        if not cluster.owns(msg.room):  # this worker began to drain meanwhile
+            self.refuse(P.ProtocolError("moved", "this worker is shutting down; look again"))
+            return
         with self._refusing("admitting a hello"):
             self._admit(msg)
 
