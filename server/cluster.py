@@ -58,6 +58,7 @@ log = logging.getLogger("avatar_stream.cluster")
 
 CAPACITY = 700  # clients that make load 1.0 (the measured single-process ceiling)
 SUGGESTED_S = 3.0  # a route answer counts as load on its worker this long
+ROUTE_LINGER = 1.0  # seconds a drained worker keeps answering /route after its clients left
 
 
 def advertised_url(config: Config, port: int) -> str:
@@ -238,8 +239,11 @@ class ClusterMember:
 
     async def drain(self, timeout: float) -> None:
         """Stop taking rooms, release this worker's rooms, tell every client to move, and
-        wait (at most `timeout` s) for them to go. Never raises for Redis trouble."""
+        wait (at most `timeout` s) for them to go, then ROUTE_LINGER s more (the listener
+        still open: the clients it moved ask it `GET /route` first, and a browser may know
+        no other worker). Never raises for Redis trouble."""
         srv = self.server
+        deadline = asyncio.get_running_loop().time() + timeout
         with contextlib.suppress(DirectoryError):
             await self.directory.drain()
         rooms = list(srv.world.rooms)
@@ -254,6 +258,9 @@ class ClusterMember:
         log.info("cluster: draining: %d clients told to move", n)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(srv.idle.wait(), timeout)
+        if n:
+            left = deadline - asyncio.get_running_loop().time()
+            await asyncio.sleep(max(0.0, min(ROUTE_LINGER, left)))
 
     async def stop(self) -> None:
         """Stop heartbeating and leave the directory (never raises)."""

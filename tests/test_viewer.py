@@ -321,3 +321,40 @@ async def test_js_decoder_and_reckoner():
         np.testing.assert_allclose(r["blend"][3], [1.8, 1, 0], atol=1e-12)
         assert r["unknown"] is None
     assert not problems, problems
+
+
+STREAM_OPEN_AT = """(url) => {
+  const s = window.avatarViewer && window.avatarViewer.stream;
+  return s && s.state === "open" && s.servedBy === url;
+}"""
+
+
+async def test_viewer_follows_its_room_when_its_worker_drains(redis_url):
+    """Two cluster workers on a real Redis: the viewer watches a room on w1; w1 drains
+    (SIGTERM): close 4001, no error message, and the viewer looks the room up and goes on
+    at w0 by itself."""
+    need_chromium()
+    cluster = {"redis": redis_url, "directory_ttl": 0.8, "predictor": "cv", "tick_hz": 20.0}
+    async with running(**cluster) as w0:
+        w1_cm = running(**cluster)
+        w1 = await w1_cm.__aenter__()
+        try:
+            await w0.cluster.next_beat()
+            await w1.cluster.next_beat()  # each sees the other
+            async with (
+                connect(w1.url) as holder,  # places "hall" on w1 (its claim at hello)
+                browser_page() as (page, problems),
+            ):
+                await holder.send(P.encode_client(P.Hello(room="hall", avatar="holder")))
+                assert isinstance(P.decode_server(await holder.recv()), P.Welcome)
+                await page.goto(f"http://127.0.0.1:{w1.port}/?room=hall")
+                await page.wait_for_function(STREAM_OPEN_AT, arg=w1.url)
+                w1.request_shutdown()  # what SIGTERM does: drain
+                await page.wait_for_function(STREAM_OPEN_AT, arg=w0.url)
+                last_error = await page.evaluate("() => window.avatarViewer.stream.stats.lastError")
+                assert last_error is None  # a drain is not an error
+                assert w0.world.rooms["hall"].spectators
+                # no demo here: the viewer's optional /demo/truth answers 404, nothing else
+                assert not [p for p in problems if "/demo/truth" not in p], problems
+        finally:
+            await w1_cm.__aexit__(None, None, None)
