@@ -28,10 +28,11 @@ workers, the shipped model) and the clients. The four targets of docs/scaling.md
   same port; clients disconnected meanwhile (the target is none), the longest gap between
   a client's frames, and the time until the directory holds every room again.
 
-Each of kill, killttl, roll and redis runs on a fresh cluster, so each starts balanced.
+Each of kill, killttl, roll and redis runs on a fresh cluster.
 The clients of kill/roll/redis are this script's own (one asyncio loop, websockets,
 protocol v1 so that every tick brings a frame and a gap is a gap): each looks its room up
-(`GET /route` on one of the workers' URLs it was given, the next one when that fails),
+(`client_demo.client.route_url` in a thread, as `AvatarClient` does, on the first of the
+workers' URLs it was given, the next one when that fails),
 connects, follows `moved` at once, and after a drop tries again after 0.1 s, doubling to
 at most 1 s (with jitter), as a game client with a list of entry points would.
 """
@@ -57,11 +58,12 @@ from array import array
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from client_demo import loadtest
+from client_demo.client import route_url
 from server import cli
 from server import protocol as P
 
@@ -182,38 +184,6 @@ def worker_pid(url: str) -> int | None:
 # -- the bench's clients --------------------------------------------------------------------
 
 
-async def http_json(base: str, path: str, timeout: float = 2.0) -> dict:
-    """GET `path` on the HTTP side of the WebSocket URL `base`. Raises OSError."""
-    u = urlsplit(base)
-    try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(u.hostname, u.port), timeout
-        )
-    except TimeoutError as e:
-        raise OSError(f"connect to {u.netloc} timed out") from e
-    try:
-        writer.write(
-            f"GET {path} HTTP/1.1\r\nHost: {u.netloc}\r\nConnection: close\r\n\r\n".encode()
-        )
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        length = next(
-            (int(h.split(":", 1)[1]) for h in lines if h.lower().startswith("content-length:")),
-            None,
-        )
-        body = await asyncio.wait_for(
-            reader.readexactly(length) if length is not None else reader.read(), timeout
-        )
-    except (TimeoutError, asyncio.IncompleteReadError, ValueError, IndexError) as e:
-        raise OSError(f"GET {path} on {u.netloc}: {type(e).__name__}") from e
-    finally:
-        writer.close()
-    if status != 200:
-        raise OSError(f"GET {path} on {u.netloc}: HTTP {status}")
-    return json.loads(body)
-
-
 @dataclass
 class Client:
     i: int
@@ -233,8 +203,7 @@ async def route(c: Client, k: int) -> tuple[str, str]:
     for j in range(len(c.seeds)):
         base = c.seeds[(k + j) % len(c.seeds)]
         try:
-            url = (await http_json(base, f"/route?room={quote(c.room)}"))["url"]
-            return (base if url is None else url), base
+            return await asyncio.to_thread(route_url, base, c.room, 2.0), base
         except OSError as e:
             last = e
     raise last or OSError("no seed")

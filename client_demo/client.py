@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import logging
 import time
@@ -35,6 +36,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from client_demo.reckoning import ClockMap
+from server import cli
 from server import protocol as P
 
 log = logging.getLogger("avatar_stream.client")
@@ -51,6 +53,35 @@ class Refused(Exception):
 
 
 MAX_MOVES = 4  # `moved` errors followed in a row before giving up (a routing loop)
+ROUTE_TIMEOUT = 5.0  # seconds for one GET /route
+
+
+def route_url(url: str, room: str, timeout: float = ROUTE_TIMEOUT) -> str:
+    """The WebSocket URL of the worker serving `room` (or suggested to place it), from
+    `GET /route?room=` on the host and port of `url` (blocking: call it in a thread from
+    a loop): `url` itself when the answer's url is null (one server) or the server has no
+    /route (HTTP 404, an older server).
+
+    Raises OSError: unreachable, timed out, another HTTP status, or not a route reply.
+    """
+    u = urlsplit(url)
+    where = f"{'https' if u.scheme == 'wss' else 'http'}://{u.netloc}/route?room={quote(room)}"
+    try:
+        with urllib.request.urlopen(where, timeout=timeout) as r:
+            got = json.loads(r.read())["url"]
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return url
+        raise OSError(f"GET {where}: HTTP {e.code}") from None
+    except (KeyError, ValueError, TypeError, http.client.HTTPException) as e:
+        raise OSError(f"GET {where}: not a route reply ({type(e).__name__}: {e})") from None
+    except urllib.error.URLError as e:  # an OSError already; name the URL
+        raise OSError(f"GET {where}: {cli.first_line(e.reason)}") from None
+    if got is None:
+        return url
+    if not isinstance(got, str) or urlsplit(got).scheme not in ("ws", "wss"):
+        raise OSError(f"GET {where}: not a route reply (url {got!r})")
+    return got
 
 
 class AvatarClient:
@@ -162,25 +193,10 @@ class AvatarClient:
         error: OSError | None = None
         for base in [self.url, *[w for w in reversed(self._workers) if w != self.url]]:
             try:
-                return await asyncio.to_thread(self._route_via, base)
+                return await asyncio.to_thread(route_url, base, self.room)
             except OSError as e:
                 error = e
         raise error
-
-    def _route_via(self, base: str) -> str:
-        u = urlsplit(base)
-        scheme = "https" if u.scheme == "wss" else "http"
-        http = f"{scheme}://{u.netloc}/route?room={quote(self.room)}"
-        try:
-            with urllib.request.urlopen(http, timeout=5) as r:
-                url = json.loads(r.read())["url"]  # null: the server asked serves it
-                return base if url is None else str(url)
-        except urllib.error.HTTPError as e:
-            if e.code == 404:
-                return base
-            raise OSError(f"GET {http}: HTTP {e.code}") from None
-        except (KeyError, ValueError, TypeError) as e:
-            raise OSError(f"GET {http}: not a route reply ({e})") from None
 
     async def _open(self, url: str) -> P.Welcome:
         try:

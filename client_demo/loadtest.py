@@ -100,6 +100,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from client_demo.client import ROUTE_TIMEOUT, route_url
 from server import cli
 
 STATE_PREFIX = b"\xa4type\xa5state"  # bytes 1..11 of every state frame (a fixmap, "type" first)
@@ -114,7 +115,6 @@ CLOSE_TIMEOUT = 5.0  # seconds a worker waits for its clients' closing handshake
 CLOSE_WAIT = 15.0  # seconds a worker keeps its clients after the window, for the parent
 CONNECT_TRY = 0.5  # seconds for one connection attempt of a /metrics read
 MAX_MOVES = 4  # `moved` errors a client follows (--route) before it counts as an error
-ROUTE_TIMEOUT = 5.0  # seconds for one GET /route
 
 
 @dataclass
@@ -705,38 +705,6 @@ def fetch_metrics(url: str, timeout: float = 10.0) -> str:
             raise OSError(f"{where}: {type(e).__name__}: {e}") from None
         finally:
             conn.close()
-
-
-def route_url(url: str, room: str, timeout: float = ROUTE_TIMEOUT) -> str:
-    """The WebSocket URL of the worker serving `room` (or suggested to place it), from
-    `GET /route?room=` on the host and port of `url`: `url` itself when the answer's url is
-    null (one server) or the server has no /route (HTTP 404, an older server).
-
-    Raises OSError: unreachable, timed out, another HTTP status, or not a route reply.
-    """
-    import http.client
-    import urllib.error
-    import urllib.request
-    from urllib.parse import quote
-
-    u = urlsplit(url)
-    where = f"{'https' if u.scheme == 'wss' else 'http'}://{u.netloc}/route?room={quote(room)}"
-    try:
-        with urllib.request.urlopen(where, timeout=timeout) as r:
-            got = json.loads(r.read())["url"]
-    except urllib.error.HTTPError as e:
-        if e.code == 404:
-            return url
-        raise OSError(f"GET {where}: HTTP {e.code}") from None
-    except (KeyError, ValueError, TypeError, http.client.HTTPException) as e:
-        raise OSError(f"GET {where}: not a route reply ({type(e).__name__}: {e})") from None
-    except urllib.error.URLError as e:  # an OSError already; name the URL
-        raise OSError(f"GET {where}: {cli.first_line(e.reason)}") from None
-    if got is None:
-        return url
-    if not isinstance(got, str) or urlsplit(got).scheme not in ("ws", "wss"):
-        raise OSError(f"GET {where}: not a route reply (url {got!r})")
-    return got
 
 
 def route_rooms(url: str, rooms: int, timeout: float = ROUTE_TIMEOUT) -> dict[str, str]:
