@@ -15,9 +15,12 @@ many.
   own task (never on the tick path);
 - `hello` for a room it does not own yet: one atomic claim (placed here if it has no live
   owner); owned elsewhere: the `moved` error with the owner's URL (close 4001);
-- `GET /route?room=R`: the owner this worker knows, else the least-loaded live worker
-  from its last heartbeat's view (the claim at `hello` decides; a stale answer costs the
-  client one `moved` hop);
+- `GET /route?room=R`: never a Redis round trip: answered from this worker's view of the
+  directory, refreshed with each heartbeat (the live workers and every placed room's
+  owner, `RoomDirectory.rooms`): a placed room's live owner, whichever worker is asked;
+  a room nobody (alive) owns: the least-loaded live worker, a suggestion (the claim at
+  `hello` decides; an answer at most one heartbeat stale costs the client one `moved`
+  hop);
 - Redis lost while running: the rooms it owns keep being served, new rooms are refused
   (`server_full`, try again), one log line, counted in /metrics; when Redis is back the
   heartbeat registers the worker and its rooms again;
@@ -48,7 +51,7 @@ import urllib.request
 from typing import TYPE_CHECKING
 
 from server import protocol as P
-from server.directory import DirectoryError, RoomDirectory
+from server.directory import DirectoryError, Owner, RoomDirectory
 
 if TYPE_CHECKING:
     from server.app import AvatarServer
@@ -98,7 +101,9 @@ class ClusterMember:
         self.moved_away = 0  # clients of a room told to look it up again (close 4001)
         self.outages = 0  # times the directory became unreachable
         self._peers: list[tuple[str, str, float]] = []  # (id, url, load): last heartbeat's view
-        self._owners: dict[str, str] = {}  # room -> owner url, from claims
+        # room -> its live owner: the directory's room map as of the last heartbeat, plus
+        # the owners that claims found since
+        self._rooms: dict[str, Owner] = {}
         self._suggested: dict[str, tuple[float, str]] = {}  # room -> (time, url) of a route
         self._claims: dict[str, asyncio.Future] = {}  # room -> its claim in flight
         self._down = False
@@ -119,6 +124,7 @@ class ClusterMember:
         await self.directory.start(self.url, CAPACITY)
         with contextlib.suppress(DirectoryError):
             self._peers = await self.directory.processes()
+            self._rooms = await self.directory.rooms()
         log.info(
             "cluster: registered as %s in %s", self.directory.process_id, self.directory.safe_url
         )
@@ -149,7 +155,7 @@ class ClusterMember:
             ) from None
         if owner.process_id == self.directory.process_id:
             return None
-        self._owners[room] = owner.url
+        self._rooms[room] = owner
         self.moved += 1
         return owner.url
 
@@ -159,14 +165,16 @@ class ClusterMember:
             claim.exception()  # retrieved: the hellos that awaited it have raised it
 
     def route(self, room: str) -> str:
-        """Where a client of `room` should connect (synchronous: from this worker's view)."""
+        """Where a client of `room` should connect (synchronous, no Redis round trip: from
+        this worker's view as of its last heartbeat). A placed room: its owner, if that
+        worker is alive and takes clients (not draining); otherwise a suggestion."""
         if self.owns(room):
             return self.url
         me = self.directory.process_id
         peers = [p for p in self._peers if not (self.directory.draining and p[0] == me)]
-        known = self._owners.get(room)
-        if known is not None and known in {url for _, url, _ in peers}:
-            return known
+        owner = self._rooms.get(room)
+        if owner is not None and owner.process_id in {pid for pid, _, _ in peers}:
+            return self.url if owner.process_id == me else owner.url
         if not peers:
             return self.url
         # A room suggested in the last few seconds gets the same answer (the crowd that
@@ -208,6 +216,10 @@ class ClusterMember:
             clients = srv.n_connections
             hb = await directory.heartbeat(clients / CAPACITY, rooms, clients)
             self._peers = await directory.processes()
+            self._rooms = await directory.rooms()
+            # a suggested room that is placed now counts in its owner's load already
+            for room in self._suggested.keys() & self._rooms.keys():
+                del self._suggested[room]
         except DirectoryError as e:
             if not self._down:
                 self._down = True

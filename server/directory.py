@@ -5,12 +5,17 @@ keeps the shared map in Redis (``redis.asyncio``), off the tick path; it knows n
 the server's internals and is meant to be driven by it:
 
 - at start-up, :meth:`RoomDirectory.start` registers the process;
-- a background task calls :meth:`RoomDirectory.heartbeat` about every ``ttl / 5`` seconds
-  (or runs :meth:`RoomDirectory.run_heartbeats`), and closes the clients of any room the
-  heartbeat reports as ``lost``;
-- ``GET /route?room=`` calls :meth:`RoomDirectory.claim` (placement, atomic);
-- before admitting a ``hello``, the server calls ``claim(room, here=True)`` and refuses
-  with ``moved`` (and the returned ``url``) when the owner is another process;
+- a background task calls :meth:`RoomDirectory.heartbeat` every ``ttl / 4`` seconds
+  (``server.cluster`` does; or it runs :meth:`RoomDirectory.run_heartbeats`), and closes
+  the clients of any room the heartbeat reports as ``lost``; in the same round it reads
+  :meth:`RoomDirectory.processes` and :meth:`RoomDirectory.rooms` (one round trip each)
+  into a local view;
+- ``GET /route?room=`` never touches Redis: it answers from that view (a placed room's
+  live owner, whichever process is asked; else the least-loaded live process, a
+  suggestion), so it is at most one heartbeat old;
+- before admitting a ``hello``, the server calls ``claim(room, here=True)`` (placement,
+  atomic) and refuses with ``moved`` (and the returned ``url``) when the owner is another
+  process;
 - when a room empties it calls :meth:`RoomDirectory.release`; on SIGTERM it calls
   :meth:`RoomDirectory.drain` and then :meth:`RoomDirectory.stop` before closing clients.
 
@@ -25,6 +30,10 @@ keys they compute):
 - ``{prefix}:room:{name}``: hash ``process_id, url, updated_at``; TTL ``ttl``,
   refreshed by the owner's heartbeat. A room key whose owner is not alive counts as
   unowned.
+- ``{prefix}:rooms``: hash, room name → owner's process id: the index of the room keys
+  that :meth:`RoomDirectory.rooms` reads with one ``HGETALL`` instead of a ``SCAN``. Set
+  with the room key (claim, heartbeat), removed with it (release); an entry whose room
+  key has gone or whose owner is not alive is dropped by the next :meth:`rooms`.
 
 ``process_id`` is ``host:port:nonce`` with a random nonce per :class:`RoomDirectory`
 (one per process start), so a restarted process is never taken for its predecessor.
@@ -100,10 +109,10 @@ class Heartbeat:
     reclaimed: frozenset[str]
 
 
-# KEYS[1] room key, KEYS[2] processes sorted set.
+# KEYS[1] room key, KEYS[2] processes sorted set, KEYS[3] rooms index.
 # ARGV[1] process key prefix, ARGV[2] TTL in ms, ARGV[3] now (unix s), ARGV[4] the caller's
 # process id ("" for none), ARGV[5] "1" to place an unowned room on the caller if it can
-# take rooms, ARGV[6] tick p99 limit in ms ("" for none).
+# take rooms, ARGV[6] tick p99 limit in ms ("" for none), ARGV[7] the room's name.
 # Returns {owner, url, placed (0/1)} or false when no process can take the room.
 CLAIM_LUA = """
 local room, zset, pp = KEYS[1], KEYS[2], ARGV[1]
@@ -146,6 +155,7 @@ if not pick then return false end
 redis.call('DEL', room)
 redis.call('HSET', room, 'process_id', pick, 'url', url, 'updated_at', now)
 redis.call('PEXPIRE', room, ttl)
+redis.call('HSET', KEYS[3], ARGV[7], pick)
 local cap = tonumber(redis.call('HGET', pp .. pick, 'capacity'))
 if cap and cap > 0 then
   redis.call('ZADD', zset, 'XX', 'INCR', tostring(1 / cap), pick)
@@ -153,7 +163,7 @@ end
 return {pick, url, 1}
 """
 
-# KEYS[1] this process's key, KEYS[2] processes sorted set.
+# KEYS[1] this process's key, KEYS[2] processes sorted set, KEYS[3] rooms index.
 # ARGV[1] process key prefix, ARGV[2] room key prefix, ARGV[3] TTL in ms, ARGV[4] process
 # id, ARGV[5] url, ARGV[6] load, ARGV[7] "1" if draining, ARGV[8] now, ARGV[9] n, then n
 # field/value pairs for the process hash, then the names of the rooms this process serves.
@@ -183,25 +193,30 @@ for i = 10 + 2 * n, #ARGV do
   if owner == me then
     redis.call('HSET', room, 'updated_at', now)
     redis.call('PEXPIRE', room, ttl)
+    redis.call('HSET', KEYS[3], name, me)
   elseif owner and redis.call('EXISTS', pp .. owner) == 1 then
     lost[#lost + 1] = name
   else
     redis.call('DEL', room)
     redis.call('HSET', room, 'process_id', me, 'url', url, 'updated_at', now)
     redis.call('PEXPIRE', room, ttl)
+    redis.call('HSET', KEYS[3], name, me)
     reclaimed[#reclaimed + 1] = name
   end
 end
 return {existed, lost, reclaimed}
 """
 
-# KEYS room keys; ARGV[1] process id. Deletes the rooms this process owns (compare and
-# delete); returns how many it deleted.
+# KEYS[1] rooms index, then room keys; ARGV[1] process id, ARGV[2] room key prefix.
+# Deletes the rooms this process owns (compare and delete) and their index entries;
+# returns how many it deleted.
 RELEASE_LUA = """
 local n = 0
-for _, room in ipairs(KEYS) do
+for i = 2, #KEYS do
+  local room = KEYS[i]
   if redis.call('HGET', room, 'process_id') == ARGV[1] then
     redis.call('DEL', room)
+    redis.call('HDEL', KEYS[1], string.sub(room, #ARGV[2] + 1))
     n = n + 1
   end
 end
@@ -215,6 +230,33 @@ if owner and redis.call('EXISTS', ARGV[1] .. owner) == 1 then
   return {owner, redis.call('HGET', KEYS[1], 'url')}
 end
 return false
+"""
+
+# KEYS[1] rooms index; ARGV[1] process key prefix, ARGV[2] room key prefix.
+# Returns {name, owner, url, ...} for every indexed room whose owner is alive; drops the
+# entries whose room key has gone or whose owner is dead (and follows a room key that
+# names another owner than its entry).
+ROOMS_LUA = """
+local index, pp, rp = KEYS[1], ARGV[1], ARGV[2]
+local alive, out = {}, {}
+local entries = redis.call('HGETALL', index)
+for i = 1, #entries, 2 do
+  local name, id = entries[i], entries[i + 1]
+  local r = redis.call('HMGET', rp .. name, 'process_id', 'url')
+  local owner = r[1]
+  if owner and alive[owner] == nil then
+    alive[owner] = redis.call('EXISTS', pp .. owner) == 1
+  end
+  if owner and r[2] and alive[owner] then
+    if owner ~= id then redis.call('HSET', index, name, owner) end
+    out[#out + 1] = name
+    out[#out + 1] = owner
+    out[#out + 1] = r[2]
+  else
+    redis.call('HDEL', index, name)
+  end
+end
+return out
 """
 
 _UNAVAILABLE = (
@@ -254,7 +296,7 @@ class RoomDirectory:
         url: Redis URL, e.g. ``redis://127.0.0.1:6379/0``.
         prefix: key prefix shared by every process of one deployment.
         ttl: seconds the process key and owned room keys live without a heartbeat.
-            Heartbeat every ``ttl / 5`` (1 s for the default 5 s).
+            Heartbeat every ``ttl / 4`` (1.25 s for the default 5 s).
         timeout: socket connect/read timeout per Redis call, in seconds (one retry on a
             fresh connection follows a connection error, e.g. after a Redis restart).
         max_tick_p99_ms: processes whose last reported tick p99 exceeds this get no new
@@ -311,12 +353,17 @@ class RoomDirectory:
         self._heartbeat = self._redis.register_script(HEARTBEAT_LUA)
         self._release = self._redis.register_script(RELEASE_LUA)
         self._lookup = self._redis.register_script(LOOKUP_LUA)
+        self._rooms = self._redis.register_script(ROOMS_LUA)
 
     # -- keys -------------------------------------------------------------------------
 
     @property
     def processes_key(self) -> str:
         return f"{self.prefix}:processes"
+
+    @property
+    def rooms_key(self) -> str:
+        return f"{self.prefix}:rooms"
 
     def process_key(self, process_id: str) -> str:
         return f"{self.prefix}:process:{process_id}"
@@ -408,7 +455,9 @@ class RoomDirectory:
         args += rooms
         existed, lost, reclaimed = await self._do(
             "heartbeat",
-            self._heartbeat(keys=[self.process_key(pid), self.processes_key], args=args),
+            self._heartbeat(
+                keys=[self.process_key(pid), self.processes_key, self.rooms_key], args=args
+            ),
         )
         self.last_heartbeat = time.monotonic()
         result = Heartbeat(
@@ -430,7 +479,7 @@ class RoomDirectory:
         ``ws_url`` is the WebSocket URL clients of this process's rooms connect to (its
         host and port go into the process id); ``capacity`` is the client count that
         means load 1.0 (the measured ceiling), used to spread rooms placed between two
-        heartbeats. After this, the caller must heartbeat every ``ttl / 5`` seconds.
+        heartbeats. After this, the caller must heartbeat every ``ttl / 4`` seconds.
 
         Raises :class:`DirectoryUnavailable` (with the Redis URL in the message) when
         Redis cannot be reached; start may then be retried. RuntimeError if already
@@ -467,7 +516,7 @@ class RoomDirectory:
         key itself had gone (Redis restarted), it is written afresh (``reregistered``).
         The caller must close the clients of every room in ``lost``.
 
-        Call it from its own task every ``ttl / 5`` s. Raises
+        Call it from its own task every ``ttl / 4`` s. Raises
         :class:`DirectoryUnavailable` when Redis cannot be reached (keep serving the rooms
         you have and try again next period), RuntimeError before :meth:`start`.
         """
@@ -486,9 +535,9 @@ class RoomDirectory:
         Runs until cancelled (run it with ``asyncio.create_task``). Redis failures do
         not stop it: they are counted in ``errors`` and show in ``available``.
         ``on_result`` gets each successful :class:`Heartbeat` (close ``lost`` rooms
-        there). ``interval`` defaults to ``ttl / 5``.
+        there). ``interval`` defaults to ``ttl / 4``.
         """
-        period = self.ttl / 5 if interval is None else interval
+        period = self.ttl / 4 if interval is None else interval
         while True:
             load, rooms, clients = sample()
             with contextlib.suppress(DirectoryError):
@@ -519,7 +568,7 @@ class RoomDirectory:
         reply = await self._do(
             "claim",
             self._claim(
-                keys=[self.room_key(room), self.processes_key],
+                keys=[self.room_key(room), self.processes_key, self.rooms_key],
                 args=[
                     f"{self.prefix}:process:",
                     self.ttl_ms,
@@ -527,6 +576,7 @@ class RoomDirectory:
                     me or "",
                     "1" if here and me else "0",
                     "" if self.max_tick_p99_ms is None else _num(self.max_tick_p99_ms),
+                    room,
                 ],
             ),
         )
@@ -553,6 +603,24 @@ class RoomDirectory:
             return None
         return Owner(process_id=reply[0], url=reply[1])
 
+    async def rooms(self) -> dict[str, Owner]:
+        """Every placed room with a live owner, room → :class:`Owner` (one round trip,
+        O(rooms); never places a room). For a local view refreshed with the heartbeats
+        (``GET /route`` answers from it); the claim at ``hello`` still decides. Entries of
+        dead owners are dropped from the index on the way. Raises
+        :class:`DirectoryUnavailable` when Redis cannot be reached.
+        """
+        reply = await self._do(
+            "rooms",
+            self._rooms(
+                keys=[self.rooms_key], args=[f"{self.prefix}:process:", f"{self.prefix}:room:"]
+            ),
+        )
+        return {
+            reply[i]: Owner(process_id=reply[i + 1], url=reply[i + 2])
+            for i in range(0, len(reply), 3)
+        }
+
     async def release(self, room: str) -> bool:
         """Delete ``room``'s key if this process owns it (compare-and-delete, atomic).
 
@@ -563,7 +631,12 @@ class RoomDirectory:
         """
         pid = self._require_started()
         self.owned.discard(room)
-        n = await self._do("release", self._release(keys=[self.room_key(room)], args=[pid]))
+        n = await self._do(
+            "release",
+            self._release(
+                keys=[self.rooms_key, self.room_key(room)], args=[pid, f"{self.prefix}:room:"]
+            ),
+        )
         return bool(n)
 
     async def processes(self) -> list[tuple[str, str, float]]:
@@ -628,8 +701,8 @@ class RoomDirectory:
                 pipe = self._redis.pipeline(transaction=True)
                 if self.owned:
                     await self._release(
-                        keys=[self.room_key(r) for r in sorted(self.owned)],
-                        args=[pid],
+                        keys=[self.rooms_key, *(self.room_key(r) for r in sorted(self.owned))],
+                        args=[pid, f"{self.prefix}:room:"],
                         client=pipe,
                     )
                 pipe.zrem(self.processes_key, pid)

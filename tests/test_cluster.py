@@ -136,6 +136,60 @@ async def test_a_crowd_joining_a_new_room_makes_one_claim_and_gets_one_route(red
         assert claims == 1
 
 
+async def hold(stack: contextlib.AsyncExitStack, w, rooms: list[str]) -> None:
+    """One client in each of `rooms`, connected straight to worker `w` (which places them)."""
+    for i, room in enumerate(rooms):
+        c = AvatarClient(w.url, room, f"p{i}", version=1)
+        c._route = lambda: asyncio.sleep(0, w.url)
+        await stack.enter_async_context(c)
+        assert c.served_by == w.url
+
+
+async def beats(*workers, n: int = 2) -> None:
+    """`n` heartbeat rounds of each worker; with n=2 one whole round began after now (the
+    round in flight may have read the directory before)."""
+    for w in workers:
+        for _ in range(n):
+            await w.cluster.next_beat()
+
+
+async def test_route_on_every_worker_answers_the_owner_within_one_heartbeat(redis_url):
+    async with cluster(redis_url) as w0, cluster(redis_url) as w1:
+        rooms = [f"held{k}" for k in range(4)]
+        async with contextlib.AsyncExitStack() as stack:
+            await hold(stack, w0, rooms)
+            await beats(w0, w1)
+            for w in (w0, w1):
+                assert [await route(w, r) for r in rooms] == [w0.url] * 4, w.url
+            # a client that looks up through the other worker goes straight to the owner
+            async with AvatarClient(w1.url, rooms[0], "late", version=1) as c:
+                assert c.served_by == w0.url and c.moves == 0
+            assert metric(await get(w0, "/metrics"), "avatar_hellos_moved_total") == 0
+            # a room nobody owns still gets the sticky least-loaded suggestion
+            fresh = await route(w1, "fresh")
+            assert fresh in (w0.url, w1.url) and await route(w1, "fresh") == fresh
+
+
+async def test_route_treats_a_room_of_a_dead_worker_as_unowned(redis_url):
+    async with (
+        cluster(redis_url) as w0,
+        cluster(redis_url) as w1,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        await hold(stack, w0, ["doomed"])
+        await beats(w1)
+        assert await route(w1, "doomed") == w0.url
+        w0.cluster._task.cancel()  # w0 stops heartbeating and is evicted: dead
+        d = RoomDirectory(redis_url)
+        try:
+            await d.evict(w0.cluster.directory.process_id)
+        finally:
+            await d.stop()
+        await beats(w1)
+        assert [pid for pid, _, _ in w1.cluster.peers] == [w1.cluster.directory.process_id]
+        assert await route(w1, "doomed") == w1.url  # a suggestion, not the dead owner
+
+
 def metric(text: bytes, name: str) -> float | None:
     m = re.search(rf"^{name} (\S+)$", text.decode(), re.M)
     return float(m.group(1)) if m else None

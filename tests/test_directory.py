@@ -135,6 +135,42 @@ async def test_lookup_never_places(make, raw):
     assert "lobby" in a.owned
 
 
+async def test_rooms_lists_every_placed_room_with_a_live_owner(make, raw):
+    a, b = await two(make)
+    router = make()  # never started: reads the map too
+    assert await router.rooms() == {}
+    await a.claim("r1", here=True)
+    await b.claim("r2", here=True)
+    await b.claim("r3", here=True)
+    assert (await router.claim("r4")).placed
+    got = await router.rooms()
+    assert set(got) == {"r1", "r2", "r3", "r4"}
+    assert got["r1"] == Owner(a.process_id, URL_A) and got["r2"] == Owner(b.process_id, URL_B)
+    assert await a.rooms() == got  # the same from every process
+    assert await a.release("r1")
+    assert "r1" not in await router.rooms()
+    # an index entry whose room key is gone, and a room key the index lacks (a process of
+    # an older version): the first is dropped, the second re-indexed by its owner's beat
+    await raw.delete("avatar:room:r2")
+    await raw.hdel("avatar:rooms", "r3")
+    assert set(await router.rooms()) == {"r4"}
+    assert await raw.hexists("avatar:rooms", "r2") == 0
+    await b.heartbeat(0.0, ["r2", "r3"], 2)
+    assert {r: o.process_id for r, o in (await router.rooms()).items()} == {
+        "r2": b.process_id,
+        "r3": b.process_id,
+        "r4": got["r4"].process_id,
+    }
+    # an evicted (dead) owner's rooms are unowned, and drop out of the index
+    await router.evict(b.process_id)
+    left = await router.rooms()
+    assert all(o.process_id == a.process_id for o in left.values())
+    assert set(await raw.hkeys("avatar:rooms")) == set(left)
+    # stop releases the rooms and their entries
+    assert await a.stop()
+    assert await router.rooms() == {} and await raw.hlen("avatar:rooms") == 0
+
+
 async def test_room_of_a_dead_process_is_placed_again(make, raw):
     a = make(ttl=0.5)  # stops heartbeating: dies
     b = make(ttl=5.0)
