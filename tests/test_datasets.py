@@ -1,19 +1,24 @@
-"""Tests for training.datasets: Track.truth_at, CSV/ETH-UCY loaders, splits, windows."""
+"""Tests for training.datasets: Track.truth_at, CSV/ETH-UCY loaders, the shipped data and
+its lookup, splits, windows."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from training import datasets as D
 from training.datasets import (
     ETHUCY_SCENES,
     ETHUCY_TRAIN_ONLY,
     DatasetError,
     Track,
     base_user,
+    data_file,
     ethucy_root,
     load_csv,
     load_ethucy,
@@ -23,19 +28,15 @@ from training.datasets import (
     windows,
 )
 
-SEED_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "seed_example.csv"
+REPO_DATA = Path(__file__).resolve().parents[1] / "training" / "data"  # shipped in the repo
+SEED_CSV = REPO_DATA / "seed_example.csv"
 
 
-def _ethucy_available() -> bool:
-    try:
-        ethucy_root()
-    except FileNotFoundError:
-        return False
-    return True
-
-
-needs_seed = pytest.mark.skipif(not SEED_CSV.is_file(), reason="seed example not present")
-needs_ethucy = pytest.mark.skipif(not _ethucy_available(), reason="ETH/UCY data not present")
+@pytest.fixture
+def shipped(monkeypatch):
+    """The lookup as a fresh clone sees it: no AVATAR_ETHUCY / AVATAR_REALMOTION."""
+    monkeypatch.delenv("AVATAR_ETHUCY", raising=False)
+    monkeypatch.delenv("AVATAR_REALMOTION", raising=False)
 
 
 def _write(tmp_path: Path, name: str, text: str) -> Path:
@@ -86,7 +87,6 @@ def test_truth_at_dense_truth_interp_and_single_sample():
 # --- load_csv -----------------------------------------------------------------
 
 
-@needs_seed
 def test_seed_example_loads():
     tracks = load_csv(SEED_CSV, max_gap=60)
     assert [tr.user for tr in tracks] == ["user1", "user2"]
@@ -239,9 +239,8 @@ def test_ethucy_directory_and_missing(tmp_path):
         load_ethucy(tmp_path / "empty")
 
 
-@needs_ethucy
-def test_ethucy_real_file():
-    tracks = load_ethucy(ethucy_root() / "val" / "biwi_hotel_val.txt")
+def test_ethucy_real_file(shipped):
+    tracks = load_ethucy(data_file(ethucy_root() / "val" / "biwi_hotel_val.txt"))
     assert len(tracks) > 0
     assert all(tr.user.startswith("biwi_hotel_val:") for tr in tracks)
     for tr in tracks:
@@ -250,8 +249,7 @@ def test_ethucy_real_file():
         assert np.all(tr.p[:, 2] == 0)
 
 
-@needs_ethucy
-def test_ethucy_scene_files():
+def test_ethucy_scene_files(shipped):
     assert set(ETHUCY_SCENES) == {"eth", "hotel", "univ", "zara1", "zara2"}
     assert ETHUCY_TRAIN_ONLY == ["crowds_zara03", "uni_examples"]
     val = load_ethucy_scene_files("val", ETHUCY_SCENES["hotel"])
@@ -272,6 +270,123 @@ def test_ethucy_root_env(tmp_path, monkeypatch):
         ethucy_root()
 
 
+# --- the shipped data and its lookup -------------------------------------------
+
+
+def test_ethucy_root_defaults_to_the_copy_in_the_repository(shipped):
+    assert D.DATA_DIR == REPO_DATA
+    assert ethucy_root() == REPO_DATA / "ethucy"
+    stems = [s for v in ETHUCY_SCENES.values() for s in v] + ETHUCY_TRAIN_ONLY
+    for split, sub, suffix in [("all", "all_data", ""), ("train", "train", "_train")]:
+        for stem in stems:
+            f = REPO_DATA / "ethucy" / sub / f"{stem}{suffix}.txt.gz"
+            assert f.is_file(), f
+        assert load_ethucy_scene_files(split, ["biwi_hotel"])
+
+
+def test_ethucy_env_overrides_with_plain_files(tmp_path, monkeypatch):
+    (tmp_path / "train").mkdir()
+    _write(tmp_path / "train", "mine_train.txt", ETH_SMALL)
+    monkeypatch.setenv("AVATAR_ETHUCY", str(tmp_path))
+    tracks = load_ethucy_scene_files("train", ["mine"])
+    assert [tr.user for tr in tracks] == ["mine_train:1", "mine_train:1#1", "mine_train:2"]
+    with pytest.raises(FileNotFoundError, match=r"biwi_hotel_train\.txt"):
+        load_ethucy_scene_files("train", ["biwi_hotel"])  # not the shipped copy
+
+
+def test_missing_shipped_copy_names_the_variable(tmp_path, monkeypatch, shipped):
+    monkeypatch.setattr(D, "DATA_DIR", tmp_path / "gone")
+    with pytest.raises(FileNotFoundError, match="set AVATAR_ETHUCY") as ei:
+        ethucy_root()
+    assert str(tmp_path / "gone" / "ethucy") in str(ei.value)
+    with pytest.raises(FileNotFoundError, match="set AVATAR_REALMOTION"):
+        D.data_root("realmotion", "AVATAR_REALMOTION")
+
+
+def test_shipped_files_are_the_upstream_bytes():
+    """Every file of SHA256SUMS (the upstream, uncompressed files) is shipped, gzip-compressed
+    but the seed example, and decompresses to the same bytes; nothing else is shipped."""
+    sums = [ln.split() for ln in (REPO_DATA / "SHA256SUMS").read_text().splitlines() if ln]
+    assert len(sums) == 28
+    shipped_files = set()
+    for digest, name in sums:
+        plain, gz = REPO_DATA / name, REPO_DATA / f"{name}.gz"
+        data = (
+            plain.read_bytes() if name == "seed_example.csv" else gzip.decompress(gz.read_bytes())
+        )
+        assert hashlib.sha256(data).hexdigest() == digest, name
+        shipped_files.add(plain if name == "seed_example.csv" else gz)
+    data_files = {f for f in REPO_DATA.rglob("*") if f.suffix in (".gz", ".csv", ".txt")}
+    assert data_files == shipped_files
+    for d in (REPO_DATA, REPO_DATA / "ethucy", REPO_DATA / "realmotion"):
+        assert (d / "README.md").is_file()
+    assert "CC BY-NC-SA 3.0" in (REPO_DATA / "realmotion" / "README.md").read_text()
+
+
+def _gzip(path: Path) -> Path:
+    out = path.with_name(path.name + ".gz")
+    out.write_bytes(gzip.compress(path.read_bytes()))
+    return out
+
+
+def _same_tracks(a: list[Track], b: list[Track]) -> bool:
+    return [tr.user for tr in a] == [tr.user for tr in b] and all(
+        np.array_equal(x.t, y.t) and np.array_equal(x.p, y.p) for x, y in zip(a, b, strict=True)
+    )
+
+
+def test_gz_and_plain_files_load_the_same(tmp_path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    # a shipped ETH/UCY file, decompressed, and a slice of a shipped CSV, plain and re-gzipped
+    eth_gz = REPO_DATA / "ethucy" / "val" / "biwi_hotel_val.txt.gz"
+    eth = plain / "biwi_hotel_val.txt"
+    eth.write_bytes(gzip.decompress(eth_gz.read_bytes()))
+    text = gzip.decompress((REPO_DATA / "realmotion" / "sdd_train.csv.gz").read_bytes())
+    csv = plain / "sdd.csv"
+    csv.write_bytes(b"".join(text.splitlines(keepends=True)[:3000]))
+    csv_gz = _gzip(csv)
+    assert _same_tracks(load_ethucy(eth), load_ethucy(eth_gz))
+    assert load_ethucy(eth_gz)[0].user.startswith("biwi_hotel_val:")  # the stem drops .txt.gz
+    assert _same_tracks(load_csv(csv), load_csv(csv_gz))
+    assert len(load_csv(csv_gz)) > 3
+    assert _same_tracks(load_tracks(csv), load_tracks(csv_gz))
+    assert _same_tracks(load_tracks(eth), load_tracks(eth_gz))
+    # a BOM and Windows line ends read the same compressed
+    bom = _write(tmp_path, "bom.csv", "\ufeffuser_id,timestamp,x,y\r\na,0,1,2\r\na,0.5,2,3\r\n")
+    assert _same_tracks(load_csv(bom), load_csv(_gzip(bom)))
+    # errors name the .gz file and its line
+    bad = _write(tmp_path, "bad.csv", "a,0,1,2\na,x,1,2\n")
+    with pytest.raises(DatasetError, match=r"bad\.csv\.gz:2: bad timestamp"):
+        load_csv(_gzip(bad))
+
+
+def test_directories_mix_gz_and_plain_files(tmp_path):
+    eth = tmp_path / "eth"
+    eth.mkdir()
+    _gzip(_write(eth, "b.txt", ETH_SMALL)).rename(eth / "b.txt.gz")
+    (eth / "b.txt").unlink()
+    _write(eth, "a.txt", ETH_SMALL)
+    _gzip(eth / "a.txt")  # a.txt and a.txt.gz: the plain one is read, once
+    assert [tr.user for tr in load_ethucy(eth)] == ["a:1", "a:1#1", "a:2", "b:1", "b:1#1", "b:2"]
+    csvs = tmp_path / "csvs"
+    csvs.mkdir()
+    _gzip(_write(csvs, "y.csv", "b,0,0,0\nb,1,1,0\n"))
+    (csvs / "y.csv").unlink()
+    _write(csvs, "x.csv", "a,0,0,0\na,0.5,1,0\n")
+    assert [tr.user for tr in load_tracks(csvs)] == ["a", "b"]
+
+
+def test_data_file_prefers_the_plain_file(tmp_path):
+    f = _write(tmp_path, "x.csv", "a,0,0,0\n")
+    assert data_file(f) == f
+    gz = _gzip(f)
+    f.unlink()
+    assert data_file(f) == gz
+    with pytest.raises(FileNotFoundError, match=r"y\.csv \(nor y\.csv\.gz\)"):
+        data_file(tmp_path / "y.csv")
+
+
 # --- load_tracks ---------------------------------------------------------------
 
 
@@ -290,6 +405,8 @@ def test_load_tracks_dispatch(tmp_path):
     assert len(load_tracks(eth)) == 3
     with pytest.raises(ValueError, match="unknown"):
         load_tracks(_write(tmp_path, "z.json", "{}"))
+    with pytest.raises(ValueError, match="unknown"):
+        load_tracks(_write(tmp_path, "z.json.gz", "{}"))
     with pytest.raises(FileNotFoundError):
         load_tracks(tmp_path / "missing.csv")
 

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -72,9 +74,24 @@ def test_thin_to_ticks_keeps_the_newest_sample_per_tick_and_the_truth():
     np.testing.assert_allclose(tr.truth_at(mid)[0, :2], [mid[0], mid[0] ** 2], atol=1e-4)
 
 
-def test_shipped_data_loads_when_present():
-    try:
-        root = RM.realmotion_root()
-    except FileNotFoundError:
-        pytest.skip("no real-motion data here")
-    assert (root / RM.FILES["soccer"]).exists()
+def test_realmotion_root_defaults_to_the_copy_in_the_repository(monkeypatch):
+    monkeypatch.delenv("AVATAR_REALMOTION", raising=False)
+    repo_copy = Path(__file__).resolve().parents[1] / "training" / "data" / "realmotion"
+    assert RM.realmotion_root() == repo_copy
+    for name in RM.FILES.values():
+        assert (repo_copy / f"{name}.gz").is_file()
+    scenes = RM.load_scenes("soccer", "val")  # read from the .gz
+    assert [sc.name for sc in scenes] == ["soccer/min03", "soccer/min13"]
+    assert all(len(sc) >= 10 for sc in scenes)
+
+
+def test_realmotion_env_overrides_with_a_plain_csv(tmp_path, monkeypatch):
+    write(tmp_path / RM.FILES["juelich"], track_rows("uo-070-180-180_1", 0, 5, 1 / 16))
+    monkeypatch.setenv("AVATAR_REALMOTION", str(tmp_path))
+    assert RM.realmotion_root() == tmp_path
+    assert [sc.name for sc in RM.load_scenes("juelich", "all")] == ["juelich/uo-070-180-180"]
+    with pytest.raises(FileNotFoundError, match=r"sdd_train\.csv"):
+        RM.load_scenes("sdd", "all")  # not the shipped copy
+    monkeypatch.setenv("AVATAR_REALMOTION", str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="AVATAR_REALMOTION"):
+        RM.load_scenes("juelich", "all")

@@ -1,8 +1,13 @@
-"""Trajectory data: the `Track` type, loaders for the seed CSV and ETH/UCY, splits, windows."""
+"""Trajectory data: the `Track` type, loaders for the seed CSV and ETH/UCY, splits, windows.
+
+The data the presets and suites use ships in `training/data/` (gzip-compressed; see its
+README for provenance and licences); every loader reads `.gz` and plain files alike.
+"""
 
 from __future__ import annotations
 
 import csv
+import gzip
 import itertools
 import math
 import os
@@ -10,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from scipy.interpolate import CubicSpline
@@ -95,8 +100,70 @@ ETHUCY_TRAIN_ONLY: list[str] = ["crowds_zara03", "uni_examples"]
 """Recordings used for training only, never as a held-out scene."""
 
 
+DATA_DIR = Path(__file__).resolve().parent / "data"
+"""The data shipped with the package: `ethucy/`, `realmotion/`, `seed_example.csv`."""
+
+
 class DatasetError(ValueError):
     """A malformed data file; the message starts with `file:line:` (1-based line)."""
+
+
+def _is_gz(path: Path) -> bool:
+    return path.suffix.lower() == ".gz"
+
+
+def _open_text(path: Path, newline: str | None = None) -> IO[str]:
+    """`path` opened as UTF-8 text (a BOM skipped), decompressed on the fly if it ends in `.gz`."""
+    if _is_gz(path):
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline=newline)
+    return path.open(encoding="utf-8-sig", newline=newline)
+
+
+def _base(path: Path) -> Path:
+    """`path` without a trailing `.gz` (`a/x.csv.gz` -> `a/x.csv`)."""
+    return path.with_suffix("") if _is_gz(path) else path
+
+
+def _listing(directory: Path, suffix: str) -> list[Path]:
+    """The `*<suffix>` and `*<suffix>.gz` files of `directory`, sorted by name without
+    `.gz`; where both `x<suffix>` and `x<suffix>.gz` exist, only the plain one."""
+    plain = {f.name: f for f in directory.glob(f"*{suffix}") if f.is_file()}
+    for f in directory.glob(f"*{suffix}.gz"):
+        if f.is_file():
+            plain.setdefault(f.name[:-3], f)
+    return [plain[k] for k in sorted(plain)]
+
+
+def data_file(path: str | Path) -> Path:
+    """`path` if it is a file, else `path.gz` if that is one (the shipped data is compressed).
+
+    Raises FileNotFoundError naming both when neither exists.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    gz = path.with_name(path.name + ".gz")
+    if gz.is_file():
+        return gz
+    raise FileNotFoundError(f"no such file: {path} (nor {gz.name})")
+
+
+def data_root(name: str, env: str) -> Path:
+    """A data directory: `$<env>` if set, else `DATA_DIR / name` (the copy in the repository).
+
+    Raises FileNotFoundError, naming `env`, if `$<env>` is not a directory or, unset, the
+    shipped copy is missing.
+    """
+    value = os.environ.get(env)
+    if value:
+        root = Path(value)
+        if not root.is_dir():
+            raise FileNotFoundError(f"{env}={value!r} is not a directory")
+        return root
+    root = DATA_DIR / name
+    if not root.is_dir():
+        raise FileNotFoundError(f"{name} data not found at {root}: set {env} to its directory")
+    return root
 
 
 def _err(path: str | Path, line: int, msg: str) -> DatasetError:
@@ -150,6 +217,8 @@ def _segments(user: str, t: np.ndarray, p: np.ndarray, max_gap: float, min_len: 
 def load_csv(path: str | Path, *, max_gap: float = 1.0, min_len: int = 2) -> list[Track]:
     """Load the seed CSV format: one row per sample, `user_id,timestamp,x,y[,z]`.
 
+    `path` may be gzip-compressed (a name ending in `.gz`).
+
     - Optional header row: the first row, if its first field is `user_id` (any case)
       and its timestamp and x fields are not values.
     - Fields are stripped of surrounding spaces; blank lines are skipped.
@@ -171,7 +240,7 @@ def load_csv(path: str | Path, *, max_gap: float = 1.0, min_len: int = 2) -> lis
     rows: dict[str, dict[float, tuple[float, float, float]]] = {}
     ncols: int | None = None
     first = True
-    with path.open(newline="", encoding="utf-8-sig") as fh:
+    with _open_text(path, newline="") as fh:
         reader = csv.reader(fh)
         for raw in reader:
             line = reader.line_num
@@ -231,7 +300,7 @@ def _load_ethucy_file(path: Path, step: float, max_gap: float, min_len: int) -> 
     data: list[list[float]] = []
     lines: list[int] = []
     names = ("frame_id", "ped_id", "x", "y")
-    with path.open(encoding="utf-8-sig") as fh:
+    with _open_text(path) as fh:
         for lineno, text in enumerate(fh, 1):
             parts = text.split()
             if not parts:
@@ -267,7 +336,8 @@ def _load_ethucy_file(path: Path, step: float, max_gap: float, min_len: int) -> 
     bounds = [*starts.tolist(), len(a)]
     tracks: list[Track] = []
     for pid, (s, e) in zip(peds, itertools.pairwise(bounds), strict=True):
-        tracks += _segments(f"{path.stem}:{_ped_name(pid)}", t[s:e], p[s:e], max_gap, min_len)
+        user = f"{_base(path).stem}:{_ped_name(pid)}"
+        tracks += _segments(user, t[s:e], p[s:e], max_gap, min_len)
     return tracks
 
 
@@ -276,13 +346,14 @@ def load_ethucy(
 ) -> list[Track]:
     """Load ETH/UCY raw text: whitespace-separated `frame_id ped_id x y`, no header.
 
-    `path` is a file or a directory (every `*.txt` in it, sorted by name). Time is
+    `path` is a file (`*.txt`, or `*.txt.gz` compressed) or a directory (every `*.txt` and
+    `*.txt.gz` in it, sorted by name; a plain file wins over its `.gz`). Time is
     `frame_id / 10 * step` seconds (frame ids step by 10 per `step`-second annotation),
-    z = 0. Tracks are named `"<file stem>:<ped_id>"` (`1.0` → `1`), with `#k` suffixes
-    for gap splits (see `load_csv`); a repeated (frame, ped) keeps the last row.
-    Tracks are ordered by file, then ped id.
+    z = 0. Tracks are named `"<file stem>:<ped_id>"` (`1.0` → `1`; the stem of `x.txt.gz`
+    is `x`), with `#k` suffixes for gap splits (see `load_csv`); a repeated (frame, ped)
+    keeps the last row. Tracks are ordered by file, then ped id.
 
-    Raises FileNotFoundError if `path` is missing or a directory holds no `*.txt`,
+    Raises FileNotFoundError if `path` is missing or a directory holds no `*.txt[.gz]`,
     DatasetError naming `file:line` for a malformed row, ValueError for bad parameters.
     """
     _check_params(max_gap, min_len)
@@ -290,9 +361,9 @@ def load_ethucy(
         raise ValueError(f"step must be > 0, got {step!r}")
     path = Path(path)
     if path.is_dir():
-        files = sorted(path.glob("*.txt"))
+        files = _listing(path, ".txt")
         if not files:
-            raise FileNotFoundError(f"no *.txt files in directory {path}")
+            raise FileNotFoundError(f"no *.txt or *.txt.gz files in directory {path}")
     elif path.is_file():
         files = [path]
     else:
@@ -306,49 +377,38 @@ def load_ethucy(
 def load_tracks(path: str | Path, **kw: Any) -> list[Track]:
     """Load tracks from `path`, dispatching on its kind; `kw` go to the loader.
 
-    `*.csv` → `load_csv`; `*.txt` → `load_ethucy`; a directory → every `*.csv` in it
-    (sorted, concatenated; user names are not made unique across files) if it holds
-    any, else `load_ethucy` on the directory.
+    `*.csv` → `load_csv`; `*.txt` → `load_ethucy` (either may end in `.gz`); a directory
+    → every `*.csv[.gz]` in it (sorted, concatenated; user names are not made unique
+    across files) if it holds any, else `load_ethucy` on the directory.
     Raises FileNotFoundError for a missing path, DatasetError (a ValueError) for an unknown suffix,
     plus whatever the loader raises (DatasetError, TypeError for foreign keywords).
     """
     path = Path(path)
     if path.is_dir():
-        csvs = sorted(path.glob("*.csv"))
+        csvs = _listing(path, ".csv")
         if csvs:
             return [tr for f in csvs for tr in load_csv(f, **kw)]
         return load_ethucy(path, **kw)
     if not path.exists():
         raise FileNotFoundError(f"no such file or directory: {path}")
-    suffix = path.suffix.lower()
+    suffix = _base(path).suffix.lower()
     if suffix == ".csv":
         return load_csv(path, **kw)
     if suffix == ".txt":
         return load_ethucy(path, **kw)
-    raise DatasetError(f"{path}: unknown track file type {path.suffix!r} (expected .csv or .txt)")
+    raise DatasetError(
+        f"{path}: unknown track file type {path.suffix!r} (expected .csv or .txt, or .gz of one)"
+    )
 
 
 def ethucy_root() -> Path:
     """The ETH/UCY data directory (holding `all_data/`, `train/`, `val/`).
 
-    `$AVATAR_ETHUCY` if set, else the first existing of `<repo>/../shared/data/ethucy`
-    and `<repo>/shared/data/ethucy`. Raises FileNotFoundError if none exists.
+    `$AVATAR_ETHUCY` if set, else the copy shipped in `training/data/ethucy` (files
+    `*.txt.gz`; a directory of plain `*.txt` works too). Raises FileNotFoundError,
+    naming AVATAR_ETHUCY, if the chosen directory does not exist.
     """
-    env = os.environ.get("AVATAR_ETHUCY")
-    if env:
-        root = Path(env)
-        if not root.is_dir():
-            raise FileNotFoundError(f"AVATAR_ETHUCY={env!r} is not a directory")
-        return root
-    repo = Path(__file__).resolve().parent.parent
-    candidates = [repo.parent / "shared" / "data" / "ethucy", repo / "shared" / "data" / "ethucy"]
-    for c in candidates:
-        if c.is_dir():
-            return c
-    raise FileNotFoundError(
-        "ETH/UCY data not found: set AVATAR_ETHUCY or place it at one of "
-        + ", ".join(str(c) for c in candidates)
-    )
+    return data_root("ethucy", "AVATAR_ETHUCY")
 
 
 def load_ethucy_scene_files(
@@ -357,7 +417,8 @@ def load_ethucy_scene_files(
     """Load recordings `stems` (e.g. `ETHUCY_SCENES["univ"]`) for one split.
 
     `split` "train"/"val" → `ethucy_root()/<split>/<stem>_<split>.txt`;
-    "all" → `ethucy_root()/all_data/<stem>.txt`. Raises ValueError for another split,
+    "all" → `ethucy_root()/all_data/<stem>.txt`; each, if absent, as `.txt.gz`
+    (`data_file`). Raises ValueError for another split,
     FileNotFoundError for a missing root or file, DatasetError for a malformed row.
     """
     root = ethucy_root()
@@ -369,8 +430,10 @@ def load_ethucy_scene_files(
         raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
     tracks: list[Track] = []
     for f in files:
-        if not f.is_file():
-            raise FileNotFoundError(f"ETH/UCY file not found: {f}")
+        try:
+            f = data_file(f)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"ETH/UCY file not found: {f} (nor {f.name}.gz)") from None
         tracks += load_ethucy(f, step=step, max_gap=max_gap, min_len=min_len)
     return tracks
 

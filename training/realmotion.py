@@ -1,4 +1,4 @@
-"""Real motion at stream rates (`../shared/data/realmotion/`), as scenes with fixed splits.
+"""Real motion at stream rates (`training/data/realmotion/`), as scenes with fixed splits.
 
 A *scene* is a set of tracks that share one clock and one space: what one server room
 would hold. The model sees every scene as the engine would (`server.features.
@@ -14,11 +14,11 @@ nearly identical):
 | `sdd` | Stanford Drone Dataset scenes (pedestrians, cyclists) | 2.5 Hz | 22 scenes | 3 scenes | 5 scenes |
 
 ETH/UCY (`training.datasets.load_ethucy_scene_files`) keeps its own train/val parts.
+The data's provenance and licences (SDD: CC BY-NC-SA 3.0) are in that directory's README.
 """
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,20 +58,11 @@ class Scene:
 
 
 def realmotion_root() -> Path:
-    """The real-motion data directory: `$AVATAR_REALMOTION`, else `<repo>/../shared/data/realmotion`
-    (or `<repo>/shared/data/realmotion`). Raises FileNotFoundError if none exists."""
-    env = os.environ.get("AVATAR_REALMOTION")
-    if env:
-        if not Path(env).is_dir():
-            raise FileNotFoundError(f"AVATAR_REALMOTION={env!r} is not a directory")
-        return Path(env)
-    repo = Path(__file__).resolve().parent.parent
-    for c in (repo.parent / "shared/data/realmotion", repo / "shared/data/realmotion"):
-        if c.is_dir():
-            return c
-    raise FileNotFoundError(
-        "real-motion data not found: set AVATAR_REALMOTION or place it at ../shared/data/realmotion"
-    )
+    """The real-motion data directory: `$AVATAR_REALMOTION` if set, else the copy shipped in
+    `training/data/realmotion` (`FILES` gzip-compressed, `<name>.csv.gz`; plain `<name>.csv`
+    files work too). Raises FileNotFoundError, naming AVATAR_REALMOTION, if the chosen
+    directory does not exist."""
+    return D.data_root("realmotion", "AVATAR_REALMOTION")
 
 
 def recording_of(set_name: str, user: str) -> str:
@@ -109,6 +100,7 @@ def load_scenes(
 ) -> list[Scene]:
     """Scenes of one real set and split (`split` in SPLITS or "all").
 
+    Reads `path` if given, else `realmotion_root() / FILES[set_name]` (or its `.gz`).
     Raises ValueError for an unknown set or split, FileNotFoundError when the data is
     missing, DatasetError (naming file:line) for a malformed row.
     """
@@ -116,7 +108,7 @@ def load_scenes(
         raise ValueError(f"unknown real set {set_name!r}; expected one of {REAL_SETS}")
     if split not in (*SPLITS, "all"):
         raise ValueError(f"split must be one of {SPLITS} or 'all', got {split!r}")
-    path = Path(path) if path is not None else realmotion_root() / FILES[set_name]
+    path = Path(path) if path is not None else D.data_file(realmotion_root() / FILES[set_name])
     tracks = D.load_csv(path, max_gap=max_gap, min_len=2)
     if set_name == "soccer":
         blocks = _soccer_blocks(tracks)
