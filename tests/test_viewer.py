@@ -1,8 +1,8 @@
 """The browser viewer (client_demo/viewer) in headless Chromium, against the real server.
 
 Four bots walk circles in room "demo"; the test serves their true positions at
-/demo/truth (as the demo does), opens the viewer as a spectator and reads what it draws
-from `window.avatarViewer`. A second test checks the JS decoder and dead reckoner against
+/demo/truth and a comparison table at /demo/compare (the demo's own route function), opens
+the viewer as a spectator and reads what it draws from `window.avatarViewer`. A second test checks the JS decoder and dead reckoner against
 the Python protocol code, with no server (Playwright serves the module files).
 
 Needs Debian's chromium at /usr/bin/chromium (scripts/test.sh installs it) and the
@@ -19,6 +19,7 @@ import math
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -117,6 +118,24 @@ def truth_handler(srv: AvatarServer):
     return handler
 
 
+COMPARE_MEANS = {"gru": 0.1, "kalman": 0.2, "cv": 0.3, "interp": 0.4, "hold": 0.5}
+
+
+def compare_handler():
+    """/demo/compare as the demo serves it (`client_demo.__main__.compare_route`), for a
+    meter with known errors and one bot's traffic over 10 s."""
+    from client_demo.__main__ import METHODS, Meter, compare_route
+
+    assert list(COMPARE_MEANS) == list(METHODS)
+    meter = Meter()
+    for m, e in COMPARE_MEANS.items():
+        meter.add(m, np.full(300, e), np.ones(300, dtype=bool))
+    client = SimpleNamespace(bytes_in=40_000, records_in=550, welcome=SimpleNamespace(v=2))
+    bots = [SimpleNamespace(client=client, relay_bytes=74_000, relay_records=2_950, view_bytes=0)]
+    started = [time.monotonic() - 10.0]
+    return lambda path: compare_route(meter, bots, started, path, ROOM)
+
+
 async def bot(srv: AvatarServer, name: str, stop: asyncio.Event) -> None:
     """Say hello as `name`, then send its circle every 50 ms until `stop` (bounded)."""
     async with connect(srv.url, max_size=2**22) as ws:
@@ -150,6 +169,8 @@ MOVED = """(prev) => {
     return p && Math.hypot(p[0] - prev[id][0], p[1] - prev[id][1]) > 0.05;
   });
 }"""
+COMPARE_ROWS = """() => Array.from(document.querySelectorAll("#cmp tbody tr"),
+  (tr) => Array.from(tr.children, (td) => td.textContent))"""
 ERROR_SHOWN = """() => {
   const e = document.getElementById("err");
   return !e.hidden && Number.isFinite(parseFloat(e.textContent))
@@ -163,6 +184,7 @@ async def test_viewer_draws_live_avatars_with_truth():
 
     def with_truth(srv: AvatarServer) -> None:
         srv.add_route("/demo/truth", truth_handler(srv))  # what the demo serves
+        srv.add_route("/demo/compare", compare_handler())
 
     async with running(with_truth, tick_hz=20.0) as srv, browser_page() as (page, problems):
         stop = asyncio.Event()
@@ -210,6 +232,19 @@ async def test_viewer_draws_live_avatars_with_truth():
             assert stats["recordsPerS"] > 0 and stats["bytesPerS"] > 60 * stats["recordsPerS"]
             assert "rec/s" in await page.text_content("#downlink")
             assert await page.text_content("#model") == srv.world.engine.version
+
+            # the demo's comparison: one row per method, as the route serves it
+            await page.wait_for_function(
+                "() => !document.getElementById('compare').hidden"
+                " && document.querySelectorAll('#cmp tbody tr').length === 5"
+            )
+            rows = await page.evaluate(COMPARE_ROWS)
+            assert [r[0] for r in rows] == list(COMPARE_MEANS), rows
+            assert [float(r[1]) for r in rows] == list(COMPARE_MEANS.values()), rows
+            for r in rows:  # p95 of a constant is its 1 mm bin; 10 s of traffic
+                assert float(r[2]) >= float(r[1]) and float(r[3]) > 0 and float(r[4]) > 0, r
+            assert rows[0][3:] != rows[1][3:]  # gru: its own feed; the rest share the relay's
+            assert len({tuple(r[3:]) for r in rows[1:]}) == 1, rows
 
             ARTIFACTS.mkdir(exist_ok=True)
             await page.screenshot(path=str(ARTIFACTS / "viewer.png"))
@@ -354,7 +389,8 @@ async def test_viewer_follows_its_room_when_its_worker_drains(redis_url):
                 last_error = await page.evaluate("() => window.avatarViewer.stream.stats.lastError")
                 assert last_error is None  # a drain is not an error
                 assert w0.world.rooms["hall"].spectators
-                # no demo here: the viewer's optional /demo/truth answers 404, nothing else
-                assert not [p for p in problems if "/demo/truth" not in p], problems
+                # no demo here: the viewer's optional /demo/truth and /demo/compare answer
+                # 404, nothing else
+                assert not [p for p in problems if "/demo/" not in p], problems
         finally:
             await w1_cm.__aexit__(None, None, None)

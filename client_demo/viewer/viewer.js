@@ -3,12 +3,16 @@
 // URL: http://HOST:PORT/?room=demo[&region=x0,y0,x1,y1]
 // Per avatar: where it is drawn now (dead reckoning at the mapped server time), its
 // predicted path, its last received sample and, under the demo (GET /demo/truth), its true
-// position with a line to the drawn one. Tests read `window.avatarViewer`.
+// position with a line to the drawn one. Under the demo the panel also shows the demo's
+// comparison (GET /demo/compare): the render error of the GRU and of the classical methods
+// (Kalman, constant velocity, interpolation, hold) as its bots measure it on the same
+// draws, and what each costs on the wire per receiver. Tests read `window.avatarViewer`.
 
 import { AvatarStream, DeadReckoner } from "./avatarstream.js";
 
 const TRUTH_PERIOD_MS = 100; // poll /demo/truth
 const TRUTH_RETRY_MS = 5000; // ... or this slowly while it answers 404
+const COMPARE_PERIOD_MS = 1000; // poll /demo/compare (the demo's table changes once a second)
 const HISTORY_S = 2.0; // drawn positions kept per avatar, to compare with truth at its own time
 const ERROR_WINDOW = 20; // truth polls averaged for the error shown (2 s)
 const MIN_FIT_M = 8; // fit never zooms in closer than this many metres across
@@ -28,9 +32,10 @@ const drawn = new Map(); // id -> [x, y], this frame
 const history = new Map(); // id -> [[t, x, y], ...], last HISTORY_S seconds
 const truth = { available: null, serverTime: null, avatars: new Map() };
 const errors = { mean: null, max: null, window: [] };
+const compare = { available: null, elapsed: null, methods: [] }; // the demo's table
 const camera = { cx: 0, cy: 0, scale: 40, follow: true }; // scale: pixels per metre
 
-window.avatarViewer = { stream, reckoner, drawn, truth, errors, camera, fit };
+window.avatarViewer = { stream, reckoner, drawn, truth, errors, compare, camera, fit };
 
 // -- DOM -------------------------------------------------------------------------------------
 
@@ -192,6 +197,46 @@ function scoreTruth() {
   if (errors.window.length > ERROR_WINDOW) errors.window.shift();
   errors.mean = errors.window.reduce((a, b) => a + b, 0) / errors.window.length;
   errors.max = max;
+}
+
+// -- the demo's comparison of methods (only under the demo) ------------------------------------
+
+async function pollCompare() {
+  let next = COMPARE_PERIOD_MS;
+  try {
+    const r = await fetch(`/demo/compare?room=${encodeURIComponent(room)}`, { cache: "no-store" });
+    if (r.ok) {
+      const j = await r.json();
+      compare.elapsed = j.elapsed_s;
+      compare.methods = Array.isArray(j.methods) ? j.methods : [];
+      compare.available = true;
+      showCompare();
+    } else {
+      compare.available = false;
+      compare.methods = [];
+      next = TRUTH_RETRY_MS;
+    }
+  } catch {
+    next = TRUTH_RETRY_MS;
+  }
+  el("compare").hidden = !compare.available;
+  setTimeout(pollCompare, next);
+}
+
+function showCompare() {
+  const num = (v, digits) => (typeof v === "number" && Number.isFinite(v) ? v.toFixed(digits) : "–");
+  const rows = compare.methods.map((m) => {
+    const tr = document.createElement("tr");
+    tr.className = String(m.method);
+    tr.title = `${m.method}: ${m.feed} feed, ${m.n ?? 0} draws`;
+    for (const text of [String(m.method), num(m.mean, 3), num(m.p95, 3), num(m.kB_per_s, 1), num(m.records_per_s, 0)]) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      tr.appendChild(td);
+    }
+    return tr;
+  });
+  document.querySelector("#cmp tbody").replaceChildren(...rows);
 }
 
 function drawnAt(id, t) {
@@ -449,4 +494,5 @@ function clamp(v, lo, hi) {
 
 stream.connect();
 pollTruth();
+pollCompare();
 requestAnimationFrame(frame);
