@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
+import numpy as np
 import torch
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -46,6 +47,7 @@ from prometheus_client import (
 
 from server import protocol as P
 from server.auth import verify_token
+from server.blend import EXPERTS, BlendConfig
 from server.config import Config
 from server.engine import TickEngine
 from server.model import default_checkpoint_path, load_checkpoint
@@ -76,7 +78,9 @@ def build_engine(config: Config) -> TickEngine:
         engine = TickEngine(None, device=config.device)
     else:
         engine = TickEngine(
-            load_checkpoint(config.model, device=config.device), device=config.device
+            load_checkpoint(config.model, device=config.device),
+            device=config.device,
+            blend=BlendConfig() if config.blend else None,
         )
     engine.join("warm-up")  # the first step pays torch's lazy set-up; not a client's tick
     engine.submit("warm-up", 0.0, (0.0, 0.0, 0.0))
@@ -138,6 +142,28 @@ class Stats:
     reloads_ok: int = 0
     reloads_failed: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+
+
+WEIGHT_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+
+
+def _expert_weights(engine: TickEngine):
+    """The blend's weight of each expert over the avatars now (averaged over horizons)."""
+    from prometheus_client.core import GaugeHistogramMetricFamily
+
+    fam = GaugeHistogramMetricFamily(
+        "avatar_expert_weight",
+        "Avatars by the weight the online blend gives each expert now (server.blend)",
+        labels=["expert"],
+    )
+    slots = engine.live_slots()
+    weights = engine.last_weights[slots]
+    for e, name in enumerate(EXPERTS):
+        counts = np.searchsorted(np.sort(weights[:, e]), WEIGHT_BUCKETS, side="right")
+        buckets = [(f"{b:g}", int(c)) for b, c in zip(WEIGHT_BUCKETS, counts, strict=True)]
+        buckets.append(("+Inf", len(slots)))
+        fam.add_metric([name], buckets, gsum_value=float(weights[:, e].sum()))
+    return fam
 
 
 class _StatsCollector:
@@ -205,6 +231,8 @@ class _StatsCollector:
         yield GaugeMetricFamily(
             "avatar_avatars", "Avatars in the engine", value=len(w.engine) if w else 0
         )
+        if w is not None and w.engine.blend is not None:
+            yield _expert_weights(w.engine)
         yield GaugeMetricFamily(
             "avatar_rooms", "Rooms with members", value=len(w.rooms) if w else 0
         )

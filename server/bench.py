@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from server import cli
+from server.blend import BlendConfig
 from server.engine import TickEngine
 from server.model import LoadedModel, MotionGRU
 
@@ -87,13 +88,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     print(f"device {lm.device}, torch threads {torch.get_num_threads()}, model {lm.version}")
     print(f"{'avatars':>8} {'predictor':>9} {'p50 ms':>8} {'p99 ms':>8} {'us/avatar':>9}")
-    variants = [("gru", lm)]
+    served = BlendConfig()
+    variants = [("gru", lm, served), ("gru-raw", lm, None)]  # served: blended; the network alone
     if lm.features.neighbours:
-        variants.append(("gru-nonb", without_neighbours(lm)))
-    variants.append(("cv", None))
+        variants.append(("gru-nonb", without_neighbours(lm), None))
+    variants.append(("cv", None, None))
     for n in counts:
-        for name, model in variants:
-            eng = TickEngine(model, features=lm.features, device=args.device, capacity=n)
+        for name, model, blend in variants:
+            eng = TickEngine(
+                model, features=lm.features, device=args.device, capacity=n, blend=blend
+            )
             r = time_engine(eng, n, args.ticks) | {"predictor": name, "device": str(eng.device)}
             rows.append(r)
             print(

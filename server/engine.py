@@ -41,7 +41,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from server import blend as BL
 from server import features as F
+from server.blend import BlendConfig, BlendState
 from server.features import FeatureConfig, FeatureState
 from server.model import LoadedModel, resolve_device
 
@@ -142,8 +144,12 @@ class TickEngine:
         device: str = "auto",
         capacity: int = 64,
         num_threads: int | None = None,
+        blend: BlendConfig | None = BlendConfig(),  # noqa: B008 (frozen)
     ) -> None:
         """`model=None` serves CV dead reckoning (then `features` sets the horizons).
+
+        `blend`: the online weighting of the network with the classical experts
+        (`server.blend`; None serves the network alone). It applies to a model only.
 
         The model's module is moved, in place, to the engine's device (`model.device` is
         updated). Raises ValueError for an unknown device, cuda without a GPU, or a
@@ -171,6 +177,10 @@ class TickEngine:
         capacity = max(1, int(capacity))
         self.pool = HiddenStatePool(layers, hidden, capacity, self.device)
         self.fstate = FeatureState(capacity)
+        self.blend = blend
+        self.bstate = BlendState(capacity, H)
+        # each slot's expert weights at its last step, averaged over the horizons (E,)
+        self.last_weights = np.zeros((capacity, len(BL.EXPERTS)))
         self._ids = np.empty(capacity, dtype=object)
         self._slot_of: dict[str, int] = {}
         self._live = np.zeros(capacity, dtype=bool)  # joined slots (neighbour candidates)
@@ -254,6 +264,7 @@ class TickEngine:
         ) or (model is None and self.model is None)
         self.model = model
         self.version = model.version if model is not None else "cv"
+        self.bstate.clear(slice(None))  # what the old network earned is not the new one's
         if model is not None:
             self.cfg = model.features
             self._set_scale()
@@ -276,6 +287,10 @@ class TickEngine:
     def pending(self) -> int:
         """Avatars with a new sample waiting for the next tick (the next step's batch size)."""
         return int(np.count_nonzero(self._pending))
+
+    def live_slots(self) -> np.ndarray:
+        """Slots of the joined avatars that have been stepped at least once."""
+        return np.flatnonzero(self._live & ~np.isnan(self.last_t))
 
     def __contains__(self, avatar: str) -> bool:
         return avatar in self._slot_of
@@ -309,6 +324,8 @@ class TickEngine:
             self._journal.append(("join", avatar, group, slot))
         self.pool.zero(slot)
         self.fstate.clear(slot)
+        self.bstate.clear(slot)
+        self.last_weights[slot] = 0.0
         self._pending[slot] = False
         self.last_t[slot] = np.nan
         self.last_pos[slot] = 0.0
@@ -336,7 +353,9 @@ class TickEngine:
         old = self.capacity
         self.pool.grow(capacity)
         self.fstate.grow(capacity)
+        self.bstate.grow(capacity)
         extra = capacity - old
+        self.last_weights = np.concatenate([self.last_weights, np.zeros((extra, len(BL.EXPERTS)))])
         self._ids = np.concatenate([self._ids, np.empty(extra, dtype=object)])
         self._live = np.concatenate([self._live, np.zeros(extra, dtype=bool)])
         self._group = np.concatenate([self._group, np.zeros(extra, dtype=np.int64)])
@@ -453,7 +472,7 @@ class TickEngine:
             )  # fmt: skip
         if self.worker is not None:
             try:
-                off, reset = self.worker.finish(batch)
+                off, reset, self.last_weights[slots] = self.worker.finish(batch)
             except BaseException:
                 self.drop_worker()
                 raise
@@ -474,6 +493,8 @@ class TickEngine:
                 clock=self._clock,
             )
             off = self._model_step(slots, out)
+            if self.blend is not None:
+                off = self._blend(slots, t, p, out, off)
             self.last_features, reset = out.x, out.reset  # model input of this tick's rows
         self.last_t[slots] = t
         self.last_pos[slots] = p
@@ -515,6 +536,7 @@ class TickEngine:
             return
         self._nonfinite = worker.nonfinite  # its count so far (it started from ours)
         self.fstate.clear(slice(None))  # every avatar's next sample starts a new segment
+        self.bstate.clear(slice(None))
         self.pool = HiddenStatePool(self.pool.layers, self.pool.hidden, self.capacity, self.device)
         worker.discard()
 
@@ -526,6 +548,7 @@ class TickEngine:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.fstate._views()  # pickled views are copies: views of the unpickled data again
+        self.bstate._views()
 
     def pend_batch(self, batch: StepBatch) -> None:
         """Queue `batch`, taken by `start_tick` of an engine this one is a copy of (a step
@@ -570,6 +593,15 @@ class TickEngine:
         else:
             yb.copy_(off.reshape(n, -1))
         return yb.numpy().reshape(n, -1, 3).copy()
+
+    def _blend(self, slots, t, p, out: F.StepOutput, net: np.ndarray) -> np.ndarray:
+        """The served offsets: the network blended with the classical experts (float32)."""
+        cfg = self.blend
+        omega = BL.update_turn(self.bstate, slots, t, out.prior_v, out.reset, cfg)
+        ex = BL.expert_offsets(net, out.v, out.prior_dp, out.prior_v, omega, self.horizons)
+        off, w = BL.step(self.bstate, slots, t, p, out.reset, ex, self.horizons, cfg)
+        self.last_weights[slots] = w.mean(axis=2)
+        return off.astype(np.float32)
 
     def _reset_nonfinite(
         self, h: torch.Tensor, off: torch.Tensor, dp: torch.Tensor, v: torch.Tensor

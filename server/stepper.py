@@ -55,6 +55,8 @@ import weakref
 
 import numpy as np
 
+from server.blend import EXPERTS
+
 log = logging.getLogger("avatar_stream")
 
 MIN_BATCH = 256  # avatars in one tick's batch before the server starts a step worker
@@ -109,6 +111,7 @@ def _layout(capacity: int, horizons: int) -> tuple[dict[str, tuple], int]:
         ("out_slots", np.int64, (capacity,)),
         ("off", np.float32, (capacity, horizons, 3)),
         ("reset", np.bool_, (capacity,)),
+        ("weights", np.float64, (capacity, len(EXPERTS))),  # the blend's, per expert
     ]
     out, at = {}, 0
     for name, dtype, shape in fields:
@@ -275,9 +278,9 @@ class StepWorker:
         self._call(("tick", journal, n), reply=False)
         self._busy = True
 
-    def finish(self, batch) -> tuple[np.ndarray, np.ndarray]:
-        """The started step's (offsets (n, H, 3) float32, reset (n,) bool); blocks until
-        the child answers (at most the reply timeout)."""
+    def finish(self, batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The started step's (offsets (n, H, 3) float32, reset (n,) bool, expert weights
+        (n, E)); blocks until the child answers (at most the reply timeout)."""
         if not self._busy:
             raise RuntimeError("no step was started")
         self._busy = False
@@ -287,7 +290,7 @@ class StepWorker:
         if not np.array_equal(a["out_slots"][:n], batch.slots):
             self.discard()
             raise StepWorkerError("the step worker stepped other slots (its engine diverged)")
-        return a["off"][:n].copy(), a["reset"][:n].copy()
+        return a["off"][:n].copy(), a["reset"][:n].copy(), a["weights"][:n].copy()
 
     def swap(self, journal: list, model) -> bool:
         """`TickEngine.swap_model(model)` in the child; its keep flag."""
@@ -513,6 +516,7 @@ def _request(engine, seg: _Segment, msg: tuple):
         res = engine.tick()
         k = len(res)
         a["out_slots"][:k], a["off"][:k], a["reset"][:k] = res.slots, res.offsets, res.reset
+        a["weights"][:k] = engine.last_weights[res.slots]
         return engine.nonfinite_resets
     if kind == "swap":
         return engine.swap_model(msg[2])

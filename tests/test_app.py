@@ -559,3 +559,28 @@ async def test_v2_client_gets_only_changed_records_while_v1_gets_every_tick():
         assert sorted(old.visible(st)) == ["old", "still"]
         await still.close()
         await old.close()
+
+
+async def test_metrics_show_the_blend_weights_per_expert():
+    """/metrics has a gauge histogram per expert of the weights the blend gives the avatars
+    now; every avatar counted once per expert, and the weights of one avatar sum to 1."""
+    async with running() as srv:
+        a = await Client.open(srv, avatar="a")
+        b = await Client.open(srv, avatar="b")
+        for k in range(8):
+            await a.pos(k, 0.05 * k, (0.1 * k, 0, 0))
+            await b.pos(k, 0.05 * k, (0, 0.1 * k, 0))
+        await a.state_where(lambda s: len(s) == 2 and (s.seq == 7).all())
+        body = await fetch(srv, "/metrics")
+        total = 0.0
+        for name in ("net", "kalman", "cv", "turn"):
+            assert f'avatar_expert_weight_bucket{{expert="{name}",le="+Inf"}} 2.0' in body
+            line = next(
+                ln
+                for ln in body.splitlines()
+                if ln.startswith(f'avatar_expert_weight_gsum{{expert="{name}"}}')
+            )
+            total += float(line.split()[-1])
+        assert total == pytest.approx(2.0)  # two avatars, each's weights sum to one
+        await a.close()
+        await b.close()

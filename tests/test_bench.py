@@ -15,8 +15,5 @@ def test_bench_cli(tmp_path):
     save_checkpoint(ckpt, MotionGRU(ModelConfig(hidden=8, head_hidden=8)), FeatureConfig())
     rows = main(["--model", str(ckpt), "--avatars", "20,40", "--ticks", "2", "--device", "cpu"])
     assert [(r["avatars"], r["predictor"]) for r in rows] == [
-        (20, "gru"),
-        (20, "cv"),
-        (40, "gru"),
-        (40, "cv"),
-    ]
+        (n, name) for n in (20, 40) for name in ("gru", "gru-raw", "cv")
+    ]  # gru: served (blended); gru-raw: the network alone

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from server import blend as BL
 from server import features as F
+from server.blend import BlendConfig
 from server.engine import TickEngine
 from server.features import FeatureConfig
 from server.model import LoadedModel, ModelConfig, MotionGRU
@@ -22,8 +24,9 @@ def make_model(hidden=16, layers=1, seed=0, version="test", feats=FEATS) -> Load
     return LoadedModel(m.eval(), feats, version, torch.device("cpu"), {})
 
 
-def reference_predictions(lm: LoadedModel, t, p) -> np.ndarray:
-    """Whole-sequence forward over one avatar's samples, split at resets."""
+def reference_predictions(lm: LoadedModel, t, p, blend: BlendConfig | None = None) -> np.ndarray:
+    """Whole-sequence forward over one avatar's samples, split at resets; with `blend`,
+    the online blend replayed over the same samples (`server.blend.replay`)."""
     sf = F.sequence_features([t], [p], lm.features)
     x, out = sf.x[0], sf.out[0]
     starts = [*list(np.flatnonzero(out.reset)), len(t)]
@@ -32,13 +35,22 @@ def reference_predictions(lm: LoadedModel, t, p) -> np.ndarray:
         for a, b in itertools.pairwise(starts):
             y, _ = lm.model(torch.from_numpy(x[a:b])[None])
             ys.append(y[0].numpy())
-    return F.decode(np.concatenate(ys), out, lm.features)
+    paths = F.decode(np.concatenate(ys), out, lm.features)
+    if blend is None:
+        return paths
+    net = paths - out.p[:, None, :]
+    h = np.asarray(lm.features.horizons)
+    off, _ = BL.replay(t, out.p, out.reset, net, out.v, out.prior_dp, out.prior_v, h, blend)
+    return out.p[:, None, :] + off
 
 
 @pytest.mark.parametrize("layers", [1, 2])
-def test_engine_stepping_matches_sequence_forward(rng, layers):
+@pytest.mark.parametrize("blend", [None, BlendConfig()], ids=["network", "blend"])
+def test_engine_stepping_matches_sequence_forward(rng, layers, blend):
+    """The engine's served paths equal the offline replay sample by sample (<= 1e-5), with
+    avatars joining, leaving and resetting (a teleport): the network alone, and blended."""
     lm = make_model(layers=layers)
-    eng = TickEngine(lm, device="cpu", capacity=2)  # forces growth
+    eng = TickEngine(lm, device="cpu", capacity=2, blend=blend)  # forces growth
     n_av, n_ticks = 9, 60
     join_at = rng.integers(0, 20, n_av)
     leave_at = join_at + rng.integers(15, 40, n_av)
@@ -69,14 +81,14 @@ def test_engine_stepping_matches_sequence_forward(rng, layers):
     for i in range(n_av):
         t = np.array([s[0] for s in sent[i]])
         p = np.array([s[1] for s in sent[i]])
-        ref = reference_predictions(lm, t, p)
+        ref = reference_predictions(lm, t, p, blend)
         worst = max(worst, np.abs(np.array(got[i]) - ref).max())
     assert worst <= 1e-5
     assert len(eng) == 0 and eng.capacity >= 8
 
 
 def test_latest_sample_wins_and_old_samples_rejected():
-    eng = TickEngine(make_model(), device="cpu")
+    eng = TickEngine(make_model(), device="cpu", blend=None)
     eng.join("a")
     assert eng.submit("a", 1.0, (0, 0, 0), seq=1)
     assert eng.submit("a", 1.1, (0.1, 0, 0), seq=2)
@@ -88,7 +100,7 @@ def test_latest_sample_wins_and_old_samples_rejected():
 
 
 def test_avatars_without_sample_keep_last_prediction():
-    eng = TickEngine(make_model(), device="cpu")
+    eng = TickEngine(make_model(), device="cpu", blend=None)
     for a in ("a", "b"):
         eng.join(a)
         eng.submit(a, 0.0, (0, 0, 0))
@@ -106,7 +118,7 @@ def test_avatars_without_sample_keep_last_prediction():
 
 def test_slot_reuse_zeroes_state_and_growth_keeps_states():
     lm = make_model()
-    eng = TickEngine(lm, device="cpu", capacity=2)
+    eng = TickEngine(lm, device="cpu", capacity=2, blend=None)
     eng.join("a")
     eng.join("b")
     for k in range(3):
@@ -132,7 +144,7 @@ def test_slot_reuse_zeroes_state_and_growth_keeps_states():
 
 
 def test_nan_inf_and_teleport_never_reach_hidden_state():
-    eng = TickEngine(make_model(), device="cpu")
+    eng = TickEngine(make_model(), device="cpu", blend=None)
     eng.join("a")
     for bad in [(np.nan, 0, 0), (0, np.inf, 0), (0, 0, -np.inf), (1e300, 0, 0)]:
         assert not eng.submit("a", 0.0, bad)
@@ -145,7 +157,7 @@ def test_nan_inf_and_teleport_never_reach_hidden_state():
     res = eng.tick()
     assert res.reset.tolist() == [True]
     # After a reset the state equals a fresh avatar's first step at that position.
-    fresh = TickEngine(eng.model, device="cpu")
+    fresh = TickEngine(eng.model, device="cpu", blend=None)
     fresh.join("z")
     fresh.submit("z", 0.5, (1e5, 0, 0))
     ref = fresh.tick()
@@ -174,7 +186,7 @@ def test_two_element_position_means_z_zero():
 
 def test_non_finite_hidden_state_is_never_stored():
     lm = make_model()
-    eng = TickEngine(lm, device="cpu")
+    eng = TickEngine(lm, device="cpu", blend=None)
     eng.join("a")
     eng.join("b")
     eng.submit("a", 0.0, (0, 0, 0))
@@ -199,7 +211,9 @@ def test_non_finite_hidden_state_is_never_stored():
 def prior_engine(feats=FEATS) -> TickEngine:
     """An engine serving an untrained model: exactly the Kalman prior."""
     cfg = ModelConfig(hidden=4, n_horizons=feats.n_horizons, n_features=feats.n_features)
-    return TickEngine(LoadedModel(MotionGRU(cfg), feats, "prior", torch.device("cpu"), {}))
+    return TickEngine(
+        LoadedModel(MotionGRU(cfg), feats, "prior", torch.device("cpu"), {}), blend=None
+    )
 
 
 def test_pending_counts_the_next_batch():
@@ -270,7 +284,7 @@ def run_ticks(eng: TickEngine, tracks: dict, ks) -> None:
 
 def test_swap_same_shape_keeps_hidden_state_and_predictions():
     old, new = make_model(seed=0, version="old"), make_model(seed=1, version="new")
-    eng = TickEngine(old, device="cpu")
+    eng = TickEngine(old, device="cpu", blend=None)
     tracks = {"a": track(8, 0), "b": track(8, 1)}
     for av in tracks:
         eng.join(av)
@@ -297,7 +311,7 @@ def test_swap_same_shape_keeps_hidden_state_and_predictions():
 @pytest.mark.parametrize("hidden,layers", [(8, 2), (16, 2), (24, 1)])
 def test_swap_other_shape_resets_hidden_states_and_keeps_ticking(hidden, layers):
     old, new = make_model(seed=0, version="old"), make_model(hidden, layers, seed=2, version="x")
-    eng = TickEngine(old, device="cpu", capacity=2)
+    eng = TickEngine(old, device="cpu", capacity=2, blend=None)
     tracks = {"a": track(9, 0), "b": track(9, 1)}
     for av in tracks:
         eng.join(av)
@@ -332,7 +346,7 @@ def test_swap_to_other_feature_config_resets_and_serves_it():
     scale = tuple(2 * s for s in FEATS.out_scale)
     feats = FeatureConfig(horizons=FEATS.horizons, out_scale=scale, max_speed=30.0)
     new = make_model(seed=0, version="fc", feats=feats)  # same weights and state shape
-    eng = TickEngine(old, device="cpu")
+    eng = TickEngine(old, device="cpu", blend=None)
     eng.join("a")
     t, p = track(4)
     run_ticks(eng, {"a": (t, p)}, range(3))
@@ -346,7 +360,7 @@ def test_swap_to_other_feature_config_resets_and_serves_it():
 
 def test_swap_rejects_other_horizons_and_leaves_engine_unchanged():
     old = make_model(seed=0, version="old")
-    eng = TickEngine(old, device="cpu")
+    eng = TickEngine(old, device="cpu", blend=None)
     eng.join("a")
     run_ticks(eng, {"a": track(3)}, range(3))
     h = eng.hidden("a")
@@ -367,7 +381,7 @@ def test_swap_rejects_other_horizons_and_leaves_engine_unchanged():
 
 def test_swap_model_to_cv_and_back():
     old, new = make_model(seed=0, version="old"), make_model(seed=3, version="new")
-    eng = TickEngine(old, device="cpu")
+    eng = TickEngine(old, device="cpu", blend=None)
     cv = TickEngine(None, features=FEATS, device="cpu")
     t, p = track(10)
     for e in (eng, cv):
@@ -400,7 +414,10 @@ def test_swap_model_to_cv_and_back():
 
 def test_nonfinite_step_rows_are_reset_and_counted(monkeypatch):
     lm, twin_lm = make_model(seed=0), make_model(seed=0)
-    eng, twin = TickEngine(lm, device="cpu"), TickEngine(twin_lm, device="cpu")
+    eng, twin = (
+        TickEngine(lm, device="cpu", blend=None),
+        TickEngine(twin_lm, device="cpu", blend=None),
+    )
     cv = prior_engine()
     tracks = {f"a{i}": track(8, i) for i in range(4)}
     for e in (eng, twin, cv):
@@ -441,7 +458,7 @@ def test_nonfinite_step_rows_are_reset_and_counted(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_swap_moves_model_to_engine_device():
     old = make_model(seed=0)
-    eng = TickEngine(old, device="cuda")
+    eng = TickEngine(old, device="cuda", blend=None)
     new = make_model(seed=1, version="new")  # on the CPU
     eng.join("a")
     run_ticks(eng, {"a": track(4)}, range(2))
@@ -471,7 +488,10 @@ def test_start_and_finish_tick_are_tick_and_a_pickled_copy_steps_the_same(rng):
     import pickle
 
     lm = make_model()
-    a, b = TickEngine(lm, device="cpu"), TickEngine(make_model(), device="cpu")
+    a, b = (
+        TickEngine(lm, device="cpu", blend=None),
+        TickEngine(make_model(), device="cpu", blend=None),
+    )
     for e in (a, b):
         e.join("x", "r1"), e.join("y", "r1")
     copy = None
@@ -496,7 +516,10 @@ def test_start_and_finish_tick_are_tick_and_a_pickled_copy_steps_the_same(rng):
 
 
 def test_pend_batch_queues_another_engines_batch_and_refuses_foreign_slots():
-    src, dst = TickEngine(make_model(), device="cpu"), TickEngine(make_model(), device="cpu")
+    src, dst = (
+        TickEngine(make_model(), device="cpu", blend=None),
+        TickEngine(make_model(), device="cpu", blend=None),
+    )
     for e in (src, dst):
         e.join("a"), e.join("b")
     src.submit("b", 0.1, (1.0, 2.0, 0.0), seq=7)

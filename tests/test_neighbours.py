@@ -151,7 +151,7 @@ def test_training_path_and_engine_give_the_same_neighbour_features(rng):
     ts, ps = staggered_scene(rng)
     sf = F.scene_features(ts, ps, cfg)
     lm = tiny_model(cfg)
-    x, _, _ = replay_in_engine(TickEngine(lm, device="cpu", capacity=4), ts, ps)
+    x, _, _ = replay_in_engine(TickEngine(lm, device="cpu", capacity=4, blend=None), ts, ps)
     worst = max(np.abs(a - b).max() for a, b in zip(x, sf.x, strict=True))
     assert worst <= 1e-5
     on = np.concatenate(sf.x)[:, F.N_FEATURES + F.NB_ON :: F.NB_WIDTH]
@@ -168,7 +168,7 @@ def test_engine_one_step_per_tick_matches_the_sequence_forward(rng, cell):
     calls = []
     step = lm.model.step
     lm.model.step = lambda *a: calls.append(1) or step(*a)
-    engine = TickEngine(lm, device="cpu", capacity=4)
+    engine = TickEngine(lm, device="cpu", capacity=4, blend=None)
     _, pred, ticks = replay_in_engine(engine, ts, ps)
     assert len(calls) <= ticks  # one batched model step per tick at most (none when idle)
     want = GRUPredictor(lm).scene(list(zip(ts, ps, strict=True)), cfg.horizons)

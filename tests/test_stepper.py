@@ -61,6 +61,15 @@ def feed(engines, k: int, n: int, rng) -> None:
 
 
 def test_the_worker_steps_bit_for_bit_like_the_engine_in_process(worker, rng):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the worker's (StepWorker(threads=1)): the same kernels
+    try:
+        _worker_matches_in_process(worker, rng)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _worker_matches_in_process(worker, rng):
     local = TickEngine(load_checkpoint(device="cpu"), device="cpu", capacity=2)
     remote = TickEngine(load_checkpoint(device="cpu"), device="cpu", capacity=2)
     assert local.cfg.neighbours > 0  # the shipped model: the neighbour path runs too

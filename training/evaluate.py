@@ -29,8 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from server import cli
+from server import blend, cli
 from server import features as F
+from server.blend import BlendConfig
 from server.model import LoadedModel
 from training import baselines as B
 from training import datasets as D
@@ -50,10 +51,19 @@ class GRUPredictor:
 
     Called on one stream it sees that avatar alone; `scene` replays streams that share a
     clock as one room, tick by tick, exactly as the engine serves them (neighbours).
+    With `blend` (a `server.blend.BlendConfig`) the paths are the online blend of the
+    network and the classical experts, replayed as the engine serves it; without, the
+    network's own paths.
     """
 
-    def __init__(self, lm: LoadedModel, batch: int = 256, tick: float = 0.05) -> None:
-        self.lm, self.batch, self.tick = lm, batch, tick
+    def __init__(
+        self,
+        lm: LoadedModel,
+        batch: int = 256,
+        tick: float = 0.05,
+        blend: BlendConfig | None = None,
+    ) -> None:
+        self.lm, self.batch, self.tick, self.blend = lm, batch, tick, blend
 
     def __call__(self, t: np.ndarray, p: np.ndarray, horizons: np.ndarray) -> np.ndarray:
         return self.many([(t, p)], horizons)[0]
@@ -95,7 +105,16 @@ class GRUPredictor:
             y = y.cpu().numpy()
             for r, (i, a, b) in enumerate(chunk):
                 ys[i][a:b] = y[r, : b - a]
-        return [F.decode(y, o, cfg) for y, o in zip(ys, sf.out, strict=True)]
+        paths = [F.decode(y, o, cfg) for y, o in zip(ys, sf.out, strict=True)]
+        if self.blend is None:
+            return paths
+        h = np.asarray(cfg.horizons)
+        rows = [
+            (t, o.p, o.reset, path - o.p[:, None, :], o.v, o.prior_dp, o.prior_v)
+            for t, o, path in zip(ts, sf.out, paths, strict=True)
+        ]
+        served = blend.replay_many(rows, h, self.blend)
+        return [o.p[:, None, :] + off for o, (off, _) in zip(sf.out, served, strict=True)]
 
 
 def load_scenes(spec: str) -> list[Scene]:
@@ -162,8 +181,13 @@ def evaluate(
     kalman: B.KalmanCV | None = None,
     tick: float = 0.05,
     extra: dict | None = None,
+    served_blend: BlendConfig | None = BlendConfig(),  # noqa: B008 (frozen)
 ) -> dict:
     """All predictors on `scenes`; returns the JSON-ready result (see `main`).
+
+    "gru" is what the server serves: the network blended online with the classical
+    experts by `served_blend` (`server.blend`; None: the network alone); "gru_raw" is the
+    network alone.
 
     What a server ticking every `tick` s sees is scored: each track is thinned to its
     newest sample per tick (`realmotion.thin_to_ticks`). The GRU replays each scene as one
@@ -190,7 +214,10 @@ def evaluate(
         sub = [obs[i] for i in tune_rng.permutation(len(obs))[:60]]
         kalman = B.KalmanCV.tune(sub, h)
     preds = {"hold": B.hold, "cv": B.cv_last, "cv_window": B.cv_window, "kalman": kalman}
-    models = {"gru": GRUPredictor(lm, tick=tick)}
+    models = {
+        "gru": GRUPredictor(lm, tick=tick, blend=served_blend),
+        "gru_raw": GRUPredictor(lm, tick=tick),
+    }
     for name, v in (extra or {}).items():
         if isinstance(v, LoadedModel):
             models[name] = GRUPredictor(v, tick=tick)

@@ -1,0 +1,162 @@
+import numpy as np
+import pytest
+
+from server import blend as BL
+from server.blend import EXPERTS, BlendConfig, BlendState
+
+H = np.array([0.1, 0.2, 0.5, 1.0])
+
+
+def stream(n=120, dt=0.05, seed=0):
+    """A curving walk sampled at 20 Hz, with the per-sample inputs `replay` takes."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) * dt + rng.uniform(0, 0.005, n)
+    p = np.stack([np.cos(0.4 * t) * 5, np.sin(0.4 * t) * 5, np.zeros(n)], axis=1)
+    reset = np.zeros(n, dtype=bool)
+    reset[0] = True
+    v = np.zeros((n, 3))
+    v[1:] = np.diff(p, axis=0) / np.diff(t)[:, None]
+    dp = rng.normal(0, 0.01, (n, 3))
+    pv = v + rng.normal(0, 0.05, (n, 3))
+    net = v[:, None, :] * H[None, :, None] + rng.normal(0, 0.05, (n, len(H), 3))
+    return t, p, reset, net, v, dp, pv
+
+
+def test_config_rejects_bad_priors():
+    with pytest.raises(ValueError):
+        BlendConfig(prior=(0.0, 0.0, 0.0, 0.0))
+    with pytest.raises(ValueError):
+        BlendConfig(prior=(1.0, -0.1, 0.0, 0.1))
+    with pytest.raises(ValueError):
+        BlendConfig(prior=(1.0, 1.0))
+
+
+@pytest.mark.parametrize("e", range(len(EXPERTS)))
+def test_a_blend_of_one_expert_is_that_expert(e):
+    t, p, reset, net, v, dp, pv = stream()
+    prior = [0.0] * len(EXPERTS)
+    prior[e] = 1.0
+    cfg = BlendConfig(prior=tuple(prior))
+    off, w = BL.replay(t, p, reset, net, v, dp, pv, H, cfg)
+    # the expert's own offsets, as the replay builds them (the turn rate is stateful)
+    state = BlendState(1, len(H))
+    want = np.zeros_like(off)
+    for k in range(len(t)):
+        rows = np.array([0])
+        omega = BL.update_turn(state, rows, t[k : k + 1], pv[k : k + 1], reset[k : k + 1], cfg)
+        ex = BL.expert_offsets(net[k : k + 1], v[k : k + 1], dp[k : k + 1], pv[k : k + 1], omega, H)
+        BL.step(state, rows, t[k : k + 1], p[k : k + 1], reset[k : k + 1], ex, H, cfg)
+        want[k] = ex[0, e]
+    np.testing.assert_array_equal(off, want)
+    assert np.all(w[:, e] == 1.0)
+
+
+def test_an_expert_that_is_always_right_takes_the_weight_in_bounded_time():
+    """Expert 2 predicts the true future exactly, the others are off by 10-20 cm: within a
+    few memory constants (plus the longest horizon) it holds > 90 % of every horizon
+    (relative losses: the others' average ~0.7 and more, so eta = 8 makes it decisive
+    even from the smallest prior weight)."""
+    cfg = BlendConfig(memory=1.0, eta=8.0)
+    n, dt = 200, 0.05
+    t = np.arange(n) * dt
+    truth = lambda tt: np.stack([1.2 * tt, np.sin(tt), 0 * tt], axis=-1)  # noqa: E731
+    p = truth(t)
+    state = BlendState(1, len(H))
+    rows = np.array([0])
+    rng = np.random.default_rng(3)
+    first_above = None
+    for k in range(n):
+        exact = truth(t[k] + H) - p[k]  # (H, 3)
+        ex = np.repeat(exact[None, None], len(EXPERTS), axis=1)
+        for e in (0, 1, 3):
+            ex[0, e] += rng.normal(0, [0.1, 0.2, 0.3][e % 3], (len(H), 3))
+        _, w = BL.step(state, rows, t[k : k + 1], p[k : k + 1], np.array([k == 0]), ex, H, cfg)
+        if first_above is None and np.all(w[0, 2] > 0.9):
+            first_above = k
+    # bounded: a prediction comes due after at most max(H) + one sample; ~3 memory
+    # constants of scorings make exp(-eta * L) decisive
+    assert first_above is not None
+    assert t[first_above] <= H[-1] + 4 * cfg.memory
+    assert np.all(w[0, 2] > 0.85)  # and keeps it (about 0.93 at these noise levels)
+
+
+def test_served_paths_are_causal():
+    """No sample newer than a prediction's time reaches it: changing the stream after
+    sample k leaves every served path up to k unchanged."""
+    a = stream(seed=1)
+    k = 70
+    b = [x.copy() for x in a]
+    rng = np.random.default_rng(9)
+    b[1][k + 1 :] += rng.normal(0, 0.5, b[1][k + 1 :].shape)  # other positions
+    b[3][k + 1 :] += 0.3  # other network outputs
+    oa, wa = BL.replay(*a, H, BlendConfig())
+    ob, wb = BL.replay(*b, H, BlendConfig())
+    np.testing.assert_array_equal(oa[: k + 1], ob[: k + 1])
+    np.testing.assert_array_equal(wa[: k + 1], wb[: k + 1])
+    assert not np.allclose(oa[k + 1 :], ob[k + 1 :])
+
+
+def test_a_due_prediction_is_scored_on_the_truth_interpolated_at_its_time():
+    """One horizon, two experts that differ only in where they put the avatar at t + 0.1:
+    the one that matches the interpolation between the two samples around t + 0.1 wins."""
+    cfg = BlendConfig(prior=(0.5, 0.5, 0.0, 0.0), memory=0.5)
+    h = np.array([0.1])
+    state = BlendState(1, 1)
+    rows = np.array([0])
+    # samples at 0, 0.08, 0.16 ...; walking at 1 m/s along x: truth at 0.1 is x = 0.1
+    for k in range(12):
+        tk = 0.08 * k
+        ex = np.zeros((1, len(EXPERTS), 1, 3))
+        ex[0, 0, 0, 0] = 0.1  # right
+        ex[0, 1, 0, 0] = 0.16  # where the next sample is: wrong at t + 0.1
+        _, w = BL.step(
+            state, rows, np.array([tk]), np.array([[tk, 0, 0]]), np.array([k == 0]), ex, h, cfg
+        )
+    assert w[0, 0, 0] > 0.9
+
+
+def test_a_reset_keeps_the_losses_and_a_join_clears_them():
+    t, p, reset, net, v, dp, pv = stream()
+    cfg = BlendConfig()
+    state = BlendState(2, len(H))
+    rows = np.array([0])
+    for k in range(60):
+        omega = BL.update_turn(state, rows, t[k : k + 1], pv[k : k + 1], reset[k : k + 1], cfg)
+        ex = BL.expert_offsets(net[k : k + 1], v[k : k + 1], dp[k : k + 1], pv[k : k + 1], omega, H)
+        BL.step(state, rows, t[k : k + 1], p[k : k + 1], reset[k : k + 1], ex, H, cfg)
+    learned = state.weights(rows, cfg)
+    assert not np.allclose(learned, state.weights(np.array([1]), cfg))  # row 1: the prior
+    ex = np.zeros((1, len(EXPERTS), len(H), 3))
+    _, w = BL.step(state, rows, t[60:61] + 5.0, p[60:61], np.array([True]), ex, H, cfg)
+    np.testing.assert_allclose(w, learned)  # a reset: same person, same weights
+    assert np.isnan(state.fl_t[:, 0]).sum() == 0  # new flights from the reset sample
+    state.clear(0)
+    np.testing.assert_allclose(
+        state.weights(rows, cfg)[0, :, 0], np.array(cfg.prior) / sum(cfg.prior)
+    )
+
+
+def test_turn_offsets_follow_a_circle_and_reduce_to_constant_velocity():
+    r, speed = 4.0, 1.5
+    omega = speed / r
+    # on a circle of radius r about the origin, at angle 0, moving counter-clockwise
+    v = np.array([[0.0, speed, 0.1]])
+    off = BL.turn_offsets(np.zeros((1, 3)), v, np.array([omega]), H)
+    ang = omega * H
+    want = np.stack([r * np.cos(ang) - r, r * np.sin(ang), 0.1 * H], axis=-1)
+    np.testing.assert_allclose(off[0], want, atol=1e-12)
+    straight = BL.turn_offsets(np.ones((1, 3)), v, np.array([1e-9]), H)
+    np.testing.assert_allclose(straight[0], 1.0 + v * H[:, None], atol=1e-9)
+
+
+def test_update_turn_measures_the_turn_rate_of_the_kalman_velocity():
+    cfg = BlendConfig(turn_tau=0.1)
+    state = BlendState(1, len(H))
+    rows = np.array([0])
+    omega_true, dt = 0.8, 0.05
+    for k in range(60):
+        th = omega_true * k * dt
+        pv = np.array([[np.cos(th), np.sin(th), 0.0]]) * 1.5
+        w = BL.update_turn(state, rows, np.array([k * dt]), pv, np.array([k == 0]), cfg)
+        state.prev[0, 0] = k * dt  # what `step` records
+    assert w[0] == pytest.approx(omega_true, rel=1e-3)
