@@ -5,17 +5,17 @@ The network was trained offline; whether it beats the classical filters on an av
 has never seen (a VR user, a mouse-driven FPS player) only shows once its predictions come
 due. The server sees that for every avatar, so each tick, per avatar (row) and horizon k:
 
-1. **Score** (strictly causal). Each row keeps one prediction in flight per horizon: the
-   experts' predicted positions for ``t_a + h_k``, made at an earlier sample time ``t_a``.
-   Once a sample arrives at or after ``t_a + h_k`` it is due: the truth at ``t_a + h_k``
-   is interpolated between the previous sample and this one (both later than, or at,
-   ``t_a``; nothing newer than this sample is used), each expert's squared error is
+1. **Score** (strictly causal). Each sample puts the experts' predictions for
+   ``t_a + h_k`` in flight, one per horizon (``t_a`` the sample's time). Once a later
+   sample arrives at or after ``t_a + h_k`` that prediction is due: the truth at
+   ``t_a + h_k`` is interpolated between the previous sample and this one (both at or
+   after ``t_a``; nothing newer than this sample is used), each expert's squared error is
    divided by the mean squared error of the experts taking part (prior weight > 0) at
-   that event (a *relative* loss in [0, E], the same for every scale of motion), and folded into a decaying average
+   that prediction (a *relative* loss in [0, E], the same for every scale of motion), and
+   the sample's mean relative loss per horizon is folded into a decaying average
    ``L[e, k]`` with time constant `memory` seconds (weight ``1 - exp(-dt / memory)`` for
-   a prediction ``dt`` seconds old). A new prediction is then put in flight from this
-   sample. A reset (gap, teleport) drops the flights but keeps ``L``: the avatar is the
-   same person; a new avatar (join) starts from ``L = 0``.
+   a sample ``dt`` after the previous one). A reset (gap, teleport) drops the flights but
+   keeps ``L``: the avatar is the same person; a new avatar (join) starts from ``L = 0``.
 2. **Weigh**: ``w[e, k] = prior[e] * exp(-eta * L[e, k])``, normalised over e
    (exponentially weighted average forecaster / Hedge).
 3. **Serve** ``sum_e w[e, k] * offset_e[k]``.
@@ -25,15 +25,18 @@ at most the weighted mean of the experts' losses (Jensen); and for exponential w
 losses bounded in [0, E], the weighted mean's cumulative (here: discounted, over the last
 ~`memory` seconds) relative loss exceeds the best single expert's by at most
 ``ln(1 / prior_min) / eta' + eta' * E**2 / 8`` per unit of effective sample count, where
-``eta' = eta / N_eff`` and ``N_eff`` is the number of scorings within `memory`
+``eta' = eta / N_eff`` and ``N_eff`` is the number of samples within `memory`
 (Cesa-Bianchi & Lugosi, *Prediction, Learning, and Games*, Thm 2.2 with discounting). The
 term does not grow with time, so over any stretch the blend is, per avatar and horizon,
 within a bounded term of whichever expert was best for that avatar over that stretch.
 
 **Experts** (`EXPERTS`), all as offsets from the sample: the network (its own path, which
-is a gated residual over the Kalman prior), the Kalman prior alone, constant velocity
-over the last interval, and a turning model (the Kalman velocity turned at a smoothed turn
-rate: constant turn rate and velocity).
+is a gated residual over the Kalman prior), the Kalman prior alone (the model's filter, a
+smooth one), a responsive Kalman filter (`fast_q`, `fast_r`: the tuning the offline
+evaluation picks on stream-rate game and sports motion), constant velocity over the last
+interval, a turning model (the prior's velocity turned at a smoothed turn rate:
+constant turn rate and velocity), and an IMM of constant velocity and coordinated turn
+(`server.priors.imm_step`, a manoeuvring-target filter).
 
 Pure numpy, no per-row Python; `BlendState` is field-major like
 `server.features.FeatureState`. `replay` runs the same `step` over recorded streams, for
@@ -46,7 +49,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-EXPERTS: tuple[str, ...] = ("net", "kalman", "cv", "turn")
+from server import priors
+
+EXPERTS: tuple[str, ...] = ("net", "kalman", "kalman_fast", "cv", "turn", "imm")
 _EPS2 = 1e-6  # m^2: an error below ~1 mm counts as exact (relative losses stay defined)
 
 
@@ -54,9 +59,13 @@ _EPS2 = 1e-6  # m^2: an error below ~1 mm counts as exact (relative losses stay 
 class BlendConfig:
     """Parameters of the online weighting (see the module docstring)."""
 
-    prior: tuple[float, ...] = (0.55, 0.25, 0.05, 0.15)  # weights before any scoring
-    eta: float = 4.0  # learning rate on the relative losses
+    prior: tuple[float, ...] = (0.6, 0.1, 0.1, 0.05, 0.05, 0.1)  # before any scoring
+    eta: float = 16.0  # learning rate on the relative losses
     memory: float = 3.0  # s, time constant of the loss averages
+    lane_dt: float = 0.05  # s, the sample interval every sample is scored at (the tick)
+    fast_q: float = 25.0  # m^2/s^3, the responsive Kalman filter's white-noise acceleration
+    fast_r: float = 0.003  # m, its measurement noise std
+    imm_q: tuple[float, float, float, float] = (0.1, 1.0, 30.0, 0.001)  # q_cv q_ct q_w r
     turn_tau: float = 0.25  # s, smoothing of the turning expert's turn rate
     turn_min_speed: float = 0.3  # m/s; slower, the turn rate decays to zero
     max_turn_rate: float = 4.0  # rad/s
@@ -68,8 +77,8 @@ class BlendConfig:
                 f"prior needs {len(EXPERTS)} weights >= 0, one > 0 ({', '.join(EXPERTS)}); "
                 "a zero weight leaves that expert out"
             )
-        if self.eta < 0 or self.memory <= 0 or self.turn_tau <= 0:
-            raise ValueError("need eta >= 0, memory > 0 and turn_tau > 0")
+        if self.eta < 0 or self.memory <= 0 or self.turn_tau <= 0 or self.lane_dt <= 0:
+            raise ValueError("need eta >= 0 and memory, turn_tau, lane_dt > 0")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,59 +91,81 @@ class BlendConfig:
 class BlendState:
     """Per-row memory of the weighting: losses, predictions in flight, the turn rate.
 
-    One (width, n) float64 array, field-major. Views: `loss` (E, H, n), `fl_t` (H, n) the
-    anchor time of each horizon's prediction in flight (NaN: none), `fl_pos` (E, H, 3, n)
-    its predicted absolute positions, `prev` (4, n) the previous sample (t, x, y, z; t NaN:
-    none), `turn` (2, n) the turn rate and the heading it was last measured at.
+    Each row keeps, per horizon k, up to ``ceil(h_k / lane_dt) + 1`` predictions in
+    flight (its *lanes*: one a sample when samples come every `lane_dt` s, so that every
+    sample scores one prediction per horizon), laid flat: flight f is of horizon
+    ``hk[f]``. Row-major arrays (a batch's rows are one contiguous gather each): `loss`
+    (n, H, E), `fl_t` (n, F) each flight's anchor time (NaN: the lane is free),
+    `fl_anchor` (n, F, 3) the anchor sample's position, `fl_off` (n, F, E, 3) float32 the
+    experts' predicted offsets from it, `prev` (n, 4) the previous sample (t, x, y, z; t
+    NaN: none), `turn` (n, 2) the turn rate and the heading it was last measured at, `kf`
+    (n, 9) the responsive Kalman filter (`server.priors.kalman_step`'s fields), `imm` (n,
+    67) the IMM filter (`server.priors.imm_step`'s).
     """
 
-    def __init__(self, n: int, n_horizons: int) -> None:
-        self.E, self.H = len(EXPERTS), n_horizons
-        self.width = self.E * self.H * 4 + self.H + 6
-        self.data = np.zeros((self.width, n))
+    FIELDS = ("loss", "fl_t", "fl_anchor", "fl_off", "prev", "turn", "kf", "imm")
+
+    def __init__(self, n: int, horizons, lane_dt: float = 0.05) -> None:
+        h = np.asarray(horizons, dtype=np.float64)
+        self.horizons, self.lane_dt = h, float(lane_dt)
+        lanes = np.ceil(h / self.lane_dt - 1e-9).astype(np.int64) + 1
+        self.hk = np.repeat(np.arange(len(h)), lanes)  # (F,) horizon of each flight
+        self.lane_start = np.concatenate([[0], np.cumsum(lanes)[:-1]])  # (H,)
+        self.lanes = lanes
+        E, H, F = len(EXPERTS), len(h), len(self.hk)
+        self.E, self.H, self.F = E, H, F
+        self.loss = np.zeros((n, H, E))
+        self.fl_t = np.zeros((n, F))
+        self.fl_anchor = np.zeros((n, F, 3))
+        self.fl_off = np.zeros((n, F, E, 3), dtype=np.float32)
+        self.prev = np.zeros((n, 4))
+        self.turn = np.zeros((n, 2))
+        self.kf = np.zeros((n, 9))
+        self.imm = np.zeros((n, priors.IMM_WIDTH))
         self.clear(slice(None))
 
-    def _views(self) -> None:
-        E, H, d = self.E, self.H, self.data
-        n = d.shape[1]
-        a = E * H
-        self.loss = d[:a].reshape(E, H, n)
-        self.fl_t = d[a : a + H]
-        self.fl_pos = d[a + H : a + H + 3 * a].reshape(E, H, 3, n)
-        self.prev = d[a + H + 3 * a : a + H + 3 * a + 4]
-        self.turn = d[a + H + 3 * a + 4 :]
-
     def __len__(self) -> int:
-        return self.data.shape[1]
+        return len(self.loss)
+
+    def _views(self) -> None:
+        """(Nothing to rebind: every field is its own array.)"""
 
     def clear(self, rows: np.ndarray | slice | int) -> None:
         """Forget rows (a new avatar): prior weights, nothing in flight."""
-        self._views()
-        self.data[:, rows] = 0.0
-        self.fl_t[:, rows] = np.nan
-        self.prev[0, rows] = np.nan
+        for name in self.FIELDS:
+            getattr(self, name)[rows] = 0.0
+        self.fl_t[rows] = np.nan
+        self.prev[rows, 0] = np.nan
 
     def grow(self, n: int) -> None:
         """Extend to `n` rows; new rows are clear."""
         old = len(self)
         if n <= old:
             return
-        self.data = np.concatenate([self.data, BlendState(n - old, self.H).data], axis=1)
-        self._views()
+        new = BlendState(n - old, self.horizons, self.lane_dt)
+        for name in self.FIELDS:
+            setattr(self, name, np.concatenate([getattr(self, name), getattr(new, name)]))
 
     def weights(self, rows: np.ndarray, cfg: BlendConfig) -> np.ndarray:
         """Current weights (n, E, H) of `rows`."""
-        return _weights(self.loss[:, :, rows], cfg)
+        return _weights(self.loss[rows], cfg).transpose(0, 2, 1)
 
 
 def _weights(loss: np.ndarray, cfg: BlendConfig) -> np.ndarray:
-    """(E, H, n) losses -> (n, E, H) weights."""
+    """(n, H, E) losses -> (n, H, E) weights (the reductions over the E experts unrolled:
+    numpy is slow on a short last axis)."""
     with np.errstate(divide="ignore"):  # a zero prior weight: the expert is left out
-        logit = np.log(np.asarray(cfg.prior))[:, None, None] - cfg.eta * loss
-    logit -= logit.max(axis=0, keepdims=True)
-    w = np.exp(logit)
-    w /= w.sum(axis=0, keepdims=True)
-    return w.transpose(2, 0, 1)
+        logit = np.log(np.asarray(cfg.prior)) - cfg.eta * loss
+    top = logit[..., 0].copy()
+    for e in range(1, logit.shape[2]):
+        np.maximum(top, logit[..., e], out=top)
+    logit -= top[..., None]
+    w = np.exp(logit, out=logit)
+    total = w[..., 0].copy()
+    for e in range(1, w.shape[2]):
+        total += w[..., e]
+    w /= total[..., None]
+    return w
 
 
 def _wrap(a: np.ndarray) -> np.ndarray:
@@ -172,53 +203,76 @@ def expert_offsets(
     v: np.ndarray,
     prior_dp: np.ndarray,
     prior_v: np.ndarray,
-    omega: np.ndarray,
+    filters: tuple[np.ndarray, ...],
     horizons: np.ndarray,
 ) -> np.ndarray:
-    """Every expert's offsets (n, E, H, 3) in `EXPERTS` order.
+    """Every expert's offsets (n, H, E, 3) float32, experts in `EXPERTS` order.
 
     `net` (n, H, 3) the network's offsets; `v` (n, 3) the last interval's velocity (zero at
     a reset); `prior_dp`, `prior_v` (n, 3) the Kalman prior (`server.features.StepOutput`);
-    `omega` (n,) the turn rate (`BlendState.turn[0]` after `update_turn`).
+    `filters` what `update_filters` returned: the turn rate (n,), the responsive Kalman
+    filter's position minus the sample and velocity (n, 3) each, the IMM's offsets (n, H, 3).
     """
+    omega, fast_dp, fast_v, imm_off = filters
     h = np.asarray(horizons, dtype=np.float64)[None, :, None]
-    out = np.empty((len(net), len(EXPERTS), h.shape[1], 3))
-    out[:, 0] = net
-    out[:, 1] = prior_dp[:, None, :] + prior_v[:, None, :] * h
-    out[:, 2] = v[:, None, :] * h
-    out[:, 3] = turn_offsets(prior_dp, prior_v, omega, horizons)
+    out = np.empty((len(net), h.shape[1], len(EXPERTS), 3), dtype=np.float32)
+    out[:, :, 0] = net
+    out[:, :, 1] = prior_dp[:, None, :] + prior_v[:, None, :] * h
+    out[:, :, 2] = fast_dp[:, None, :] + fast_v[:, None, :] * h
+    out[:, :, 3] = v[:, None, :] * h
+    out[:, :, 4] = turn_offsets(prior_dp, prior_v, omega, horizons)
+    out[:, :, 5] = imm_off
     return out
 
 
-def update_turn(
+def update_filters(
     state: BlendState,
     rows: np.ndarray,
     t: np.ndarray,
+    p: np.ndarray,
     prior_v: np.ndarray,
     reset: np.ndarray,
+    horizons: np.ndarray,
     cfg: BlendConfig,
-) -> np.ndarray:
-    """Advance the turn rate of `rows` by one sample and return it (n,).
+) -> tuple[np.ndarray, ...]:
+    """Advance the classical experts' own filters of `rows` by one sample and return what
+    `expert_offsets` takes of them: the turn rate (n,); the responsive Kalman filter
+    (`fast_q`, `fast_r`), its position minus the sample `p` and velocity (n, 3) each; the
+    IMM (`imm_q`), its predicted offsets from `p` (n, H, 3).
 
     The heading of the Kalman velocity `prior_v` (n, 3); its change since the row's last
     sample over the interval is the raw rate, smoothed with time constant `turn_tau`. Below
     `turn_min_speed` the heading is not measured and the rate decays to zero. A reset (or a
     row's first sample) starts at zero.
     """
-    old = state.turn[:, rows]
-    dt = np.nan_to_num(t - state.prev[0, rows], nan=1.0)
+    old = state.turn[rows].T  # (2, n)
+    prev_t = state.prev[rows, 0]
+    dt = np.nan_to_num(t - prev_t, nan=1.0)
     dt = np.maximum(dt, 1e-3)
     speed = np.hypot(prior_v[:, 0], prior_v[:, 1])
     theta = np.arctan2(prior_v[:, 1], prior_v[:, 0])
     moving = speed > cfg.turn_min_speed
-    fresh = reset | np.isnan(state.prev[0, rows])
+    fresh = reset | np.isnan(prev_t)
     raw = np.where(moving & ~fresh, _wrap(theta - old[1]) / dt, 0.0)
     keep = np.exp(-dt / cfg.turn_tau)
     omega = np.where(fresh, 0.0, keep * old[0] + (1.0 - keep) * raw)
     omega = np.clip(omega, -cfg.max_turn_rate, cfg.max_turn_rate)
-    state.turn[0, rows] = omega
-    state.turn[1, rows] = np.where(moving | fresh, theta, old[1])
-    return omega
+    state.turn[rows, 0] = omega
+    state.turn[rows, 1] = np.where(moving | fresh, theta, old[1])
+    kf_old = state.kf[rows].T  # (9, n), the fields of priors.kalman_step
+    kf_new = np.empty_like(kf_old)
+    pT = np.asarray(p, dtype=np.float64).T
+    priors.kalman_step(kf_old, kf_new, pT, dt, fresh, cfg.fast_q, cfg.fast_r, 10.0)
+    state.kf[rows] = kf_new.T
+    imm_old = state.imm[rows].T
+    imm_new = np.empty_like(imm_old)
+    q_cv, q_ct, q_w, r = cfg.imm_q
+    priors.imm_step(
+        imm_old, imm_new, pT, dt, fresh, q_cv=q_cv, q_ct=q_ct, q_w=q_w, r=r,
+        switch_rate=priors.SWITCH_RATE, init_vel_std=10.0, init_omega_std=1.0,
+    )  # fmt: skip
+    state.imm[rows] = imm_new.T
+    return omega, (kf_new[0:3] - pT).T, kf_new[3:6].T, priors.imm_offsets(imm_new, horizons, pT)
 
 
 def step(
@@ -234,43 +288,75 @@ def step(
     """Score the due predictions of `rows` on their new sample, then blend the experts.
 
     `rows` (n,) distinct, `t` (n,) the new samples' times (after each row's previous one),
-    `p` (n, 3) their positions, `reset` (n,) bool segment starts, `experts` (n, E, H, 3)
-    every expert's offsets from `p` (`expert_offsets`). Call `update_turn` first (it reads
-    the previous sample time this updates). Returns the served offsets (n, H, 3) and the
-    weights used (n, E, H). Updates `state` in place. Raises nothing for finite input.
+    `p` (n, 3) their positions, `reset` (n,) bool segment starts, `experts` (n, H, E, 3)
+    every expert's offsets from `p` (`expert_offsets`). Call `update_filters` first (it reads
+    the previous sample time this updates). Returns the served offsets (n, H, 3) float64
+    and the weights used (n, E, H). Updates `state` in place. Raises nothing for finite
+    input.
     """
     h = np.asarray(horizons, dtype=np.float64)
-    pT = np.asarray(p, dtype=np.float64).T  # (3, n)
-    loss = state.loss[:, :, rows]  # (E, H, n) copies (fancy index)
-    fl_t = state.fl_t[:, rows]  # (H, n)
-    prev = state.prev[:, rows]  # (4, n)
-    due = (fl_t + h[:, None] <= t[None, :] + 1e-9) & ~reset[None, :]  # NaN -> False
-    if due.any():
-        hk, r = np.nonzero(due)
-        rr = rows[r]
-        tau = fl_t[hk, r] + h[hk]
-        span = t[r] - prev[0, r]
-        a = np.clip((tau - prev[0, r]) / np.where(span > 0, span, 1.0), 0.0, 1.0)
-        truth = prev[1:4, r] + a * (pT[:, r] - prev[1:4, r])  # (3, m)
-        pred = state.fl_pos[:, hk, :, rr]  # (m, E, 3)
-        err2 = ((pred - truth.T[:, None, :]) ** 2).sum(axis=2)  # (m, E)
+    p = np.asarray(p, dtype=np.float64)
+    n, H = len(rows), len(h)
+    loss = state.loss[rows]  # (n, H, E): one contiguous gather per field
+    fl_t = state.fl_t[rows]  # (n, F)
+    prev = state.prev[rows]  # (n, 4)
+    with np.errstate(invalid="ignore"):  # NaN: a free lane -> not due
+        due = fl_t + h[state.hk] <= t[:, None] + 1e-9  # (n, F)
+    due &= ~reset[:, None]
+    F = state.F
+    fl_anchor = state.fl_anchor.reshape(-1, 3)  # flat views: (slot * F + flight, ...)
+    fl_off = state.fl_off.reshape(-1, state.E, 3)
+    r, f = np.nonzero(due)
+    if len(r):
+        k = state.hk[f]
+        at = rows[r] * F + f
+        span = t[r] - prev[r, 0]
+        a = np.clip((fl_t[r, f] + h[k] - prev[r, 0]) / np.where(span > 0, span, 1.0), 0.0, 1.0)
+        # the truth at t_a + h_k (between the previous sample and this one), from the anchor
+        pr = prev[r, 1:]
+        truth = pr + a[:, None] * (p[r] - pr) - fl_anchor[at]
+        d = fl_off[at] - truth[:, None, :]  # (m, E, 3)
+        err2 = d[..., 0] ** 2 + d[..., 1] ** 2 + d[..., 2] ** 2  # (m, E)
         on = np.asarray(cfg.prior) > 0  # the experts taking part
         rel = err2 / (err2[:, on].mean(axis=1, keepdims=True) + _EPS2)
-        alpha = 1.0 - np.exp(-(t[r] - fl_t[hk, r]) / cfg.memory)  # (m,)
-        loss[:, hk, r] += alpha[None, :] * (rel.T - loss[:, hk, r])
-        state.loss[:, :, rows] = loss
-    w = _weights(loss, cfg)  # (n, E, H)
-    off = w[:, 0, :, None] * experts[:, 0]  # a fixed order of sums: bit-for-bit anywhere
-    for e in range(1, w.shape[1]):
-        off += w[:, e, :, None] * experts[:, e]
-    # Put new predictions in flight where the old one was scored, or none flies.
-    arm = due | np.isnan(fl_t) | reset[None, :]
-    hk, r = np.nonzero(arm)
-    state.fl_t[hk, rows[r]] = t[r]
-    state.fl_pos[:, hk, :, rows[r]] = experts[r, :, hk, :] + p[r][:, None, :]
-    state.prev[0, rows] = t
-    state.prev[1:4, rows] = pT
-    return off, w
+        # this sample's relative loss per (row, horizon): the mean over its due flights
+        cell = r * H + k
+        total = np.zeros((n * H, rel.shape[1]))
+        np.add.at(total, cell, rel)
+        count = np.bincount(cell, minlength=n * H).reshape(n, H)
+        scored = count > 0
+        mean_rel = total.reshape(n, H, -1) / np.maximum(count, 1)[..., None]
+        dt = np.nan_to_num(t - prev[:, 0], nan=0.0)
+        alpha = np.where(scored, (1.0 - np.exp(-dt / cfg.memory))[:, None], 0.0)  # (n, H)
+        loss += alpha[..., None] * (mean_rel - loss)
+        state.loss[rows] = loss
+        fl_t[r, f] = np.nan  # scored: the lane is free again
+    w = _weights(loss, cfg)  # (n, H, E)
+    off = w[:, :, 0, None] * experts[:, :, 0]  # a fixed order of sums: bit-for-bit anywhere
+    for e in range(1, w.shape[2]):
+        off += w[:, :, e, None] * experts[:, :, e]
+    # Put this sample's predictions in flight: per horizon in its first free lane (a
+    # reset drops every flight first).
+    fl_t[reset] = np.nan
+    ar, af, ak = [], [], []
+    free = np.isnan(fl_t)
+    for kk in range(H):
+        a0, lanes = state.lane_start[kk], state.lanes[kk]
+        block = free[:, a0 : a0 + lanes]
+        lane = block.argmax(axis=1)
+        ok = block[np.arange(n), lane]
+        ar.append(np.flatnonzero(ok))
+        af.append(a0 + lane[ok])
+        ak.append(np.full(int(ok.sum()), kk))
+    r, f, k = np.concatenate(ar), np.concatenate(af), np.concatenate(ak)
+    fl_t[r, f] = t[r]
+    state.fl_t[rows] = fl_t
+    at = rows[r] * F + f
+    fl_anchor[at] = p[r]
+    fl_off[at] = experts[r, k]
+    state.prev[rows, 0] = t
+    state.prev[rows, 1:] = p
+    return off, w.transpose(0, 2, 1)
 
 
 def replay(
@@ -312,12 +398,14 @@ def replay_many(streams: list[tuple], horizons: np.ndarray, cfg: BlendConfig) ->
     net, v, dp, pv = pad(3, (H, 3)), pad(4, (3,)), pad(5, (3,)), pad(6, (3,))
     off_all = np.zeros((m, T, H, 3))
     w_all = np.zeros((m, T, E, H))
-    state = BlendState(m, H)
+    state = BlendState(m, horizons, cfg.lane_dt)
     order = np.argsort(-lengths, kind="stable")
     for k in range(T):
         rows = order[: int((lengths > k).sum())]
-        omega = update_turn(state, rows, tt[rows, k], pv[rows, k], rs[rows, k], cfg)
-        ex = expert_offsets(net[rows, k], v[rows, k], dp[rows, k], pv[rows, k], omega, horizons)
+        filt = update_filters(
+            state, rows, tt[rows, k], pp[rows, k], pv[rows, k], rs[rows, k], horizons, cfg
+        )
+        ex = expert_offsets(net[rows, k], v[rows, k], dp[rows, k], pv[rows, k], filt, horizons)
         off, w = step(state, rows, tt[rows, k], pp[rows, k], rs[rows, k], ex, horizons, cfg)
         off_all[rows, k] = off
         w_all[rows, k] = w

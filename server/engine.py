@@ -178,7 +178,7 @@ class TickEngine:
         self.pool = HiddenStatePool(layers, hidden, capacity, self.device)
         self.fstate = FeatureState(capacity)
         self.blend = blend
-        self.bstate = BlendState(capacity, H)
+        self.bstate = BlendState(capacity, self.horizons, (blend or BlendConfig()).lane_dt)
         # each slot's expert weights at its last step, averaged over the horizons (E,)
         self.last_weights = np.zeros((capacity, len(BL.EXPERTS)))
         self._ids = np.empty(capacity, dtype=object)
@@ -597,8 +597,10 @@ class TickEngine:
     def _blend(self, slots, t, p, out: F.StepOutput, net: np.ndarray) -> np.ndarray:
         """The served offsets: the network blended with the classical experts (float32)."""
         cfg = self.blend
-        omega = BL.update_turn(self.bstate, slots, t, out.prior_v, out.reset, cfg)
-        ex = BL.expert_offsets(net, out.v, out.prior_dp, out.prior_v, omega, self.horizons)
+        filt = BL.update_filters(
+            self.bstate, slots, t, p, out.prior_v, out.reset, self.horizons, cfg
+        )
+        ex = BL.expert_offsets(net, out.v, out.prior_dp, out.prior_v, filt, self.horizons)
         off, w = BL.step(self.bstate, slots, t, p, out.reset, ex, self.horizons, cfg)
         self.last_weights[slots] = w.mean(axis=2)
         return off.astype(np.float32)

@@ -11,6 +11,8 @@ Pure numpy, no per-row Python.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -64,6 +66,7 @@ IMM_CV = 0
 IMM_CT = 30
 IMM_MU = 60
 IMM_Z = 62
+SWITCH_RATE = -math.log(0.9) / (2.0 * 0.05)  # 1/s: IMM mode switches, stay 0.95 per 0.05 s
 IMM_WIDTH = 67
 IMM_MU_MIN = 1e-9  # floor on a mode probability (then renormalised)
 TURN_SERIES = 0.05  # |w * dt| below which the turn terms use their series

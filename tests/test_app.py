@@ -18,6 +18,7 @@ from websockets.exceptions import ConnectionClosed
 
 from server import protocol as P
 from server.app import AvatarServer
+from server.blend import EXPERTS
 from server.engine import TickEngine
 from server.model import load_checkpoint
 from server.transports import TRANSPORTS
@@ -573,7 +574,7 @@ async def test_metrics_show_the_blend_weights_per_expert():
         await a.state_where(lambda s: len(s) == 2 and (s.seq == 7).all())
         body = await fetch(srv, "/metrics")
         total = 0.0
-        for name in ("net", "kalman", "cv", "turn"):
+        for name in EXPERTS:
             assert f'avatar_expert_weight_bucket{{expert="{name}",le="+Inf"}} 2.0' in body
             line = next(
                 ln

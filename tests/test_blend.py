@@ -39,14 +39,16 @@ def test_a_blend_of_one_expert_is_that_expert(e):
     cfg = BlendConfig(prior=tuple(prior))
     off, w = BL.replay(t, p, reset, net, v, dp, pv, H, cfg)
     # the expert's own offsets, as the replay builds them (the turn rate is stateful)
-    state = BlendState(1, len(H))
+    state = BlendState(1, H)
     want = np.zeros_like(off)
     for k in range(len(t)):
         rows = np.array([0])
-        omega = BL.update_turn(state, rows, t[k : k + 1], pv[k : k + 1], reset[k : k + 1], cfg)
-        ex = BL.expert_offsets(net[k : k + 1], v[k : k + 1], dp[k : k + 1], pv[k : k + 1], omega, H)
+        filt = BL.update_filters(
+            state, rows, t[k : k + 1], p[k : k + 1], pv[k : k + 1], reset[k : k + 1], H, cfg
+        )
+        ex = BL.expert_offsets(net[k : k + 1], v[k : k + 1], dp[k : k + 1], pv[k : k + 1], filt, H)
         BL.step(state, rows, t[k : k + 1], p[k : k + 1], reset[k : k + 1], ex, H, cfg)
-        want[k] = ex[0, e]
+        want[k] = ex[0, :, e]
     np.testing.assert_array_equal(off, want)
     assert np.all(w[:, e] == 1.0)
 
@@ -61,15 +63,15 @@ def test_an_expert_that_is_always_right_takes_the_weight_in_bounded_time():
     t = np.arange(n) * dt
     truth = lambda tt: np.stack([1.2 * tt, np.sin(tt), 0 * tt], axis=-1)  # noqa: E731
     p = truth(t)
-    state = BlendState(1, len(H))
+    state = BlendState(1, H)
     rows = np.array([0])
     rng = np.random.default_rng(3)
     first_above = None
     for k in range(n):
         exact = truth(t[k] + H) - p[k]  # (H, 3)
-        ex = np.repeat(exact[None, None], len(EXPERTS), axis=1)
-        for e in (0, 1, 3):
-            ex[0, e] += rng.normal(0, [0.1, 0.2, 0.3][e % 3], (len(H), 3))
+        ex = np.repeat(exact[None, :, None], len(EXPERTS), axis=2)  # (1, H, E, 3)
+        for e in (0, 1, 3, 4, 5):
+            ex[0, :, e] += rng.normal(0, [0.1, 0.2, 0.1, 0.1, 0.2, 0.1][e], (len(H), 3))
         _, w = BL.step(state, rows, t[k : k + 1], p[k : k + 1], np.array([k == 0]), ex, H, cfg)
         if first_above is None and np.all(w[0, 2] > 0.9):
             first_above = k
@@ -99,16 +101,16 @@ def test_served_paths_are_causal():
 def test_a_due_prediction_is_scored_on_the_truth_interpolated_at_its_time():
     """One horizon, two experts that differ only in where they put the avatar at t + 0.1:
     the one that matches the interpolation between the two samples around t + 0.1 wins."""
-    cfg = BlendConfig(prior=(0.5, 0.5, 0.0, 0.0), memory=0.5)
+    cfg = BlendConfig(prior=(0.5, 0.5, 0.0, 0.0, 0.0, 0.0), memory=0.5)
     h = np.array([0.1])
-    state = BlendState(1, 1)
+    state = BlendState(1, h)
     rows = np.array([0])
     # samples at 0, 0.08, 0.16 ...; walking at 1 m/s along x: truth at 0.1 is x = 0.1
     for k in range(12):
         tk = 0.08 * k
-        ex = np.zeros((1, len(EXPERTS), 1, 3))
+        ex = np.zeros((1, 1, len(EXPERTS), 3))
         ex[0, 0, 0, 0] = 0.1  # right
-        ex[0, 1, 0, 0] = 0.16  # where the next sample is: wrong at t + 0.1
+        ex[0, 0, 1, 0] = 0.16  # where the next sample is: wrong at t + 0.1
         _, w = BL.step(
             state, rows, np.array([tk]), np.array([[tk, 0, 0]]), np.array([k == 0]), ex, h, cfg
         )
@@ -118,18 +120,23 @@ def test_a_due_prediction_is_scored_on_the_truth_interpolated_at_its_time():
 def test_a_reset_keeps_the_losses_and_a_join_clears_them():
     t, p, reset, net, v, dp, pv = stream()
     cfg = BlendConfig()
-    state = BlendState(2, len(H))
+    state = BlendState(2, H)
     rows = np.array([0])
     for k in range(60):
-        omega = BL.update_turn(state, rows, t[k : k + 1], pv[k : k + 1], reset[k : k + 1], cfg)
-        ex = BL.expert_offsets(net[k : k + 1], v[k : k + 1], dp[k : k + 1], pv[k : k + 1], omega, H)
+        filt = BL.update_filters(
+            state, rows, t[k : k + 1], p[k : k + 1], pv[k : k + 1], reset[k : k + 1], H, cfg
+        )
+        ex = BL.expert_offsets(net[k : k + 1], v[k : k + 1], dp[k : k + 1], pv[k : k + 1], filt, H)
         BL.step(state, rows, t[k : k + 1], p[k : k + 1], reset[k : k + 1], ex, H, cfg)
     learned = state.weights(rows, cfg)
     assert not np.allclose(learned, state.weights(np.array([1]), cfg))  # row 1: the prior
-    ex = np.zeros((1, len(EXPERTS), len(H), 3))
+    ex = np.zeros((1, len(H), len(EXPERTS), 3))
     _, w = BL.step(state, rows, t[60:61] + 5.0, p[60:61], np.array([True]), ex, H, cfg)
     np.testing.assert_allclose(w, learned)  # a reset: same person, same weights
-    assert np.isnan(state.fl_t[:, 0]).sum() == 0  # new flights from the reset sample
+    lanes0 = state.lane_start  # the first lane of each horizon: new flights from the reset
+    assert (state.fl_t[0, lanes0] == t[60] + 5.0).all() and np.isnan(
+        state.fl_t[0]
+    ).sum() == state.F - len(H)
     state.clear(0)
     np.testing.assert_allclose(
         state.weights(rows, cfg)[0, :, 0], np.array(cfg.prior) / sum(cfg.prior)
@@ -149,14 +156,34 @@ def test_turn_offsets_follow_a_circle_and_reduce_to_constant_velocity():
     np.testing.assert_allclose(straight[0], 1.0 + v * H[:, None], atol=1e-9)
 
 
-def test_update_turn_measures_the_turn_rate_of_the_kalman_velocity():
+def test_update_filters_measures_the_turn_rate_of_the_kalman_velocity():
     cfg = BlendConfig(turn_tau=0.1)
-    state = BlendState(1, len(H))
+    state = BlendState(1, H)
     rows = np.array([0])
     omega_true, dt = 0.8, 0.05
     for k in range(60):
         th = omega_true * k * dt
         pv = np.array([[np.cos(th), np.sin(th), 0.0]]) * 1.5
-        w = BL.update_turn(state, rows, np.array([k * dt]), pv, np.array([k == 0]), cfg)
-        state.prev[0, 0] = k * dt  # what `step` records
+        w, *_ = BL.update_filters(
+            state, rows, np.array([k * dt]), np.zeros((1, 3)), pv, np.array([k == 0]), H, cfg
+        )
+        state.prev[0, 0] = k * dt  # what `step` records (row 0's previous sample time)
     assert w[0] == pytest.approx(omega_true, rel=1e-3)
+
+
+def test_the_responsive_kalman_expert_is_the_kalman_filter_with_its_own_tuning():
+    from training.baselines import KalmanCV
+
+    t, p, reset, _, _, _, pv = stream(seed=4)
+    cfg = BlendConfig()
+    state = BlendState(1, H)
+    rows = np.array([0])
+    got = []
+    for k in range(len(t)):
+        _, fdp, fv, _ = BL.update_filters(
+            state, rows, t[k : k + 1], p[k : k + 1], pv[k : k + 1], reset[k : k + 1], H, cfg
+        )
+        state.prev[0] = [t[k], *p[k]]  # what `step` records
+        got.append(np.concatenate([fdp[0] + p[k], fv[0]]))
+    pos, vel = KalmanCV(q=cfg.fast_q, r=cfg.fast_r).filter(t, p)
+    np.testing.assert_allclose(np.array(got), np.concatenate([pos, vel], axis=1), atol=1e-9)

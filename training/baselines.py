@@ -240,7 +240,7 @@ class KalmanCV:
         return best
 
 
-SWITCH_RATE = -math.log(0.9) / (2.0 * 0.05)  # 1/s: stay probability 0.95 per 0.05 s
+SWITCH_RATE = priors.SWITCH_RATE  # 1/s: stay probability 0.95 per 0.05 s
 IMM_Q_GRID = Q_GRID  # m²/s³, q_cv
 IMM_QCT_RATIOS = (1.0, 10.0)  # q_ct / q_cv
 IMM_QW_GRID = (3.0, 30.0)  # rad²/s³

@@ -13,8 +13,11 @@ sdd, SPLIT test (default)|val|train|all: `training.realmotion`) or
 it (the newest sample per tick), per recording (`--per-recording`) and pooled; every table
 names the best classical predictor, for render error and at every horizon.
 `--noise`/`--jitter` corrupt what the predictors observe, never the truth they are scored
-on. The Kalman filter is tuned (grid search) on the corrupted evaluation data itself: the
-strongest it can be, which makes the comparison conservative for the GRU.
+on. The Kalman filter and the IMM (constant velocity + coordinated turn, a manoeuvring-target
+filter) are tuned (grid search) on the corrupted evaluation data itself: the strongest they
+can be, which makes the comparison conservative for the GRU. "gru" is what the server
+serves (the network blended online with the classical experts, `server.blend`); "gru_raw"
+is the network alone.
 """
 
 from __future__ import annotations
@@ -40,10 +43,20 @@ from training.datasets import Track
 from training.realmotion import Scene
 from training.render import NetworkConfig, received_stream, render_errors, summarise
 
-PATH_PREDICTORS = ("hold", "cv", "cv_window", "kalman", "gru")
-RENDER_METHODS = ("hold", "interp", "cv", "cv_window", "kalman", "gru")
-CLASSICAL = ("hold", "interp", "cv", "cv_window", "kalman")
-CLASSICAL_PATHS = ("hold", "cv", "cv_window", "kalman")
+PATH_PREDICTORS = ("hold", "cv", "cv_window", "kalman", "imm", "gru")
+RENDER_METHODS = ("hold", "interp", "cv", "cv_window", "kalman", "imm", "gru")
+CLASSICAL = ("hold", "interp", "cv", "cv_window", "kalman", "imm")
+CLASSICAL_PATHS = ("hold", "cv", "cv_window", "kalman", "imm")
+
+
+class _ManyTracks:
+    """A path predictor with a batched `paths_many` (the IMM) in the place of a model."""
+
+    def __init__(self, predictor: B.IMM) -> None:
+        self.predictor = predictor
+
+    def scene(self, streams, horizons) -> list[np.ndarray]:
+        return self.predictor.paths_many(streams, horizons)
 
 
 class GRUPredictor:
@@ -179,6 +192,7 @@ def evaluate(
     net: NetworkConfig | None = None,
     seed: int = 0,
     kalman: B.KalmanCV | None = None,
+    imm: B.IMM | None = None,
     tick: float = 0.05,
     extra: dict | None = None,
     served_blend: BlendConfig | None = BlendConfig(),  # noqa: B008 (frozen)
@@ -209,12 +223,15 @@ def evaluate(
         for sc in scenes
     ]
     obs = [tr for sc in obs_scenes for tr in sc.tracks]
+    tune_rng = np.random.default_rng(seed + 1)
+    sub = [obs[i] for i in tune_rng.permutation(len(obs))[:60]]
     if kalman is None:
-        tune_rng = np.random.default_rng(seed + 1)
-        sub = [obs[i] for i in tune_rng.permutation(len(obs))[:60]]
         kalman = B.KalmanCV.tune(sub, h)
+    if imm is None:
+        imm = B.IMM.tune(sub, h)
     preds = {"hold": B.hold, "cv": B.cv_last, "cv_window": B.cv_window, "kalman": kalman}
     models = {
+        "imm": _ManyTracks(imm),
         "gru": GRUPredictor(lm, tick=tick, blend=served_blend),
         "gru_raw": GRUPredictor(lm, tick=tick),
     }
@@ -263,6 +280,7 @@ def evaluate(
         for sc, e, r in per_scene
     }
     result["kalman"] = {"q": kalman.q, "r": kalman.r}
+    result["imm"] = {"q_cv": imm.q_cv, "q_ct": imm.q_ct, "q_w": imm.q_w, "r": imm.r}
     result["samples"] = int(sum(len(o) for o in obs))
     result["tracks"] = len(obs)
     result["_errors"] = pooled_e  # for plots; dropped from JSON
@@ -328,8 +346,8 @@ def print_table(table: dict, title: str = "") -> None:
         print(f"-- {title}")
     head = f"{'predictor':<11} {'ADE':>7} " + " ".join(f"{'@' + s + 's':>7}" for s in show)
     print(head + f" {'render':>7} {'p95':>7}")
-    names = [k for k in RENDER_METHODS if k != "gru"] + [k for k in p if k not in RENDER_METHODS]
-    names.append("gru")
+    names = [k for k in RENDER_METHODS if k != "gru" and k in p]
+    names += [k for k in p if k not in RENDER_METHODS] + ["gru"]
     for k in names:
         r = p[k]
         cells = [f"{r['ade']:7.4f}" if "ade" in r else f"{'-':>7}"]
@@ -520,7 +538,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(
             f"{spec}: {len(scenes)} recordings, {result['tracks']} tracks, "
             f"{result['samples']} samples, model {lm.version}, "
-            f"kalman q {result['kalman']['q']:.3g} r {result['kalman']['r']:.3g}"
+            f"kalman q {result['kalman']['q']:.3g} r {result['kalman']['r']:.3g}, "
+            f"imm q_cv {result['imm']['q_cv']:.3g} q_ct {result['imm']['q_ct']:.3g} "
+            f"q_w {result['imm']['q_w']:.3g} r {result['imm']['r']:.3g}"
         )
         if args.per_recording and len(result["recordings"]) > 1:
             for name, rec in result["recordings"].items():
