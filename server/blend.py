@@ -59,10 +59,11 @@ _EPS2 = 1e-6  # m^2: an error below ~1 mm counts as exact (relative losses stay 
 class BlendConfig:
     """Parameters of the online weighting (see the module docstring)."""
 
-    prior: tuple[float, ...] = (0.6, 0.1, 0.1, 0.05, 0.05, 0.1)  # before any scoring
+    prior: tuple[float, ...] = (0.8, 0.04, 0.04, 0.04, 0.04, 0.04)  # before any scoring
     eta: float = 16.0  # learning rate on the relative losses
     memory: float = 3.0  # s, time constant of the loss averages
     lane_dt: float = 0.05  # s, the sample interval every sample is scored at (the tick)
+    max_lanes: int = 4  # predictions in flight per horizon at most (fewer: cheaper, sparser)
     fast_q: float = 25.0  # m^2/s^3, the responsive Kalman filter's white-noise acceleration
     fast_r: float = 0.003  # m, its measurement noise std
     imm_q: tuple[float, float, float, float] = (0.1, 1.0, 30.0, 0.001)  # q_cv q_ct q_w r
@@ -77,8 +78,14 @@ class BlendConfig:
                 f"prior needs {len(EXPERTS)} weights >= 0, one > 0 ({', '.join(EXPERTS)}); "
                 "a zero weight leaves that expert out"
             )
-        if self.eta < 0 or self.memory <= 0 or self.turn_tau <= 0 or self.lane_dt <= 0:
-            raise ValueError("need eta >= 0 and memory, turn_tau, lane_dt > 0")
+        if (
+            self.eta < 0
+            or self.memory <= 0
+            or self.turn_tau <= 0
+            or self.lane_dt <= 0
+            or self.max_lanes < 1
+        ):
+            raise ValueError("need eta >= 0, memory, turn_tau, lane_dt > 0 and max_lanes >= 1")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -105,10 +112,11 @@ class BlendState:
 
     FIELDS = ("loss", "fl_t", "fl_anchor", "fl_off", "prev", "turn", "kf", "imm")
 
-    def __init__(self, n: int, horizons, lane_dt: float = 0.05) -> None:
+    def __init__(self, n: int, horizons, lane_dt: float = 0.05, max_lanes: int = 64) -> None:
         h = np.asarray(horizons, dtype=np.float64)
-        self.horizons, self.lane_dt = h, float(lane_dt)
+        self.horizons, self.lane_dt, self.max_lanes = h, float(lane_dt), int(max_lanes)
         lanes = np.ceil(h / self.lane_dt - 1e-9).astype(np.int64) + 1
+        lanes = np.minimum(lanes, self.max_lanes)
         self.hk = np.repeat(np.arange(len(h)), lanes)  # (F,) horizon of each flight
         self.lane_start = np.concatenate([[0], np.cumsum(lanes)[:-1]])  # (H,)
         self.lanes = lanes
@@ -142,7 +150,7 @@ class BlendState:
         old = len(self)
         if n <= old:
             return
-        new = BlendState(n - old, self.horizons, self.lane_dt)
+        new = BlendState(n - old, self.horizons, self.lane_dt, self.max_lanes)
         for name in self.FIELDS:
             setattr(self, name, np.concatenate([getattr(self, name), getattr(new, name)]))
 
@@ -398,7 +406,7 @@ def replay_many(streams: list[tuple], horizons: np.ndarray, cfg: BlendConfig) ->
     net, v, dp, pv = pad(3, (H, 3)), pad(4, (3,)), pad(5, (3,)), pad(6, (3,))
     off_all = np.zeros((m, T, H, 3))
     w_all = np.zeros((m, T, E, H))
-    state = BlendState(m, horizons, cfg.lane_dt)
+    state = BlendState(m, horizons, cfg.lane_dt, cfg.max_lanes)
     order = np.argsort(-lengths, kind="stable")
     for k in range(T):
         rows = order[: int((lengths > k).sum())]

@@ -178,7 +178,8 @@ class TickEngine:
         self.pool = HiddenStatePool(layers, hidden, capacity, self.device)
         self.fstate = FeatureState(capacity)
         self.blend = blend
-        self.bstate = BlendState(capacity, self.horizons, (blend or BlendConfig()).lane_dt)
+        bc = blend or BlendConfig()
+        self.bstate = BlendState(capacity, self.horizons, bc.lane_dt, bc.max_lanes)
         # each slot's expert weights at its last step, averaged over the horizons (E,)
         self.last_weights = np.zeros((capacity, len(BL.EXPERTS)))
         self._ids = np.empty(capacity, dtype=object)
