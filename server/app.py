@@ -473,7 +473,8 @@ class AvatarServer:
         `handler(path_with_query)` returns (status, content_type, body) and must not block;
         an exception in it gives a 500. Raises ValueError for a path the server owns.
         """
-        if path in ("/", "/index.html", "/healthz", "/metrics") or path.startswith("/viewer/"):
+        own = ("/", "/index.html", "/healthz", "/metrics", "/route", "/experts")
+        if path in own or path.startswith("/viewer/"):
             raise ValueError(f"{path} is served by the server itself")
         self._routes[path] = handler
 
@@ -494,6 +495,8 @@ class AvatarServer:
                 return HttpReply(500, "text/plain; charset=utf-8", b"error\n")
         if route == "/route":
             return self._route_reply(path)
+        if route == "/experts":
+            return self._experts_reply(path)
         return HttpReply(404, "text/plain; charset=utf-8", b"not found\n")
 
     def _route_reply(self, path: str) -> HttpReply:
@@ -508,6 +511,22 @@ class AvatarServer:
             url = self.cluster.route(room)
         body = json.dumps({"url": url}).encode()
         # a web app on another origin looks rooms up too (the WebSocket checks its origin)
+        return HttpReply(200, "application/json", body, (("Access-Control-Allow-Origin", "*"),))
+
+    def _experts_reply(self, path: str) -> HttpReply:
+        """GET /experts?room=R: the weight the online blend gives each expert now, per
+        avatar of room R (averaged over the horizons): {"experts": [...], "avatars": {id:
+        [w, ...]}}; {"avatars": {}} with the blend off or no such room."""
+        room = parse_qs(urlsplit(path).query).get("room", [""])[0]
+        w = self.world
+        out: dict = {"experts": list(EXPERTS), "avatars": {}}
+        r = w.rooms.get(room) if w is not None else None
+        if r is not None and w.engine.blend is not None:
+            eng = w.engine
+            for avatar, m in r.players.items():
+                if m.slot >= 0 and not np.isnan(eng.last_t[m.slot]):
+                    out["avatars"][avatar] = np.round(eng.last_weights[m.slot], 3).tolist()
+        body = json.dumps(out).encode()
         return HttpReply(200, "application/json", body, (("Access-Control-Allow-Origin", "*"),))
 
     def _static(self, path: str) -> HttpReply:

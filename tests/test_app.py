@@ -583,5 +583,10 @@ async def test_metrics_show_the_blend_weights_per_expert():
             )
             total += float(line.split()[-1])
         assert total == pytest.approx(2.0)  # two avatars, each's weights sum to one
+        got = json.loads(await fetch(srv, "/experts?room=lobby"))
+        assert got["experts"] == list(EXPERTS) and set(got["avatars"]) == {"a", "b"}
+        for w in got["avatars"].values():
+            assert len(w) == len(EXPERTS) and sum(w) == pytest.approx(1.0, abs=0.01)
+        assert json.loads(await fetch(srv, "/experts?room=nowhere"))["avatars"] == {}
         await a.close()
         await b.close()

@@ -28,6 +28,7 @@ from websockets.asyncio.client import connect
 
 from server import protocol as P
 from server.app import AvatarServer
+from server.blend import EXPERTS
 from server.downlink import path_at
 from tests.servers import running
 
@@ -245,6 +246,18 @@ async def test_viewer_draws_live_avatars_with_truth():
                 assert float(r[2]) >= float(r[1]) and float(r[3]) > 0 and float(r[4]) > 0, r
             assert rows[0][3:] != rows[1][3:]  # gru: its own feed; the rest share the relay's
             assert len({tuple(r[3:]) for r in rows[1:]}) == 1, rows
+
+            # the online blend's weights per avatar (GET /experts): the trusted expert, labelled
+            await page.wait_for_function(
+                "() => Object.keys(Object.fromEntries(window.avatarViewer.drawn))"
+                ".every((id) => window.avatarViewer.expertLabel(id) !== '')"
+            )
+            labels = await page.evaluate(
+                "() => [...window.avatarViewer.drawn.keys()].map(window.avatarViewer.expertLabel)"
+            )
+            for label in labels:
+                name, weight = label.split()
+                assert name in EXPERTS and 1 / len(EXPERTS) <= float(weight) <= 1.0, labels
 
             ARTIFACTS.mkdir(exist_ok=True)
             await page.screenshot(path=str(ARTIFACTS / "viewer.png"))

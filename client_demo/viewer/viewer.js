@@ -6,7 +6,9 @@
 // position with a line to the drawn one. Under the demo the panel also shows the demo's
 // comparison (GET /demo/compare): the render error of the GRU and of the classical methods
 // (Kalman, constant velocity, interpolation, hold) as its bots measure it on the same
-// draws, and what each costs on the wire per receiver. Tests read `window.avatarViewer`.
+// draws, and what each costs on the wire per receiver. Under each avatar's name: the expert
+// the server's online blend trusts most for it now and its weight (GET /experts). Tests read
+// `window.avatarViewer`.
 
 import { AvatarStream, DeadReckoner } from "./avatarstream.js";
 
@@ -33,9 +35,11 @@ const history = new Map(); // id -> [[t, x, y], ...], last HISTORY_S seconds
 const truth = { available: null, serverTime: null, avatars: new Map() };
 const errors = { mean: null, max: null, window: [] };
 const compare = { available: null, elapsed: null, methods: [] }; // the demo's table
+const experts = { names: [], avatars: new Map() }; // GET /experts: the blend's weights per avatar
+const EXPERTS_PERIOD_MS = 1000;
 const camera = { cx: 0, cy: 0, scale: 40, follow: true }; // scale: pixels per metre
 
-window.avatarViewer = { stream, reckoner, drawn, truth, errors, compare, camera, fit };
+window.avatarViewer = { stream, reckoner, drawn, truth, errors, compare, experts, expertLabel, camera, fit };
 
 // -- DOM -------------------------------------------------------------------------------------
 
@@ -223,6 +227,31 @@ async function pollCompare() {
   setTimeout(pollCompare, next);
 }
 
+// -- the online blend's weights per avatar (GET /experts on the server) ------------------------
+
+async function pollExperts() {
+  try {
+    const r = await fetch(`/experts?room=${encodeURIComponent(room)}`, { cache: "no-store" });
+    if (r.ok) {
+      const j = await r.json();
+      experts.names = Array.isArray(j.experts) ? j.experts : [];
+      experts.avatars = new Map(Object.entries(j.avatars ?? {}));
+    }
+  } catch {
+    // server down: the stream reconnects; the weights come back with it
+  }
+  setTimeout(pollExperts, EXPERTS_PERIOD_MS);
+}
+
+// "net 0.82": the expert the blend trusts most for this avatar now, and its weight
+function expertLabel(id) {
+  const w = experts.avatars.get(id);
+  if (!Array.isArray(w) || w.length !== experts.names.length || w.length === 0) return "";
+  let k = 0;
+  for (let j = 1; j < w.length; j++) if (w[j] > w[k]) k = j;
+  return `${experts.names[k]} ${Number(w[k]).toFixed(2)}`;
+}
+
 function showCompare() {
   const num = (v, digits) => (typeof v === "number" && Number.isFinite(v) ? v.toFixed(digits) : "–");
   const rows = compare.methods.map((m) => {
@@ -394,6 +423,14 @@ function draw() {
     ctx.strokeText(id, x, y);
     ctx.fillStyle = colourOf(id);
     ctx.fillText(id, x, y);
+    const label = expertLabel(id);
+    if (label) {
+      ctx.font = "400 11px system-ui, -apple-system, 'Segoe UI', Roboto, 'DejaVu Sans', sans-serif";
+      ctx.strokeText(label, x, y + 13);
+      ctx.fillStyle = "rgba(220, 226, 232, 0.85)";
+      ctx.fillText(label, x, y + 13);
+      ctx.font = "600 13px system-ui, -apple-system, 'Segoe UI', Roboto, 'DejaVu Sans', sans-serif";
+    }
   }
 }
 
@@ -495,4 +532,5 @@ function clamp(v, lo, hi) {
 stream.connect();
 pollTruth();
 pollCompare();
+pollExperts();
 requestAnimationFrame(frame);
