@@ -35,8 +35,10 @@ is a gated residual over the Kalman prior), the Kalman prior alone (the model's 
 smooth one), a responsive Kalman filter (`fast_q`, `fast_r`: the tuning the offline
 evaluation picks on stream-rate game and sports motion), constant velocity over the last
 interval, a turning model (the prior's velocity turned at a smoothed turn rate:
-constant turn rate and velocity), and an IMM of constant velocity and coordinated turn
-(`server.priors.imm_step`, a manoeuvring-target filter).
+constant turn rate and velocity), and two IMMs of constant velocity and coordinated turn
+(`server.priors.imm_step`, a manoeuvring-target filter), a smooth and a responsive one.
+Together the filters span the tunings the offline evaluation picks per data set, so the
+weighting tunes the classical side per avatar online as well.
 
 Pure numpy, no per-row Python; `BlendState` is field-major like
 `server.features.FeatureState`. `replay` runs the same `step` over recorded streams, for
@@ -51,7 +53,7 @@ import numpy as np
 
 from server import priors
 
-EXPERTS: tuple[str, ...] = ("net", "kalman", "kalman_fast", "cv", "turn", "imm")
+EXPERTS: tuple[str, ...] = ("net", "kalman", "kalman_fast", "cv", "turn", "imm_smooth", "imm_fast")
 _EPS2 = 1e-6  # m^2: an error below ~1 mm counts as exact (relative losses stay defined)
 
 
@@ -59,14 +61,17 @@ _EPS2 = 1e-6  # m^2: an error below ~1 mm counts as exact (relative losses stay 
 class BlendConfig:
     """Parameters of the online weighting (see the module docstring)."""
 
-    prior: tuple[float, ...] = (0.8, 0.04, 0.04, 0.04, 0.04, 0.04)  # before any scoring
+    prior: tuple[float, ...] = (0.8,) + (0.2 / 6,) * 6  # weights before any scoring
     eta: float = 16.0  # learning rate on the relative losses
     memory: float = 3.0  # s, time constant of the loss averages
     lane_dt: float = 0.05  # s, the sample interval every sample is scored at (the tick)
     max_lanes: int = 4  # predictions in flight per horizon at most (fewer: cheaper, sparser)
     fast_q: float = 25.0  # m^2/s^3, the responsive Kalman filter's white-noise acceleration
     fast_r: float = 0.003  # m, its measurement noise std
-    imm_q: tuple[float, float, float, float] = (0.1, 1.0, 30.0, 0.001)  # q_cv q_ct q_w r
+    # two IMMs (q_cv m^2/s^3, q_ct m^2/s^3, q_w rad^2/s^3, r m): the smooth and the responsive
+    # ends of what the offline evaluation tunes on held-out football and simulated avatars
+    imm_smooth_q: tuple[float, float, float, float] = (0.01, 0.1, 30.0, 0.001)
+    imm_fast_q: tuple[float, float, float, float] = (15.8, 15.8, 30.0, 0.031)
     turn_tau: float = 0.25  # s, smoothing of the turning expert's turn rate
     turn_min_speed: float = 0.3  # m/s; slower, the turn rate decays to zero
     max_turn_rate: float = 4.0  # rad/s
@@ -106,8 +111,8 @@ class BlendState:
     `fl_anchor` (n, F, 3) the anchor sample's position, `fl_off` (n, F, E, 3) float32 the
     experts' predicted offsets from it, `prev` (n, 4) the previous sample (t, x, y, z; t
     NaN: none), `turn` (n, 2) the turn rate and the heading it was last measured at, `kf`
-    (n, 9) the responsive Kalman filter (`server.priors.kalman_step`'s fields), `imm` (n,
-    67) the IMM filter (`server.priors.imm_step`'s).
+    (n, 9) the responsive Kalman filter (`server.priors.kalman_step`'s fields), `imm` (n, 2,
+    67) the two IMM filters (`server.priors.imm_step`'s).
     """
 
     FIELDS = ("loss", "fl_t", "fl_anchor", "fl_off", "prev", "turn", "kf", "imm")
@@ -129,7 +134,7 @@ class BlendState:
         self.prev = np.zeros((n, 4))
         self.turn = np.zeros((n, 2))
         self.kf = np.zeros((n, 9))
-        self.imm = np.zeros((n, priors.IMM_WIDTH))
+        self.imm = np.zeros((n, 2, priors.IMM_WIDTH))
         self.clear(slice(None))
 
     def __len__(self) -> int:
@@ -221,7 +226,7 @@ def expert_offsets(
     `filters` what `update_filters` returned: the turn rate (n,), the responsive Kalman
     filter's position minus the sample and velocity (n, 3) each, the IMM's offsets (n, H, 3).
     """
-    omega, fast_dp, fast_v, imm_off = filters
+    omega, fast_dp, fast_v, imm_smooth, imm_fast = filters
     h = np.asarray(horizons, dtype=np.float64)[None, :, None]
     out = np.empty((len(net), h.shape[1], len(EXPERTS), 3), dtype=np.float32)
     out[:, :, 0] = net
@@ -229,7 +234,8 @@ def expert_offsets(
     out[:, :, 2] = fast_dp[:, None, :] + fast_v[:, None, :] * h
     out[:, :, 3] = v[:, None, :] * h
     out[:, :, 4] = turn_offsets(prior_dp, prior_v, omega, horizons)
-    out[:, :, 5] = imm_off
+    out[:, :, 5] = imm_smooth
+    out[:, :, 6] = imm_fast
     return out
 
 
@@ -246,7 +252,7 @@ def update_filters(
     """Advance the classical experts' own filters of `rows` by one sample and return what
     `expert_offsets` takes of them: the turn rate (n,); the responsive Kalman filter
     (`fast_q`, `fast_r`), its position minus the sample `p` and velocity (n, 3) each; the
-    IMM (`imm_q`), its predicted offsets from `p` (n, H, 3).
+    two IMMs (`imm_smooth_q`, `imm_fast_q`), their predicted offsets from `p` (n, H, 3) each.
 
     The heading of the Kalman velocity `prior_v` (n, 3); its change since the row's last
     sample over the interval is the raw rate, smoothed with time constant `turn_tau`. Below
@@ -272,15 +278,17 @@ def update_filters(
     pT = np.asarray(p, dtype=np.float64).T
     priors.kalman_step(kf_old, kf_new, pT, dt, fresh, cfg.fast_q, cfg.fast_r, 10.0)
     state.kf[rows] = kf_new.T
-    imm_old = state.imm[rows].T
-    imm_new = np.empty_like(imm_old)
-    q_cv, q_ct, q_w, r = cfg.imm_q
-    priors.imm_step(
-        imm_old, imm_new, pT, dt, fresh, q_cv=q_cv, q_ct=q_ct, q_w=q_w, r=r,
-        switch_rate=priors.SWITCH_RATE, init_vel_std=10.0, init_omega_std=1.0,
-    )  # fmt: skip
-    state.imm[rows] = imm_new.T
-    return omega, (kf_new[0:3] - pT).T, kf_new[3:6].T, priors.imm_offsets(imm_new, horizons, pT)
+    imm_offsets = []
+    for j, (q_cv, q_ct, q_w, r) in enumerate((cfg.imm_smooth_q, cfg.imm_fast_q)):
+        imm_old = state.imm[rows, j].T  # (67, n)
+        imm_new = np.empty_like(imm_old)
+        priors.imm_step(
+            imm_old, imm_new, pT, dt, fresh, q_cv=q_cv, q_ct=q_ct, q_w=q_w, r=r,
+            switch_rate=priors.SWITCH_RATE, init_vel_std=10.0, init_omega_std=1.0,
+        )  # fmt: skip
+        state.imm[rows, j] = imm_new.T
+        imm_offsets.append(priors.imm_offsets(imm_new, horizons, pT))
+    return omega, (kf_new[0:3] - pT).T, kf_new[3:6].T, *imm_offsets
 
 
 def step(

@@ -71,8 +71,8 @@ def test_an_expert_that_is_always_right_takes_the_weight_in_bounded_time():
     for k in range(n):
         exact = truth(t[k] + H) - p[k]  # (H, 3)
         ex = np.repeat(exact[None, :, None], len(EXPERTS), axis=2)  # (1, H, E, 3)
-        for e in (0, 1, 3, 4, 5):
-            ex[0, :, e] += rng.normal(0, [0.1, 0.2, 0.1, 0.1, 0.2, 0.1][e], (len(H), 3))
+        for e in (0, 1, 3, 4, 5, 6):
+            ex[0, :, e] += rng.normal(0, [0.1, 0.2, 0.1, 0.1, 0.2, 0.1, 0.2][e], (len(H), 3))
         _, w = BL.step(state, rows, t[k : k + 1], p[k : k + 1], np.array([k == 0]), ex, H, cfg)
         if first_above is None and np.all(w[0, 2] > 0.9):
             first_above = k
@@ -102,7 +102,7 @@ def test_served_paths_are_causal():
 def test_a_due_prediction_is_scored_on_the_truth_interpolated_at_its_time():
     """One horizon, two experts that differ only in where they put the avatar at t + 0.1:
     the one that matches the interpolation between the two samples around t + 0.1 wins."""
-    cfg = BlendConfig(prior=(0.5, 0.5, 0.0, 0.0, 0.0, 0.0), memory=0.5)
+    cfg = BlendConfig(prior=(0.5, 0.5) + (0.0,) * (len(EXPERTS) - 2), memory=0.5)
     h = np.array([0.1])
     state = BlendState(1, h)
     rows = np.array([0])
@@ -181,7 +181,7 @@ def test_the_responsive_kalman_expert_is_the_kalman_filter_with_its_own_tuning()
     rows = np.array([0])
     got = []
     for k in range(len(t)):
-        _, fdp, fv, _ = BL.update_filters(
+        _, fdp, fv, *_ = BL.update_filters(
             state, rows, t[k : k + 1], p[k : k + 1], pv[k : k + 1], reset[k : k + 1], H, cfg
         )
         state.prev[0] = [t[k], *p[k]]  # what `step` records
