@@ -473,7 +473,7 @@ class AvatarServer:
         `handler(path_with_query)` returns (status, content_type, body) and must not block;
         an exception in it gives a 500. Raises ValueError for a path the server owns.
         """
-        own = ("/", "/index.html", "/healthz", "/metrics", "/route", "/experts")
+        own = ("/", "/index.html", "/healthz", "/metrics", "/experts")
         if path in own or path.startswith("/viewer/"):
             raise ValueError(f"{path} is served by the server itself")
         self._routes[path] = handler

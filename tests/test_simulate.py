@@ -290,7 +290,11 @@ def _kin(tr: Track, lab: np.ndarray):
 
 @pytest.fixture(scope="module")
 def keys():
-    cfg = replace(_FIXED, behaviour_mix={"keyboard": 1.0}, key_stop_prob=0.5, stick_prob=0.0)
+    # One keyboard segment per avatar for the whole run (until it walks out of the world), so
+    # that every stop is a key release: a new segment starting right after a stop would press
+    # a key at once, with nothing in the labels to tell it from the same segment.
+    cfg = replace(_FIXED, behaviour_mix={"keyboard": 1.0}, key_stop_prob=0.5, stick_prob=0.0,
+                  keyboard_duration=(1e3, 1e3))  # fmt: skip
     return simulate(12, 60.0, seed=11, config=cfg, return_labels=True)
 
 
@@ -312,19 +316,28 @@ def test_keyboard_speed_caps_and_acceleration_limit(keys):
 def test_keyboard_stops_reach_zero_in_bounded_time(keys):
     tracks, labels = keys
     bound = np.log((5.0 + 1.0) / 1.0) / 10.0 + 2 * DT  # from sprint speed; walk: 0.09 s
+    # s is a difference of positions tens of metres from the origin over DT, so a held speed
+    # wobbles by ~1e-12 m/s of rounding (different bits on every CPU), while each braking step
+    # takes off at least 10 m/s^2 * DT = 0.083 m/s. Walk back to the release over real drops
+    # only, not on into a chance run of falling rounding noise on the plateau before it.
+    drop = 1e-6
+    # At rest: braking ends at exactly zero, so the positions stop changing. A key reversed
+    # passes through zero too, by ~0.1 m/s a step: a looser cut (say 1e-3) would take the
+    # odd one that happens to land near zero for a stop.
+    rest = 1e-9
     n = 0
     for tr in tracks:
         s, _, _ = _kin(tr, labels[tr.user])
         lab = labels[tr.user][:-1]
-        for j in np.flatnonzero((s[:-1] > 1e-3) & (s[1:] <= 1e-3) & (lab[1:] == KEYBOARD)):
+        for j in np.flatnonzero((s[:-1] > rest) & (s[1:] <= rest) & (lab[1:] == KEYBOARD)):
             k = j
-            while k > 0 and s[k - 1] > s[k]:
+            while k > 0 and s[k - 1] > s[k] + drop:
                 k -= 1
             if s[k] >= 1.4:  # a release from walking or sprinting
                 n += 1
                 assert (j + 1 - k) * DT <= bound
-                after = s[j + 1 : j + 4]  # the next key comes >= 0.1 s after the stop
-                assert np.all(after[lab[j + 1 : j + 4] == KEYBOARD] <= 1e-3)  # stays put
+                after = s[j + 1 : j + 4]  # the next key comes >= 0.3 s after the release
+                assert np.all(after[lab[j + 1 : j + 4] == KEYBOARD] <= rest)  # stays put
     assert n >= 20
 
 
@@ -362,7 +375,12 @@ def test_mouse_steering_curves_keyboard_moves():
             steady = (lab == KEYBOARD) & (np.abs(ds) < 1e-3) & (s[1:] > 1.0)
             r.append(np.abs(np.diff(h))[steady] / DT)
         rates[std] = np.median(np.concatenate(r))
-    assert rates[0.0] < 1e-6  # key held, camera still: straight line
+    # key held, camera still: straight line. The median is not ~0 but falls between settled
+    # steps (~1e-10 rad/s) and the exponential tails of friction turning the velocity onto a
+    # new key's direction: over seeds 2-61 it ran 5e-12 to 9e-6 rad/s (over 1e-6 in 2), and a
+    # CPU's last bits pick another such draw. 1e-3 rad/s (0.06 deg/s) is clear of those tails
+    # (>= 65% of steps below it, for every seed) and 100x under a mouse-steered curve.
+    assert rates[0.0] < 1e-3
     assert rates[0.8] > 0.05  # camera yawed by the mouse: the same key curves
 
 
