@@ -61,11 +61,11 @@ _EPS2 = 1e-6  # m^2: an error below ~1 mm counts as exact (relative losses stay 
 class BlendConfig:
     """Parameters of the online weighting (see the module docstring)."""
 
-    prior: tuple[float, ...] = (0.8,) + (0.2 / 6,) * 6  # weights before any scoring
+    prior: tuple[float, ...] = (0.6,) + (0.4 / 6,) * 6  # weights before any scoring
     eta: float = 16.0  # learning rate on the relative losses
     memory: float = 3.0  # s, time constant of the loss averages
     lane_dt: float = 0.05  # s, the sample interval every sample is scored at (the tick)
-    max_lanes: int = 4  # predictions in flight per horizon at most (fewer: cheaper, sparser)
+    max_lanes: int = 64  # predictions in flight per horizon at most (fewer: cheaper, sparser)
     fast_q: float = 25.0  # m^2/s^3, the responsive Kalman filter's white-noise acceleration
     fast_r: float = 0.003  # m, its measurement noise std
     # two IMMs (q_cv m^2/s^3, q_ct m^2/s^3, q_w rad^2/s^3, r m): the smooth and the responsive
