@@ -181,6 +181,12 @@ def _weights(loss: np.ndarray, cfg: BlendConfig) -> np.ndarray:
     return w
 
 
+def _rows_of(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous array (m, ...) seen as m opaque rows (one void element each)."""
+    width = a.itemsize * (a.size // max(len(a), 1))
+    return a.reshape(len(a), -1).view(np.dtype((np.void, width))).ravel()
+
+
 def _wrap(a: np.ndarray) -> np.ndarray:
     return (a + np.pi) % (2.0 * np.pi) - np.pi
 
@@ -330,16 +336,18 @@ def step(
         a = np.clip((fl_t[r, f] + h[k] - prev[r, 0]) / np.where(span > 0, span, 1.0), 0.0, 1.0)
         # the truth at t_a + h_k (between the previous sample and this one), from the anchor
         pr = prev[r, 1:]
-        truth = pr + a[:, None] * (p[r] - pr) - fl_anchor[at]
-        d = fl_off[at] - truth[:, None, :]  # (m, E, 3)
+        truth = pr + a[:, None] * (p[r] - pr) - np.take(fl_anchor, at, axis=0)
+        d = np.take(fl_off, at, axis=0) - truth[:, None, :]  # (m, E, 3)
         err2 = d[..., 0] ** 2 + d[..., 1] ** 2 + d[..., 2] ** 2  # (m, E)
         on = np.asarray(cfg.prior) > 0  # the experts taking part
         rel = err2 / (err2[:, on].mean(axis=1, keepdims=True) + _EPS2)
         # this sample's relative loss per (row, horizon): the mean over its due flights
         cell = r * H + k
-        total = np.zeros((n * H, rel.shape[1]))
-        np.add.at(total, cell, rel)
         count = np.bincount(cell, minlength=n * H).reshape(n, H)
+        total = np.stack(
+            [np.bincount(cell, weights=rel[:, e], minlength=n * H) for e in range(rel.shape[1])],
+            axis=1,
+        )  # (n * H, E): bincount per expert, far faster than np.add.at
         scored = count > 0
         mean_rel = total.reshape(n, H, -1) / np.maximum(count, 1)[..., None]
         dt = np.nan_to_num(t - prev[:, 0], nan=0.0)
@@ -369,7 +377,8 @@ def step(
     state.fl_t[rows] = fl_t
     at = rows[r] * F + f
     fl_anchor[at] = p[r]
-    fl_off[at] = experts[r, k]
+    new = np.take(experts.reshape(n * H, state.E, 3), r * H + k, axis=0).astype(np.float32)
+    _rows_of(fl_off)[at] = _rows_of(new)  # a row copy per flight (fancy assignment is slower)
     state.prev[rows, 0] = t
     state.prev[rows, 1:] = p
     return off, w.transpose(0, 2, 1)
