@@ -231,7 +231,7 @@ class _StatsCollector:
         yield GaugeMetricFamily(
             "avatar_avatars", "Avatars in the engine", value=len(w.engine) if w else 0
         )
-        if w is not None and w.engine.blend is not None:
+        if w is not None and w.engine.blend is not None and w.engine.model is not None:
             yield _expert_weights(w.engine)
         yield GaugeMetricFamily(
             "avatar_rooms", "Rooms with members", value=len(w.rooms) if w else 0
@@ -521,7 +521,7 @@ class AvatarServer:
         w = self.world
         out: dict = {"experts": list(EXPERTS), "avatars": {}}
         r = w.rooms.get(room) if w is not None else None
-        if r is not None and w.engine.blend is not None:
+        if r is not None and w.engine.blend is not None and w.engine.model is not None:
             eng = w.engine
             for avatar, m in r.players.items():
                 if m.slot >= 0 and not np.isnan(eng.last_t[m.slot]):

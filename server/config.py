@@ -158,9 +158,10 @@ HELP = {
     "tick_hz": "ticks per second: one model step and one state frame per client each tick",
     "model": "checkpoint path (default: the shipped server/models/avatar_gru.pt)",
     "predictor": "gru (the model) or cv (constant-velocity dead reckoning, model off)",
-    "blend": "serve the online blend of the network with the classical experts (Kalman, "
-    "constant velocity, turning), weighted per avatar and horizon by how each one's earlier "
-    "predictions turned out (server.blend); off: the network alone",
+    "blend": "serve the online blend of the network with the classical experts (two Kalman "
+    "filters, constant velocity, a turning model, two IMMs), weighted per avatar and horizon "
+    "by how each one's earlier predictions turned out (server.blend); --no-blend: the "
+    "network alone (the blend costs about 4x the network's engine step: docs/performance.md)",
     "device": "auto, cpu, cuda or cuda:N for the model step",
     "threads": "torch CPU threads for the model step (1 leaves the other cores to I/O)",
     "aoi_radius": "area-of-interest radius in metres: players see avatars this close",
