@@ -11,9 +11,11 @@ array code only: features for all pending slots at once (each avatar's Kalman pr
 when the model takes them, its nearest neighbours in the same room from this tick's
 state), one host->device copy in, `index_select` the states, one model step,
 `index_copy_` them back, the decode (prior + gated residual) on the device, one
-device->host copy out. With no model (`model=None`) the engine serves last-interval
-constant-velocity dead reckoning through the same path, which is the "model off"
-comparison.
+device->host copy out, then (by default) the online blend of the network with the
+classical experts (`server.blend`, per slot, vectorised on the host: each avatar is
+served whatever has been predicting it best). With no model (`model=None`) the engine
+serves last-interval constant-velocity dead reckoning through the same path, which is
+the "model off" comparison.
 
 `swap_model` replaces the model between two ticks (hot reload), keeping avatars and, when
 the state shape matches, their hidden states. A model step whose new hidden state or
