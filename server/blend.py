@@ -182,9 +182,10 @@ def _weights(loss: np.ndarray, cfg: BlendConfig) -> np.ndarray:
 
 
 def _rows_of(a: np.ndarray) -> np.ndarray:
-    """A C-contiguous array (m, ...) seen as m opaque rows (one void element each)."""
-    width = a.itemsize * (a.size // max(len(a), 1))
-    return a.reshape(len(a), -1).view(np.dtype((np.void, width))).ravel()
+    """A C-contiguous array (m, ...) seen as m opaque rows (one void element each; m may
+    be 0)."""
+    per_row = int(np.prod(a.shape[1:]))
+    return a.reshape(len(a), per_row).view(np.dtype((np.void, a.itemsize * per_row))).ravel()
 
 
 def _wrap(a: np.ndarray) -> np.ndarray:
@@ -375,10 +376,11 @@ def step(
     r, f, k = np.concatenate(ar), np.concatenate(af), np.concatenate(ak)
     fl_t[r, f] = t[r]
     state.fl_t[rows] = fl_t
-    at = rows[r] * F + f
-    fl_anchor[at] = p[r]
-    new = np.take(experts.reshape(n * H, state.E, 3), r * H + k, axis=0).astype(np.float32)
-    _rows_of(fl_off)[at] = _rows_of(new)  # a row copy per flight (fancy assignment is slower)
+    if len(r):  # (none when every lane is busy: samples faster than lane_dt)
+        at = rows[r] * F + f
+        fl_anchor[at] = p[r]
+        new = np.take(experts.reshape(n * H, state.E, 3), r * H + k, axis=0).astype(np.float32)
+        _rows_of(fl_off)[at] = _rows_of(new)  # a row copy per flight (fancy assignment: slower)
     state.prev[rows, 0] = t
     state.prev[rows, 1:] = p
     return off, w.transpose(0, 2, 1)

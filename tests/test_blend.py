@@ -188,3 +188,18 @@ def test_the_responsive_kalman_expert_is_the_kalman_filter_with_its_own_tuning()
         got.append(np.concatenate([fdp[0] + p[k], fv[0]]))
     pos, vel = KalmanCV(q=cfg.fast_q, r=cfg.fast_r).filter(t, p)
     np.testing.assert_allclose(np.array(got), np.concatenate([pos, vel], axis=1), atol=1e-9)
+
+
+def test_samples_faster_than_the_lanes_fill_them_and_step_on():
+    """A sender far faster than `lane_dt` (1 ms apart): every lane fills up, nothing can
+    be armed for a while, and the blend steps on (finite, weights summing to 1)."""
+    cfg = BlendConfig(max_lanes=2)
+    state = BlendState(3, H, cfg.lane_dt, cfg.max_lanes)
+    rows = np.array([0, 2])
+    for k in range(40):
+        t = np.array([k * 1e-3, k * 1e-3 + 0.5])
+        p = np.array([[k * 1e-3, 0, 0], [0, k * 1e-3, 0]])
+        ex = np.zeros((2, len(H), len(EXPERTS), 3), dtype=np.float32)
+        off, w = BL.step(state, rows, t, p, np.array([k == 0, k == 0]), ex, H, cfg)
+        assert np.isfinite(off).all() and np.allclose(w.sum(axis=1), 1.0)
+    assert not np.isnan(state.fl_t[rows]).any()  # every lane in flight
