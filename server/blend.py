@@ -6,7 +6,8 @@ has never seen (a VR user, a mouse-driven FPS player) only shows once its predic
 due. The server sees that for every avatar, so each tick, per avatar (row) and horizon k:
 
 1. **Score** (strictly causal). Each sample puts the experts' predictions for
-   ``t_a + h_k`` in flight, one per horizon (``t_a`` the sample's time). Once a later
+   ``t_a + h_k`` in flight, one per horizon (``t_a`` the sample's time; each horizon has
+   up to `max_lanes` in flight, so at the tick rate every sample scores one). Once a later
    sample arrives at or after ``t_a + h_k`` that prediction is due: the truth at
    ``t_a + h_k`` is interpolated between the previous sample and this one (both at or
    after ``t_a``; nothing newer than this sample is used), each expert's squared error is
@@ -40,9 +41,9 @@ constant turn rate and velocity), and two IMMs of constant velocity and coordina
 Together the filters span the tunings the offline evaluation picks per data set, so the
 weighting tunes the classical side per avatar online as well.
 
-Pure numpy, no per-row Python; `BlendState` is field-major like
-`server.features.FeatureState`. `replay` runs the same `step` over recorded streams, for
-the offline evaluation (`training.evaluate`).
+Pure numpy, no per-row Python; `BlendState` is row-major (a batch's rows are one
+contiguous gather per field). `replay` runs the same `step` over recorded streams, for the
+offline evaluation (`training.evaluate`).
 """
 
 from __future__ import annotations
