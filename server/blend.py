@@ -141,9 +141,6 @@ class BlendState:
     def __len__(self) -> int:
         return len(self.loss)
 
-    def _views(self) -> None:
-        """(Nothing to rebind: every field is its own array.)"""
-
     def clear(self, rows: np.ndarray | slice | int) -> None:
         """Forget rows (a new avatar): prior weights, nothing in flight."""
         for name in self.FIELDS:
@@ -204,13 +201,8 @@ def turn_offsets(
     velocity.
     """
     h = np.asarray(horizons, dtype=np.float64)[None, :]  # (1, H)
-    w = omega[:, None]
-    wh = w * h
-    small = np.abs(wh) < 1e-4
-    safe = np.where(small, 1.0, w)
-    # S = sin(wh)/w, C = (1 - cos(wh))/w, with their series near w = 0
-    S = np.where(small, h - w * w * h**3 / 6.0, np.sin(wh) / safe)
-    C = np.where(small, w * h * h / 2.0, (1.0 - np.cos(wh)) / safe)
+    a, c = priors.arc_terms(omega[:, None] * h)  # sin(wh)/(wh), (1 - cos wh)/(wh)
+    S, C = a * h, c * h  # sin(wh)/w, (1 - cos wh)/w
     vx, vy = prior_v[:, 0:1], prior_v[:, 1:2]
     off = np.empty((len(omega), h.shape[1], 3))
     off[..., 0] = prior_dp[:, 0:1] + S * vx - C * vy

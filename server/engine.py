@@ -551,7 +551,6 @@ class TickEngine:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.fstate._views()  # pickled views are copies: views of the unpickled data again
-        self.bstate._views()
 
     def pend_batch(self, batch: StepBatch) -> None:
         """Queue `batch`, taken by `start_tick` of an engine this one is a copy of (a step

@@ -37,6 +37,9 @@ const errors = { mean: null, max: null, window: [] };
 const compare = { available: null, elapsed: null, methods: [] }; // the demo's table
 const experts = { names: [], avatars: new Map() }; // GET /experts: the blend's weights per avatar
 const EXPERTS_PERIOD_MS = 1000;
+const FONTS = "system-ui, -apple-system, 'Segoe UI', Roboto, 'DejaVu Sans', sans-serif";
+const NAME_FONT = `600 13px ${FONTS}`; // avatar names
+const EXPERT_FONT = `400 11px ${FONTS}`; // the trusted expert under each name
 const camera = { cx: 0, cy: 0, scale: 40, follow: true }; // scale: pixels per metre
 
 window.avatarViewer = { stream, reckoner, drawn, truth, errors, compare, experts, expertLabel, camera, fit };
@@ -404,7 +407,7 @@ function draw() {
     ctx.fill();
     ctx.stroke();
   }
-  ctx.font = "600 13px system-ui, -apple-system, 'Segoe UI', Roboto, 'DejaVu Sans', sans-serif";
+  ctx.font = NAME_FONT;
   ctx.textBaseline = "middle";
   ctx.lineJoin = "round";
   for (const id of ids) {
@@ -425,11 +428,11 @@ function draw() {
     ctx.fillText(id, x, y);
     const label = expertLabel(id);
     if (label) {
-      ctx.font = "400 11px system-ui, -apple-system, 'Segoe UI', Roboto, 'DejaVu Sans', sans-serif";
+      ctx.font = EXPERT_FONT;
       ctx.strokeText(label, x, y + 13);
       ctx.fillStyle = "rgba(220, 226, 232, 0.85)";
       ctx.fillText(label, x, y + 13);
-      ctx.font = "600 13px system-ui, -apple-system, 'Segoe UI', Roboto, 'DejaVu Sans', sans-serif";
+      ctx.font = NAME_FONT;
     }
   }
 }
