@@ -41,9 +41,9 @@ constant turn rate and velocity), and two IMMs of constant velocity and coordina
 Together the filters span the tunings the offline evaluation picks per data set, so the
 weighting tunes the classical side per avatar online as well.
 
-Pure numpy, no per-row Python; `BlendState` is row-major (a batch's rows are one
-contiguous gather per field). `replay` runs the same `step` over recorded streams, for the
-offline evaluation (`training.evaluate`).
+No per-row Python: the per-row work is compiled (`server.blend_kernels`, numba), in place
+on `BlendState`'s row-major per-slot arrays. `replay` runs the same `step` over recorded
+streams, for the offline evaluation (`training.evaluate`).
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from server import blend_kernels as K
 from server import priors
 
 EXPERTS: tuple[str, ...] = ("net", "kalman", "kalman_fast", "cv", "turn", "imm_smooth", "imm_fast")
@@ -163,80 +164,31 @@ class BlendState:
 
 
 def _weights(loss: np.ndarray, cfg: BlendConfig) -> np.ndarray:
-    """(n, H, E) losses -> (n, H, E) weights (the reductions over the E experts unrolled:
-    numpy is slow on a short last axis)."""
-    with np.errstate(divide="ignore"):  # a zero prior weight: the expert is left out
-        logit = np.log(np.asarray(cfg.prior)) - cfg.eta * loss
-    top = logit[..., 0].copy()
-    for e in range(1, logit.shape[2]):
-        np.maximum(top, logit[..., e], out=top)
-    logit -= top[..., None]
-    w = np.exp(logit, out=logit)
-    total = w[..., 0].copy()
-    for e in range(1, w.shape[2]):
-        total += w[..., e]
-    w /= total[..., None]
-    return w
-
-
-def _rows_of(a: np.ndarray) -> np.ndarray:
-    """A C-contiguous array (m, ...) seen as m opaque rows (one void element each; m may
-    be 0)."""
-    per_row = int(np.prod(a.shape[1:]))
-    return a.reshape(len(a), per_row).view(np.dtype((np.void, a.itemsize * per_row))).ravel()
-
-
-def _wrap(a: np.ndarray) -> np.ndarray:
-    return (a + np.pi) % (2.0 * np.pi) - np.pi
-
-
-def turn_offsets(
-    prior_dp: np.ndarray, prior_v: np.ndarray, omega: np.ndarray, horizons: np.ndarray
-) -> np.ndarray:
-    """The turning expert: from the Kalman position, its velocity turned at `omega`.
-
-    `prior_dp` (n, 3) the Kalman position minus the sample, `prior_v` (n, 3) its velocity,
-    `omega` (n,) rad/s (counter-clockwise, z up). Returns offsets (n, H, 3): the integral of
-    the horizontal velocity rotated by ``omega * s`` over ``s in [0, h]``; z at constant
-    velocity.
-    """
-    h = np.asarray(horizons, dtype=np.float64)[None, :]  # (1, H)
-    a, c = priors.arc_terms(omega[:, None] * h)  # sin(wh)/(wh), (1 - cos wh)/(wh)
-    S, C = a * h, c * h  # sin(wh)/w, (1 - cos wh)/w
-    vx, vy = prior_v[:, 0:1], prior_v[:, 1:2]
-    off = np.empty((len(omega), h.shape[1], 3))
-    off[..., 0] = prior_dp[:, 0:1] + S * vx - C * vy
-    off[..., 1] = prior_dp[:, 1:2] + C * vx + S * vy
-    off[..., 2] = prior_dp[:, 2:3] + prior_v[:, 2:3] * h
-    return off
-
-
-def expert_offsets(
-    net: np.ndarray,
-    v: np.ndarray,
-    prior_dp: np.ndarray,
-    prior_v: np.ndarray,
-    filters: tuple[np.ndarray, ...],
-    horizons: np.ndarray,
-) -> np.ndarray:
-    """Every expert's offsets (n, H, E, 3) float32, experts in `EXPERTS` order.
-
-    `net` (n, H, 3) the network's offsets; `v` (n, 3) the last interval's velocity (zero at
-    a reset); `prior_dp`, `prior_v` (n, 3) the Kalman prior (`server.features.StepOutput`);
-    `filters` what `update_filters` returned: the turn rate (n,), the responsive Kalman
-    filter's position minus the sample and velocity (n, 3) each, the IMM's offsets (n, H, 3).
-    """
-    omega, fast_dp, fast_v, imm_smooth, imm_fast = filters
-    h = np.asarray(horizons, dtype=np.float64)[None, :, None]
-    out = np.empty((len(net), h.shape[1], len(EXPERTS), 3), dtype=np.float32)
-    out[:, :, 0] = net
-    out[:, :, 1] = prior_dp[:, None, :] + prior_v[:, None, :] * h
-    out[:, :, 2] = fast_dp[:, None, :] + fast_v[:, None, :] * h
-    out[:, :, 3] = v[:, None, :] * h
-    out[:, :, 4] = turn_offsets(prior_dp, prior_v, omega, horizons)
-    out[:, :, 5] = imm_smooth
-    out[:, :, 6] = imm_fast
+    """(n, H, E) losses -> (n, H, E) weights."""
+    out = np.empty_like(loss, dtype=np.float64)
+    lp = _log_prior(cfg)
+    for i in range(len(loss)):
+        K.weights_row(np.ascontiguousarray(loss[i], dtype=np.float64), lp, float(cfg.eta), out[i])
     return out
+
+
+def _log_prior(cfg: BlendConfig) -> np.ndarray:
+    with np.errstate(divide="ignore"):  # a zero prior weight: the expert is left out
+        return np.log(np.asarray(cfg.prior, dtype=np.float64))
+
+
+def _filter_params(cfg: BlendConfig) -> np.ndarray:
+    """The classical filters' parameters as `blend_kernels.filters` reads them."""
+    return np.array(
+        [cfg.turn_tau, cfg.turn_min_speed, cfg.max_turn_rate, cfg.fast_q, cfg.fast_r]
+        + [priors.SWITCH_RATE, *cfg.imm_smooth_q, *cfg.imm_fast_q],
+        dtype=np.float64,
+    )
+
+
+def _f64(a, shape=None) -> np.ndarray:
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    return a if shape is None else a.reshape(shape)
 
 
 def update_filters(
@@ -254,41 +206,52 @@ def update_filters(
     (`fast_q`, `fast_r`), its position minus the sample `p` and velocity (n, 3) each; the
     two IMMs (`imm_smooth_q`, `imm_fast_q`), their predicted offsets from `p` (n, H, 3) each.
 
-    The heading of the Kalman velocity `prior_v` (n, 3); its change since the row's last
-    sample over the interval is the raw rate, smoothed with time constant `turn_tau`. Below
-    `turn_min_speed` the heading is not measured and the rate decays to zero. A reset (or a
-    row's first sample) starts at zero.
+    `rows` (n,) distinct slots. The turn rate: the heading of the Kalman velocity `prior_v`
+    (n, 3); its change since the row's last sample over the interval is the raw rate,
+    smoothed with time constant `turn_tau`. Below `turn_min_speed` the heading is not
+    measured and the rate decays to zero. A reset (or a row's first sample) starts every
+    filter over (the turn rate at zero). Raises nothing for finite input.
     """
-    old = state.turn[rows].T  # (2, n)
-    prev_t = state.prev[rows, 0]
-    dt = np.nan_to_num(t - prev_t, nan=1.0)
-    dt = np.maximum(dt, 1e-3)
-    speed = np.hypot(prior_v[:, 0], prior_v[:, 1])
-    theta = np.arctan2(prior_v[:, 1], prior_v[:, 0])
-    moving = speed > cfg.turn_min_speed
-    fresh = reset | np.isnan(prev_t)
-    raw = np.where(moving & ~fresh, _wrap(theta - old[1]) / dt, 0.0)
-    keep = np.exp(-dt / cfg.turn_tau)
-    omega = np.where(fresh, 0.0, keep * old[0] + (1.0 - keep) * raw)
-    omega = np.clip(omega, -cfg.max_turn_rate, cfg.max_turn_rate)
-    state.turn[rows, 0] = omega
-    state.turn[rows, 1] = np.where(moving | fresh, theta, old[1])
-    kf_old = state.kf[rows].T  # (9, n), the fields of priors.kalman_step
-    kf_new = np.empty_like(kf_old)
-    pT = np.asarray(p, dtype=np.float64).T
-    priors.kalman_step(kf_old, kf_new, pT, dt, fresh, cfg.fast_q, cfg.fast_r, 10.0)
-    state.kf[rows] = kf_new.T
-    imm_offsets = []
-    for j, (q_cv, q_ct, q_w, r) in enumerate((cfg.imm_smooth_q, cfg.imm_fast_q)):
-        imm_old = state.imm[rows, j].T  # (67, n)
-        imm_new = np.empty_like(imm_old)
-        priors.imm_step(
-            imm_old, imm_new, pT, dt, fresh, q_cv=q_cv, q_ct=q_ct, q_w=q_w, r=r,
-            switch_rate=priors.SWITCH_RATE, init_vel_std=10.0, init_omega_std=1.0,
-        )  # fmt: skip
-        state.imm[rows, j] = imm_new.T
-        imm_offsets.append(priors.imm_offsets(imm_new, horizons, pT))
-    return omega, (kf_new[0:3] - pT).T, kf_new[3:6].T, *imm_offsets
+    h = _f64(horizons)
+    n = len(rows)
+    omega, fast_dp, fast_v = np.empty(n), np.empty((n, 3)), np.empty((n, 3))
+    imm_off = np.empty((2, n, len(h), 3))
+    K.filters(
+        state.prev, state.turn, state.kf, state.imm, np.asarray(rows, dtype=np.int64),
+        _f64(t), _f64(p, (n, 3)), _f64(prior_v, (n, 3)), np.asarray(reset, dtype=np.bool_),
+        h, _filter_params(cfg), omega, fast_dp, fast_v, imm_off,
+    )  # fmt: skip
+    return omega, fast_dp, fast_v, imm_off[0], imm_off[1]
+
+
+def expert_offsets(
+    net: np.ndarray,
+    v: np.ndarray,
+    prior_dp: np.ndarray,
+    prior_v: np.ndarray,
+    filters: tuple[np.ndarray, ...],
+    horizons: np.ndarray,
+) -> np.ndarray:
+    """Every expert's offsets (n, H, E, 3) float32, experts in `EXPERTS` order.
+
+    `net` (n, H, 3) the network's offsets; `v` (n, 3) the last interval's velocity (zero at
+    a reset); `prior_dp`, `prior_v` (n, 3) the Kalman prior (`server.features.StepOutput`);
+    `filters` what `update_filters` returned: the turn rate (n,), the responsive Kalman
+    filter's position minus the sample and velocity (n, 3) each, the IMM's offsets (n, H, 3).
+    The turning expert moves from the Kalman position with its velocity turned at the turn
+    rate w: offset ``dp + h (S v + C v_perp)`` with S = sin(wh)/(wh), C = (1 - cos wh)/(wh)
+    (`server.priors.arc_terms`), z at constant velocity.
+    """
+    omega, fast_dp, fast_v, imm_smooth, imm_fast = filters
+    h = _f64(horizons)
+    n, H = len(net), len(h)
+    out = np.empty((n, H, len(EXPERTS), 3), dtype=np.float32)
+    K.experts(
+        _f64(net, (n, H, 3)), _f64(v, (n, 3)), _f64(prior_dp, (n, 3)), _f64(prior_v, (n, 3)),
+        _f64(omega), _f64(fast_dp, (n, 3)), _f64(fast_v, (n, 3)),
+        np.stack([_f64(imm_smooth, (n, H, 3)), _f64(imm_fast, (n, H, 3))]), h, out,
+    )  # fmt: skip
+    return out
 
 
 def step(
@@ -305,78 +268,24 @@ def step(
 
     `rows` (n,) distinct, `t` (n,) the new samples' times (after each row's previous one),
     `p` (n, 3) their positions, `reset` (n,) bool segment starts, `experts` (n, H, E, 3)
-    every expert's offsets from `p` (`expert_offsets`). Call `update_filters` first (it reads
-    the previous sample time this updates). Returns the served offsets (n, H, 3) float64
-    and the weights used (n, E, H). Updates `state` in place. Raises nothing for finite
-    input.
+    every expert's offsets from `p` (`expert_offsets`; kept as float32). Call
+    `update_filters` first (it reads the previous sample time this updates). Returns the
+    served offsets (n, H, 3) float64 and the weights used (n, E, H). Updates `state` in
+    place. Raises nothing for finite input.
     """
-    h = np.asarray(horizons, dtype=np.float64)
-    p = np.asarray(p, dtype=np.float64)
-    n, H = len(rows), len(h)
-    loss = state.loss[rows]  # (n, H, E): one contiguous gather per field
-    fl_t = state.fl_t[rows]  # (n, F)
-    prev = state.prev[rows]  # (n, 4)
-    with np.errstate(invalid="ignore"):  # NaN: a free lane -> not due
-        due = fl_t + h[state.hk] <= t[:, None] + 1e-9  # (n, F)
-    due &= ~reset[:, None]
-    F = state.F
-    fl_anchor = state.fl_anchor.reshape(-1, 3)  # flat views: (slot * F + flight, ...)
-    fl_off = state.fl_off.reshape(-1, state.E, 3)
-    r, f = np.nonzero(due)
-    if len(r):
-        k = state.hk[f]
-        at = rows[r] * F + f
-        span = t[r] - prev[r, 0]
-        a = np.clip((fl_t[r, f] + h[k] - prev[r, 0]) / np.where(span > 0, span, 1.0), 0.0, 1.0)
-        # the truth at t_a + h_k (between the previous sample and this one), from the anchor
-        pr = prev[r, 1:]
-        truth = pr + a[:, None] * (p[r] - pr) - np.take(fl_anchor, at, axis=0)
-        d = np.take(fl_off, at, axis=0) - truth[:, None, :]  # (m, E, 3)
-        err2 = d[..., 0] ** 2 + d[..., 1] ** 2 + d[..., 2] ** 2  # (m, E)
-        on = np.asarray(cfg.prior) > 0  # the experts taking part
-        rel = err2 / (err2[:, on].mean(axis=1, keepdims=True) + _EPS2)
-        # this sample's relative loss per (row, horizon): the mean over its due flights
-        cell = r * H + k
-        count = np.bincount(cell, minlength=n * H).reshape(n, H)
-        total = np.stack(
-            [np.bincount(cell, weights=rel[:, e], minlength=n * H) for e in range(rel.shape[1])],
-            axis=1,
-        )  # (n * H, E): bincount per expert, far faster than np.add.at
-        scored = count > 0
-        mean_rel = total.reshape(n, H, -1) / np.maximum(count, 1)[..., None]
-        dt = np.nan_to_num(t - prev[:, 0], nan=0.0)
-        alpha = np.where(scored, (1.0 - np.exp(-dt / cfg.memory))[:, None], 0.0)  # (n, H)
-        loss += alpha[..., None] * (mean_rel - loss)
-        state.loss[rows] = loss
-        fl_t[r, f] = np.nan  # scored: the lane is free again
-    w = _weights(loss, cfg)  # (n, H, E)
-    off = w[:, :, 0, None] * experts[:, :, 0]  # a fixed order of sums: bit-for-bit anywhere
-    for e in range(1, w.shape[2]):
-        off += w[:, :, e, None] * experts[:, :, e]
-    # Put this sample's predictions in flight: per horizon in its first free lane (a
-    # reset drops every flight first).
-    fl_t[reset] = np.nan
-    ar, af, ak = [], [], []
-    free = np.isnan(fl_t)
-    for kk in range(H):
-        a0, lanes = state.lane_start[kk], state.lanes[kk]
-        block = free[:, a0 : a0 + lanes]
-        lane = block.argmax(axis=1)
-        ok = block[np.arange(n), lane]
-        ar.append(np.flatnonzero(ok))
-        af.append(a0 + lane[ok])
-        ak.append(np.full(int(ok.sum()), kk))
-    r, f, k = np.concatenate(ar), np.concatenate(af), np.concatenate(ak)
-    fl_t[r, f] = t[r]
-    state.fl_t[rows] = fl_t
-    if len(r):  # (none when every lane is busy: samples faster than lane_dt)
-        at = rows[r] * F + f
-        fl_anchor[at] = p[r]
-        new = np.take(experts.reshape(n * H, state.E, 3), r * H + k, axis=0).astype(np.float32)
-        _rows_of(fl_off)[at] = _rows_of(new)  # a row copy per flight (fancy assignment: slower)
-    state.prev[rows, 0] = t
-    state.prev[rows, 1:] = p
-    return off, w.transpose(0, 2, 1)
+    h = _f64(horizons)
+    n, H, E = len(rows), len(h), state.E
+    off = np.empty((n, H, 3))
+    w = np.empty((n, E, H))
+    K.step(
+        state.loss, state.fl_t, state.fl_anchor, state.fl_off, state.prev, state.hk,
+        state.lane_start, state.lanes, np.asarray(rows, dtype=np.int64), _f64(t),
+        _f64(p, (n, 3)), np.asarray(reset, dtype=np.bool_),
+        np.ascontiguousarray(experts, dtype=np.float32).reshape(n, H, E, 3), h,
+        _log_prior(cfg), np.asarray(cfg.prior) > 0, float(cfg.eta), float(cfg.memory),
+        _EPS2, off, w,
+    )  # fmt: skip
+    return off, w
 
 
 def replay(
