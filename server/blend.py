@@ -186,6 +186,11 @@ def _filter_params(cfg: BlendConfig) -> np.ndarray:
     )
 
 
+def _uniform(h: np.ndarray) -> bool:
+    """Horizons at 1, 2, ... times the first (`blend_kernels.arcs` then rotates)."""
+    return bool(np.allclose(h, h[0] * np.arange(1, len(h) + 1), rtol=0.0, atol=1e-12))
+
+
 def _f64(a, shape=None) -> np.ndarray:
     a = np.ascontiguousarray(a, dtype=np.float64)
     return a if shape is None else a.reshape(shape)
@@ -219,7 +224,7 @@ def update_filters(
     K.filters(
         state.prev, state.turn, state.kf, state.imm, np.asarray(rows, dtype=np.int64),
         _f64(t), _f64(p, (n, 3)), _f64(prior_v, (n, 3)), np.asarray(reset, dtype=np.bool_),
-        h, _filter_params(cfg), omega, fast_dp, fast_v, imm_off,
+        h, _uniform(h), _filter_params(cfg), omega, fast_dp, fast_v, imm_off,
     )  # fmt: skip
     return omega, fast_dp, fast_v, imm_off[0], imm_off[1]
 
@@ -249,7 +254,7 @@ def expert_offsets(
     K.experts(
         _f64(net, (n, H, 3)), _f64(v, (n, 3)), _f64(prior_dp, (n, 3)), _f64(prior_v, (n, 3)),
         _f64(omega), _f64(fast_dp, (n, 3)), _f64(fast_v, (n, 3)),
-        np.stack([_f64(imm_smooth, (n, H, 3)), _f64(imm_fast, (n, H, 3))]), h, out,
+        np.stack([_f64(imm_smooth, (n, H, 3)), _f64(imm_fast, (n, H, 3))]), h, _uniform(h), out,
     )  # fmt: skip
     return out
 

@@ -39,6 +39,27 @@ def _turn_terms(a):
 
 
 @njit(cache=True)
+def arcs(w, h, uniform, S, C):
+    """`_turn_terms`' S and C at a = w * h[k] for every horizon, into S, C (H,). With
+    `uniform` (h[k] = (k + 1) * h[0]) sin and cos come from one rotation repeated (two
+    transcendental calls, not 2 H; the closed forms are used only where |a| >=
+    TURN_SERIES, so the error stays ~1e-13 relative)."""
+    if uniform:
+        c1, s1 = math.cos(w * h[0]), math.sin(w * h[0])
+        ck, sk = 1.0, 0.0
+        for k in range(len(h)):
+            ck, sk = ck * c1 - sk * s1, sk * c1 + ck * s1
+            a = w * h[k]
+            if abs(a) < TURN_SERIES:
+                S[k], C[k], _, _ = _turn_terms(a)
+            else:
+                S[k], C[k] = sk / a, (1.0 - ck) / a
+    else:
+        for k in range(len(h)):
+            S[k], C[k], _, _ = _turn_terms(w * h[k])
+
+
+@njit(cache=True)
 def kalman_row(old, new, z, dt, reset, q, r, init_vel_std):
     """`priors.kalman_step` for one row: `old`, `new` (9,), `z` (3,)."""
     if reset:
@@ -201,15 +222,16 @@ def imm_row(old, new, z, dt, reset, q_cv, q_ct, q_w, r, switch_rate, init_vel_st
 
 
 @njit(cache=True)
-def imm_offsets_row(s, h, anchor, out):
-    """`priors.imm_offsets` for one row: state `s` (IMM_WIDTH,), horizons `h` (H,), the
-    anchor (3,); writes out (H, 3)."""
+def imm_offsets_row(s, h, uniform, anchor, out, S, C):
+    """`priors.imm_offsets` for one row: state `s` (IMM_WIDTH,), horizons `h` (H,) (see
+    `arcs` for `uniform`), the anchor (3,); writes out (H, 3). S, C: (H,) scratch."""
     mu_cv, mu_ct = s[IMM_MU], s[IMM_MU + 1]
+    arcs(s[IMM_CT + 4], h, uniform, S, C)
     for k in range(len(h)):
         hk = h[k]
         px = mu_cv * (s[IMM_CV] + s[IMM_CV + 2] * hk)
         py = mu_cv * (s[IMM_CV + 1] + s[IMM_CV + 3] * hk)
-        a, c, _, _ = _turn_terms(s[IMM_CT + 4] * hk)
+        a, c = S[k], C[k]
         vx, vy = s[IMM_CT + 2], s[IMM_CT + 3]
         px = px + mu_ct * (s[IMM_CT] + hk * (a * vx - c * vy))
         py = py + mu_ct * (s[IMM_CT + 1] + hk * (c * vx + a * vy))
@@ -227,7 +249,22 @@ _wrap_jit = njit(cache=True, inline="always")(_wrap)
 
 @njit(cache=True)
 def filters(
-    prev, turn, kf, imm, rows, t, p, prior_v, reset, h, par, omega, fast_dp, fast_v, imm_off
+    prev,
+    turn,
+    kf,
+    imm,
+    rows,
+    t,
+    p,
+    prior_v,
+    reset,
+    h,
+    uniform,
+    par,
+    omega,
+    fast_dp,
+    fast_v,
+    imm_off,
 ):
     """`server.blend.update_filters` for `rows`: the state arrays (BlendState's `prev`,
     `turn`, `kf`, `imm`) in place; `par` the parameters (see `blend._filter_params`);
@@ -237,6 +274,7 @@ def filters(
     scratch = np.empty((4, 5, 5))
     kf_new = np.empty(9)
     old = np.empty(imm.shape[2])
+    S, C = np.empty(len(h)), np.empty(len(h))
     for i in range(len(rows)):
         s = rows[i]
         prev_t = prev[s, 0]
@@ -266,16 +304,18 @@ def filters(
             for d in range(len(old)):
                 old[d] = imm[s, j, d]
             imm_row(old, imm[s, j], z, dt, fresh, par[o], par[o + 1], par[o + 2], par[o + 3], switch_rate, 10.0, scratch)  # fmt: skip
-            imm_offsets_row(imm[s, j], h, z, imm_off[j, i])
+            imm_offsets_row(imm[s, j], h, uniform, z, imm_off[j, i], S, C)
 
 
 @njit(cache=True)
-def experts(net, v, prior_dp, prior_v, omega, fast_dp, fast_v, imm_off, h, out):
+def experts(net, v, prior_dp, prior_v, omega, fast_dp, fast_v, imm_off, h, uniform, out):
     """`server.blend.expert_offsets`: writes out (n, H, E, 3) float32."""
+    Sa, Ca = np.empty(len(h)), np.empty(len(h))
     for i in range(len(net)):
+        arcs(omega[i], h, uniform, Sa, Ca)
         for k in range(len(h)):
             hk = h[k]
-            a, c, _, _ = _turn_terms(omega[i] * hk)
+            a, c = Sa[k], Ca[k]
             S, C = a * hk, c * hk
             for d in range(3):
                 out[i, k, 0, d] = net[i, k, d]
@@ -321,6 +361,7 @@ def step(
     count = np.empty(H)
     total = np.empty((H, E))
     err2 = np.empty(E)
+    truth = np.empty(3)
     w = np.empty((H, E))
     for i in range(len(rows)):
         s = rows[i]
@@ -341,14 +382,16 @@ def step(
                     continue
                 a = (ta + h[k] - prev_t) / (span if span > 0 else 1.0)
                 a = min(max(a, 0.0), 1.0)
+                for d in range(3):  # the truth at t_a + h_k, from the anchor
+                    pr = prev[s, 1 + d]
+                    truth[d] = pr + a * (p[i, d] - pr) - fl_anchor[s, f, d]
+                fo = fl_off[s, f]
                 mean = 0.0
                 for e in range(E):
-                    acc = 0.0
-                    for d in range(3):
-                        pr = prev[s, 1 + d]
-                        truth = pr + a * (p[i, d] - pr) - fl_anchor[s, f, d]
-                        dd = fl_off[s, f, e, d] - truth
-                        acc += dd * dd
+                    d0 = fo[e, 0] - truth[0]
+                    d1 = fo[e, 1] - truth[1]
+                    d2 = fo[e, 2] - truth[2]
+                    acc = d0 * d0 + d1 * d1 + d2 * d2
                     err2[e] = acc
                     if on[e]:
                         mean += acc
@@ -365,10 +408,11 @@ def step(
                     loss[s, k, e] += alpha * (total[k, e] / count[k] - loss[s, k, e])
         weights_row(loss[s], log_prior, eta, w)
         for k in range(H):
+            exk = ex[i, k]
             for d in range(3):
-                acc = w[k, 0] * np.float64(ex[i, k, 0, d])
+                acc = w[k, 0] * np.float64(exk[0, d])
                 for e in range(1, E):
-                    acc += w[k, e] * np.float64(ex[i, k, e, d])
+                    acc += w[k, e] * np.float64(exk[e, d])
                 off[i, k, d] = acc
             for e in range(E):
                 w_out[i, e, k] = w[k, e]

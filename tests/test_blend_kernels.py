@@ -46,6 +46,7 @@ def test_the_imm_row_is_the_vectorised_imm_and_its_offsets(rng):
     dt, z, reset = walk(rng, steps, n)
     h = np.array([0.1, 0.3, 0.6, 1.0])
     scratch = np.empty((4, 5, 5))
+    S, C = np.empty(len(h)), np.empty(len(h))
     for q_cv, q_ct, q_w, r in ((0.01, 0.1, 30.0, 0.001), (15.8, 15.8, 30.0, 0.031)):
         kw = dict(q_cv=q_cv, q_ct=q_ct, q_w=q_w, r=r, switch_rate=priors.SWITCH_RATE)
         ref = np.zeros((priors.IMM_WIDTH, n))
@@ -62,7 +63,7 @@ def test_the_imm_row_is_the_vectorised_imm_and_its_offsets(rng):
                 old = rows[i].copy()
                 K.imm_row(old, rows[i], z[k, i], dt[k, i], reset[k, i], q_cv, q_ct, q_w, r,
                           priors.SWITCH_RATE, 10.0, scratch)  # fmt: skip
-                K.imm_offsets_row(rows[i], h, z[k, i], out)
+                K.imm_offsets_row(rows[i], h, False, z[k, i], out, S, C)
                 np.testing.assert_allclose(out, want[i], rtol=1e-5, atol=1e-7)
             np.testing.assert_allclose(rows, ref.T, rtol=1e-5, atol=1e-7)
         assert (abs(ref[priors.IMM_MU + 1] - 0.5) > 0.1).any()  # the modes were weighed
