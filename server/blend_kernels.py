@@ -21,9 +21,13 @@ from numba import njit
 from server.priors import IMM_CT, IMM_CV, IMM_MU, IMM_MU_MIN, IMM_Z, TURN_SERIES
 
 _LOG_2PI = math.log(2.0 * math.pi)
+# cached on disk; numpy's error model: a division by zero gives inf/NaN as in numpy (no
+# per-division check; every division here has a nonzero divisor by construction)
+_jit = njit(cache=True, error_model="numpy")
+_jit_inline = njit(cache=True, error_model="numpy", inline="always")
 
 
-@njit(cache=True, inline="always")
+@_jit_inline
 def _turn_terms(a):
     """S = sin(a)/a, C = (1 - cos a)/a and their derivatives (`priors.turn_terms`)."""
     if abs(a) < TURN_SERIES:
@@ -38,7 +42,7 @@ def _turn_terms(a):
     return sb / a, h2 / a, (a * cb - sb) / (a * a), (a * sb - h2) / (a * a)
 
 
-@njit(cache=True)
+@_jit
 def arcs(w, h, uniform, S, C):
     """`_turn_terms`' S and C at a = w * h[k] for every horizon, into S, C (H,). With
     `uniform` (h[k] = (k + 1) * h[0]) sin and cos come from one rotation repeated (two
@@ -59,7 +63,7 @@ def arcs(w, h, uniform, S, C):
             S[k], C[k], _, _ = _turn_terms(w * h[k])
 
 
-@njit(cache=True)
+@_jit
 def kalman_row(old, new, z, dt, reset, q, r, init_vel_std):
     """`priors.kalman_step` for one row: `old`, `new` (9,), `z` (3,)."""
     if reset:
@@ -86,7 +90,7 @@ def kalman_row(old, new, z, dt, reset, q, r, init_vel_std):
     new[8] = a11 - k1 * a01
 
 
-@njit(cache=True)
+@_jit
 def _imm_reset_row(s, z, r, init_vel_std, init_omega_std):
     s[:] = 0.0
     r2, v2 = r * r, init_vel_std * init_vel_std
@@ -102,7 +106,7 @@ def _imm_reset_row(s, z, r, init_vel_std, init_omega_std):
     s[IMM_Z + 4] = v2
 
 
-@njit(cache=True)
+@_jit
 def _imm_model(old, new, base, w, dt, turn, q, qw, r2, z, F, P0, FP, v5):
     """Mix (CV weight `w`), predict and update one IMM model into new[base : base + 30].
     Returns the log-likelihood of the innovation. F, P0, FP: (5, 5) scratch, v5 (5, 5)."""
@@ -183,7 +187,7 @@ def _imm_model(old, new, base, w, dt, turn, q, qw, r2, z, F, P0, FP, v5):
     return -0.5 * (maha + math.log(det)) - _LOG_2PI
 
 
-@njit(cache=True)
+@_jit
 def imm_row(old, new, z, dt, reset, q_cv, q_ct, q_w, r, switch_rate, init_vel_std, scratch):
     """`priors.imm_step` for one row: `old`, `new` (IMM_WIDTH,), `z` (3,); `scratch` (4, 5,
     5). A reset row starts over (`priors.imm_reset`, turn-rate std 1 rad/s)."""
@@ -221,7 +225,7 @@ def imm_row(old, new, z, dt, reset, q_cv, q_ct, q_w, r, switch_rate, init_vel_st
     new[IMM_Z + 4] = a11 - k1 * a01
 
 
-@njit(cache=True)
+@_jit
 def imm_offsets_row(s, h, uniform, anchor, out, S, C):
     """`priors.imm_offsets` for one row: state `s` (IMM_WIDTH,), horizons `h` (H,) (see
     `arcs` for `uniform`), the anchor (3,); writes out (H, 3). S, C: (H,) scratch."""
@@ -244,10 +248,10 @@ def _wrap(a):
     return (a + math.pi) % (2.0 * math.pi) - math.pi
 
 
-_wrap_jit = njit(cache=True, inline="always")(_wrap)
+_wrap_jit = _jit_inline(_wrap)
 
 
-@njit(cache=True)
+@_jit
 def filters(
     prev,
     turn,
@@ -307,7 +311,7 @@ def filters(
             imm_offsets_row(imm[s, j], h, uniform, z, imm_off[j, i], S, C)
 
 
-@njit(cache=True)
+@_jit
 def experts(net, v, prior_dp, prior_v, omega, fast_dp, fast_v, imm_off, h, uniform, out):
     """`server.blend.expert_offsets`: writes out (n, H, E, 3) float32."""
     Sa, Ca = np.empty(len(h)), np.empty(len(h))
@@ -330,7 +334,7 @@ def experts(net, v, prior_dp, prior_v, omega, fast_dp, fast_v, imm_off, h, unifo
             out[i, k, 4, 2] = prior_dp[i, 2] + prior_v[i, 2] * hk
 
 
-@njit(cache=True)
+@_jit
 def weights_row(loss, log_prior, eta, out):
     """Exponential weights (H, E) of one row's losses (H, E) into out (H, E)."""
     H, E = loss.shape
@@ -347,7 +351,7 @@ def weights_row(loss, log_prior, eta, out):
             out[k, e] /= total
 
 
-@njit(cache=True)
+@_jit
 def step(
     loss, fl_t, fl_anchor, fl_off, prev, hk, lane_start, lanes, rows, t, p, reset, ex, h,
     log_prior, on, eta, memory, eps2, off, w_out,
