@@ -92,6 +92,12 @@ class SimConfig:
     snap_turn: float = 45.0  # snap-turn angle, degrees
     look_yaw_std: float = 0.8  # std of the mouse / right-stick camera yaw rate, rad/s
     look_yaw_time: float = 1.0  # correlation time of that yaw rate (Ornstein-Uhlenbeck), s
+    # mouse flicks (an FPS player's quick look-around: the camera, and so the keys' direction,
+    # swings by an angle in a fraction of a second and then holds): per keyboard segment a
+    # Poisson rate drawn from `flick_rate`, each flick `flick_angle` rad over `flick_time` s
+    flick_rate: tuple[float, float] = (0.0, 0.8)  # flicks per second while on the keys
+    flick_angle: tuple[float, float] = (0.3, 2.4)  # rad (17°–137°), either way
+    flick_time: tuple[float, float] = (0.06, 0.25)  # s
     max_turn_rate: float = 6.0  # heading-rate cap when nearly still, rad/s
     max_lateral_accel: float = 3.5  # caps the turn rate at speed v to this / v, m/s^2
     wander_std: float = 0.15  # std of a slow random heading offset while steering, rad
@@ -145,6 +151,8 @@ class SimConfig:
             raise ValueError("need wander_std >= 0 and wander_time > 0")
         if self.look_yaw_std < 0 or self.look_yaw_time <= 0:
             raise ValueError("need look_yaw_std >= 0 and look_yaw_time > 0")
+        if not 0 <= self.flick_rate[0] <= self.flick_rate[1]:
+            raise ValueError(f"flick_rate must satisfy 0 <= low <= high; got {self.flick_rate}")
         for name in ("stick_prob", "stick_full_prob", "snap_turn_prob", "key_stop_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1]; got {getattr(self, name)}")
@@ -162,6 +170,8 @@ class SimConfig:
             "stick_magnitude",
             "arrive_decel",
             "key_hold",
+            "flick_angle",
+            "flick_time",
         ):
             a, b = getattr(self, name)
             if not 0 < a <= b:
@@ -259,6 +269,11 @@ class _World:
         self.cam = self.heading.copy()
         self.look = np.zeros(n)  # camera yaw rate (mouse / right stick), rad/s
         self.look_amt = np.zeros(n)  # per-segment share of that yaw rate applied
+        # flicks draw from their own stream, so a config without them leaves the rest alone
+        self.flick_rng = rng.spawn(1)[0]
+        self.flick_rate = np.zeros(n)  # this keyboard segment's flicks per second
+        self.flick_w = np.zeros(n)  # yaw rate of the flick under way, rad/s
+        self.flick_left = np.zeros(n)  # its time left, s
         self.l_decay = math.exp(-self.dt / cfg.look_yaw_time)
         self.l_kick = cfg.look_yaw_std * math.sqrt(1.0 - self.l_decay**2)
         self.wander = rng.normal(0.0, cfg.wander_std, n)
@@ -341,6 +356,7 @@ class _World:
         if b != FOLLOW:
             self.leader[i] = i
         self.look_amt[i] = 0.0
+        self.flick_rate[i] = self.flick_left[i] = 0.0
         self.sway_c1[i] = self.sway_c2[i] = 0.0
         self.req[i] = self.speed[i]
         if b in (POI, RUN):
@@ -366,6 +382,7 @@ class _World:
             self.seg_end[i] = t + rng.uniform(*cfg.keyboard_duration)
             self.stick[i] = rng.random() < cfg.stick_prob
             self.look_amt[i] = rng.random()  # how much this user turns the camera
+            self.flick_rate[i] = self.flick_rng.uniform(*cfg.flick_rate)
             self.cam[i] = self.heading[i] + rng.normal(0.0, 0.3)
             self.key_off[i] = self.heading[i] - self.cam[i]
             self._set_key(i, t)
@@ -460,6 +477,21 @@ class _World:
 
     # ---- dynamics (vectorised over avatars) ----
 
+    def _flick(self, dt: float) -> None:
+        """Mouse flicks: start some (rate 0 off keyboard), turn the camera of those under way."""
+        cfg, frng = self.cfg, self.flick_rng
+        start = (self.flick_left <= 0.0) & (frng.random(self.n) < self.flick_rate * dt)
+        k = int(start.sum())
+        if k:
+            dur = frng.uniform(*cfg.flick_time, k)
+            ang = frng.uniform(*cfg.flick_angle, k) * frng.choice([-1.0, 1.0], k)
+            self.flick_w[start] = ang / dur
+            self.flick_left[start] = dur
+        on = self.flick_left > 0.0
+        if on.any():
+            self.cam = self.cam + np.where(on, self.flick_w * np.minimum(dt, self.flick_left), 0.0)
+            self.flick_left = np.maximum(self.flick_left - dt, 0.0)
+
     def step(self, t: float) -> None:
         dt, cfg, b = self.dt, self.cfg, self.beh
         steer = _STEER[b]
@@ -486,6 +518,7 @@ class _World:
         # keyboard / stick: camera-relative input, the camera yawed by mouse / right stick
         self.look = self.look * self.l_decay + self.l_kick * self.rng.standard_normal(self.n)
         self.cam = self.cam + self.look * self.look_amt * dt  # look_amt is 0 off keyboard
+        self._flick(dt)
         in_dir = np.exp(1j * np.where(steer, h_s, self.cam + self.key_off))
         mag = np.where(steer, 1.0, self.in_mag)
         cap = np.where(steer, self.req, self.top * self.in_mag)
