@@ -16,7 +16,12 @@ due. The server sees that for every avatar, so each tick, per avatar (row) and h
    the sample's mean relative loss per horizon is folded into a decaying average
    ``L[e, k]`` with time constant `memory` seconds (weight ``1 - exp(-dt / memory)`` for
    a sample ``dt`` after the previous one). A reset (gap, teleport) drops the flights but
-   keeps ``L``: the avatar is the same person; a new avatar (join) starts from ``L = 0``.
+   keeps ``L``: the avatar is the same person. A new avatar (join) starts from its
+   **room's** ``L``: per room, each scored avatar-sample moves the room's estimate
+   `room_rate` of the way to its relative losses, so a newcomer is weighed like the
+   people around it until its own predictions come due (a new room starts at ``L = 0``,
+   the prior weights). The room learns from a tick's scores after the tick is served,
+   so the order of the avatars within a tick does not matter.
 2. **Weigh**: ``w[e, k] = prior[e] * exp(-eta * L[e, k])``, normalised over e
    (exponentially weighted average forecaster / Hedge).
 3. **Serve** ``sum_e w[e, k] * offset_e[k]``.
@@ -30,6 +35,9 @@ losses bounded in [0, E], the weighted mean's cumulative (here: discounted, over
 (Cesa-Bianchi & Lugosi, *Prediction, Learning, and Games*, Thm 2.2 with discounting). The
 term does not grow with time, so over any stretch the blend is, per avatar and horizon,
 within a bounded term of whichever expert was best for that avatar over that stretch.
+The room's start changes only where that stretch begins (a start ``L_0`` is a prior of
+``prior[e] * exp(-eta * L_0[e])``; the bound's ``ln(1 / prior_min)`` grows by at most
+``eta * max(L_0)``, which `memory` forgets like any other past loss).
 
 **Experts** (`EXPERTS`), all as offsets from the sample: the network (its own path, which
 is a gated residual over the Kalman prior), the Kalman prior alone (the model's filter, a
@@ -77,6 +85,9 @@ class BlendConfig:
     turn_tau: float = 0.25  # s, smoothing of the turning expert's turn rate
     turn_min_speed: float = 0.3  # m/s; slower, the turn rate decays to zero
     max_turn_rate: float = 4.0  # rad/s
+    # the room's prior: each scored avatar-sample moves its room's loss estimate this share of
+    # the way; an avatar's first sample starts from its room's estimate (0: from the prior)
+    room_rate: float = 0.01
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prior", tuple(float(w) for w in self.prior))
@@ -91,8 +102,12 @@ class BlendConfig:
             or self.turn_tau <= 0
             or self.lane_dt <= 0
             or self.max_lanes < 1
+            or not 0 <= self.room_rate <= 1
         ):
-            raise ValueError("need eta >= 0, memory, turn_tau, lane_dt > 0 and max_lanes >= 1")
+            raise ValueError(
+                "need eta >= 0, memory, turn_tau, lane_dt > 0, max_lanes >= 1 and "
+                "0 <= room_rate <= 1"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,7 +129,9 @@ class BlendState:
     experts' predicted offsets from it, `prev` (n, 4) the previous sample (t, x, y, z; t
     NaN: none), `turn` (n, 2) the turn rate and the heading it was last measured at, `kf`
     (n, 9) the responsive Kalman filter (`server.priors.kalman_step`'s fields), `imm` (n, 2,
-    67) the two IMM filters (`server.priors.imm_step`'s).
+    67) the two IMM filters (`server.priors.imm_step`'s). Per room (indexed by a room id
+    below n, not by row): `room` (n, H, E) the room's loss estimate, where its avatars' first
+    samples start.
     """
 
     FIELDS = ("loss", "fl_t", "fl_anchor", "fl_off", "prev", "turn", "kf", "imm")
@@ -137,17 +154,23 @@ class BlendState:
         self.turn = np.zeros((n, 2))
         self.kf = np.zeros((n, 9))
         self.imm = np.zeros((n, 2, priors.IMM_WIDTH))
+        self.room = np.zeros((n, H, E))
         self.clear(slice(None))
 
     def __len__(self) -> int:
         return len(self.loss)
 
     def clear(self, rows: np.ndarray | slice | int) -> None:
-        """Forget rows (a new avatar): prior weights, nothing in flight."""
+        """Forget rows (a new avatar): nothing in flight; its first sample starts from its
+        room's losses."""
         for name in self.FIELDS:
             getattr(self, name)[rows] = 0.0
         self.fl_t[rows] = np.nan
         self.prev[rows, 0] = np.nan
+
+    def clear_rooms(self, ids: np.ndarray | slice | int) -> None:
+        """Forget rooms (a new room; every room at a model swap): the prior weights."""
+        self.room[ids] = 0.0
 
     def grow(self, n: int) -> None:
         """Extend to `n` rows; new rows are clear."""
@@ -155,7 +178,7 @@ class BlendState:
         if n <= old:
             return
         new = BlendState(n - old, self.horizons, self.lane_dt, self.max_lanes)
-        for name in self.FIELDS:
+        for name in (*self.FIELDS, "room"):
             setattr(self, name, np.concatenate([getattr(self, name), getattr(new, name)]))
 
     def weights(self, rows: np.ndarray, cfg: BlendConfig) -> np.ndarray:
@@ -268,27 +291,32 @@ def step(
     experts: np.ndarray,
     horizons: np.ndarray,
     cfg: BlendConfig,
+    room: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Score the due predictions of `rows` on their new sample, then blend the experts.
 
     `rows` (n,) distinct, `t` (n,) the new samples' times (after each row's previous one),
     `p` (n, 3) their positions, `reset` (n,) bool segment starts, `experts` (n, H, E, 3)
-    every expert's offsets from `p` (`expert_offsets`; kept as float32). Call
-    `update_filters` first (it reads the previous sample time this updates). Returns the
-    served offsets (n, H, 3) float64 and the weights used (n, E, H). Updates `state` in
-    place. Raises nothing for finite input.
+    every expert's offsets from `p` (`expert_offsets`; kept as float32), `room` (n,) each
+    row's room id (< len(state); default 0). Call `update_filters` first (it reads the
+    previous sample time this updates). A row's first sample starts from its room's losses;
+    the rooms learn from this call's scores after every row is served (the order of the
+    rows does not matter). Returns the served offsets (n, H, 3) float64 and the weights
+    used (n, E, H). Updates `state` in place. Raises nothing for finite input.
     """
     h = _f64(horizons)
     n, H, E = len(rows), len(h), state.E
     off = np.empty((n, H, 3))
     w = np.empty((n, E, H))
+    room = np.zeros(n, dtype=np.int64) if room is None else np.asarray(room, dtype=np.int64)
+    ids, local = np.unique(room, return_inverse=True)
     K.step(
         state.loss, state.fl_t, state.fl_anchor, state.fl_off, state.prev, state.hk,
         state.lane_start, state.lanes, np.asarray(rows, dtype=np.int64), _f64(t),
         _f64(p, (n, 3)), np.asarray(reset, dtype=np.bool_),
         np.ascontiguousarray(experts, dtype=np.float32).reshape(n, H, E, 3), h,
         _log_prior(cfg), np.asarray(cfg.prior) > 0, float(cfg.eta), float(cfg.memory),
-        _EPS2, off, w,
+        _EPS2, state.room, room, ids, local.astype(np.int64), float(cfg.room_rate), off, w,
     )  # fmt: skip
     return off, w
 
@@ -304,7 +332,8 @@ def replay(
     horizons: np.ndarray,
     cfg: BlendConfig,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`step` over one recorded stream of N samples, exactly as the engine serves it.
+    """`step` over one recorded stream of N samples (an avatar alone in its room), exactly
+    as the engine serves it.
 
     Inputs are per sample (N, ...): times, positions, resets, the network's offsets
     (N, H, 3) and the feature pipeline's `v`, `prior_dp`, `prior_v` (N, 3). Returns the
@@ -313,8 +342,21 @@ def replay(
     return replay_many([(t, p, reset, net, v, prior_dp, prior_v)], horizons, cfg)[0]
 
 
-def replay_many(streams: list[tuple], horizons: np.ndarray, cfg: BlendConfig) -> list[tuple]:
-    """`replay` for many streams at once (one row each, stepped by sample index)."""
+def replay_many(
+    streams: list[tuple],
+    horizons: np.ndarray,
+    cfg: BlendConfig,
+    ticks: list[np.ndarray] | None = None,
+    room: np.ndarray | None = None,
+) -> list[tuple]:
+    """`replay` for many streams at once, tick by tick as the engine serves them.
+
+    `ticks[i]` (N_i,) strictly increasing: the tick that serves each sample of stream i
+    (default: its index); `room` (m,) each stream's room id (ids below m; default: each
+    stream alone in a room of its own). The rows of one tick are stepped together, as the
+    engine steps them; a room's prior is shared by its streams (here a room never empties
+    and comes back, so it is never cleared: give a new room a new id).
+    """
     m = len(streams)
     if m == 0:
         return []
@@ -333,14 +375,20 @@ def replay_many(streams: list[tuple], horizons: np.ndarray, cfg: BlendConfig) ->
     off_all = np.zeros((m, T, H, 3))
     w_all = np.zeros((m, T, E, H))
     state = BlendState(m, horizons, cfg.lane_dt, cfg.max_lanes)
-    order = np.argsort(-lengths, kind="stable")
-    for k in range(T):
-        rows = order[: int((lengths > k).sum())]
+    room = np.arange(m) if room is None else np.asarray(room, dtype=np.int64)
+    seq = np.repeat(np.arange(m), lengths)
+    idx = np.concatenate([np.arange(n) for n in lengths])
+    tk = idx if ticks is None else np.concatenate([np.asarray(k, np.int64) for k in ticks])
+    order = np.lexsort((seq, tk))
+    for chunk in np.split(order, np.flatnonzero(np.diff(tk[order])) + 1):
+        rows, k = seq[chunk], idx[chunk]
         filt = update_filters(
             state, rows, tt[rows, k], pp[rows, k], pv[rows, k], rs[rows, k], horizons, cfg
         )
         ex = expert_offsets(net[rows, k], v[rows, k], dp[rows, k], pv[rows, k], filt, horizons)
-        off, w = step(state, rows, tt[rows, k], pp[rows, k], rs[rows, k], ex, horizons, cfg)
+        off, w = step(
+            state, rows, tt[rows, k], pp[rows, k], rs[rows, k], ex, horizons, cfg, room[rows]
+        )
         off_all[rows, k] = off
         w_all[rows, k] = w
     return [(off_all[i, : lengths[i]], w_all[i, : lengths[i]]) for i in range(m)]

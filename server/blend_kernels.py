@@ -354,10 +354,12 @@ def weights_row(loss, log_prior, eta, out):
 @_jit
 def step(
     loss, fl_t, fl_anchor, fl_off, prev, hk, lane_start, lanes, rows, t, p, reset, ex, h,
-    log_prior, on, eta, memory, eps2, off, w_out,
+    log_prior, on, eta, memory, eps2, room_loss, room, ids, local, room_rate, off, w_out,
 ):  # fmt: skip
     """`server.blend.step` for `rows`: score the due flights, weigh, blend into off (n, H, 3)
-    and w_out (n, E, H), put this sample's predictions in flight, record the sample."""
+    and w_out (n, E, H), put this sample's predictions in flight, record the sample. A
+    row's first sample (no previous one) starts from `room_loss[room[i]]`; then the rooms
+    `ids` (local index `local[i]` of row i) learn this call's scores."""
     H, E = loss.shape[1], loss.shape[2]
     n_on = 0
     for e in range(E):
@@ -367,10 +369,16 @@ def step(
     err2 = np.empty(E)
     truth = np.empty(3)
     w = np.empty((H, E))
+    rsum = np.zeros((len(ids), H, E))
+    rcnt = np.zeros((len(ids), H))
     for i in range(len(rows)):
         s = rows[i]
         ti = t[i]
         prev_t = prev[s, 0]
+        if math.isnan(prev_t):  # a new avatar: what its room has learned so far
+            for k in range(H):
+                for e in range(E):
+                    loss[s, k, e] = room_loss[room[i], k, e]
         for k in range(H):
             count[k] = 0.0
             for e in range(E):
@@ -406,10 +414,14 @@ def step(
                 fl_t[s, f] = np.nan  # scored: the lane is free again
         dts = 0.0 if math.isnan(prev_t) else ti - prev_t
         alpha = 1.0 - math.exp(-dts / memory)
+        j = local[i]
         for k in range(H):
             if count[k] > 0:
+                rcnt[j, k] += 1.0
                 for e in range(E):
-                    loss[s, k, e] += alpha * (total[k, e] / count[k] - loss[s, k, e])
+                    mean_rel = total[k, e] / count[k]
+                    loss[s, k, e] += alpha * (mean_rel - loss[s, k, e])
+                    rsum[j, k, e] += mean_rel
         weights_row(loss[s], log_prior, eta, w)
         for k in range(H):
             exk = ex[i, k]
@@ -437,3 +449,10 @@ def step(
         prev[s, 0] = ti
         for d in range(3):
             prev[s, 1 + d] = p[i, d]
+    for j in range(len(ids)):
+        for k in range(H):
+            if rcnt[j, k] > 0:
+                a = 1.0 - (1.0 - room_rate) ** rcnt[j, k]
+                for e in range(E):
+                    rl = room_loss[ids[j], k, e]
+                    room_loss[ids[j], k, e] = rl + a * (rsum[j, k, e] / rcnt[j, k] - rl)

@@ -268,6 +268,7 @@ class TickEngine:
         self.model = model
         self.version = model.version if model is not None else "cv"
         self.bstate.clear(slice(None))  # what the old network earned is not the new one's
+        self.bstate.clear_rooms(slice(None))
         if model is not None:
             self.cfg = model.features
             self._set_scale()
@@ -321,6 +322,7 @@ class TickEngine:
             gid = self._free_groups.pop() if self._free_groups else len(self._group_ids)
             self._group_ids[group] = gid
             self._group_of_id[gid] = group
+            self.bstate.clear_rooms(gid)  # a new room: its blend prior starts over
         self._group_size[gid] = self._group_size.get(gid, 0) + 1
         self._group[slot] = gid
         if self.worker is not None:
@@ -540,6 +542,7 @@ class TickEngine:
         self._nonfinite = worker.nonfinite  # its count so far (it started from ours)
         self.fstate.clear(slice(None))  # every avatar's next sample starts a new segment
         self.bstate.clear(slice(None))
+        self.bstate.clear_rooms(slice(None))
         self.pool = HiddenStatePool(self.pool.layers, self.pool.hidden, self.capacity, self.device)
         worker.discard()
 
@@ -603,7 +606,9 @@ class TickEngine:
             self.bstate, slots, t, p, out.prior_v, out.reset, self.horizons, cfg
         )
         ex = BL.expert_offsets(net, out.v, out.prior_dp, out.prior_v, filt, self.horizons)
-        off, w = BL.step(self.bstate, slots, t, p, out.reset, ex, self.horizons, cfg)
+        off, w = BL.step(
+            self.bstate, slots, t, p, out.reset, ex, self.horizons, cfg, self._group[slots]
+        )
         self.last_weights[slots] = w.mean(axis=2)
         return off.astype(np.float32)
 

@@ -29,6 +29,7 @@ that row's hidden state (the reset flag is input feature `RESET`).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -402,6 +403,7 @@ class SequenceFeatures:
 
     x: list[np.ndarray]  # each (T_i, n_features) float32
     out: list[StepOutput]  # each with arrays of length T_i
+    tick: list[np.ndarray]  # each (T_i,) int64: the step (tick) that served each sample
 
 
 def _collect(m: int, lengths: np.ndarray, nf: int):
@@ -417,11 +419,11 @@ def _collect(m: int, lengths: np.ndarray, nf: int):
     }
 
 
-def _split(acc: dict, lengths: np.ndarray) -> SequenceFeatures:
+def _split(acc: dict, lengths: np.ndarray, tick: list[np.ndarray]) -> SequenceFeatures:
     outs = [
         StepOutput(**{k: a[i, : lengths[i]] for k, a in acc.items()}) for i in range(len(lengths))
     ]
-    return SequenceFeatures(x=[o.x for o in outs], out=outs)
+    return SequenceFeatures(x=[o.x for o in outs], out=outs, tick=tick)
 
 
 def sequence_features(
@@ -453,7 +455,7 @@ def sequence_features(
                 a[rows, k, :N_FEATURES] = o.x
             else:
                 a[rows, k] = getattr(o, name)
-    return _split(acc, lengths)
+    return _split(acc, lengths, [np.arange(n, dtype=np.int64) for n in lengths])
 
 
 def scene_features(
@@ -478,7 +480,7 @@ def scene_features(
     group = np.zeros(m, dtype=np.int64) if group is None else np.asarray(group, np.int64)
     acc = _collect(m, lengths, cfg.n_features)
     if m == 0:
-        return _split(acc, lengths)
+        return _split(acc, lengths, [])
     seq = np.concatenate([np.full(n, i, dtype=np.int64) for i, n in enumerate(lengths)])
     idx = np.concatenate([np.arange(n, dtype=np.int64) for n in lengths])
     tt = np.concatenate([np.asarray(t, np.float64) for t in times])
@@ -508,4 +510,4 @@ def scene_features(
         j = idx[chunk]
         for name, a in acc.items():
             a[rows, j] = getattr(o, name)
-    return _split(acc, lengths)
+    return _split(acc, lengths, [slot[a:b] for a, b in itertools.pairwise(starts)])

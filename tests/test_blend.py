@@ -210,3 +210,38 @@ def test_samples_faster_than_the_lanes_fill_them_and_step_on():
         off, w = BL.step(state, rows, t, p, np.array([k == 0, k == 0]), ex, H, cfg)
         assert np.isfinite(off).all() and np.allclose(w.sum(axis=1), 1.0)
     assert not np.isnan(state.fl_t[rows]).any()  # every lane in flight
+
+
+def test_a_newcomer_starts_from_its_rooms_weights_and_a_new_room_from_the_prior():
+    """Rows 0 and 1 in room 0 learn that expert 2 is right; a newcomer there (row 2) starts
+    trusting it, one in another room (row 3) starts from the prior weights; and the rows'
+    order within a tick does not change what the room learns."""
+    cfg = BlendConfig(memory=1.0, eta=8.0, prior=(1.0,) * len(EXPERTS), room_rate=0.02)
+    n, dt = 80, 0.05
+
+    def truth(tt):
+        return np.stack([1.2 * tt, np.sin(tt), 0 * tt], axis=-1)
+
+    def run(order):
+        state = BlendState(4, H)
+        rows = np.array(order)
+        rng = np.random.default_rng(3)
+        for k in range(n):
+            t = np.full(2, k * dt)
+            p = truth(t) + np.array([[0, 0, 0], [5, 0, 0]])[rows]
+            exact = truth(k * dt + H) - truth(np.array([k * dt]))  # (H, 3)
+            ex = np.repeat(np.repeat(exact[None, :, None], len(EXPERTS), axis=2), 2, axis=0)
+            noise = rng.normal(0, 0.15, ex.shape)
+            noise[:, :, 2] = 0.0
+            BL.step(state, rows, t, p, np.array([k == 0] * 2), ex + noise, H, cfg, room=[0, 0])
+        return state
+
+    state = run([0, 1])
+    assert np.all(state.weights(np.array([0]), cfg)[0, 2] > 0.9)
+    ex = np.zeros((2, len(H), len(EXPERTS), 3))
+    t, p = np.full(2, n * dt), np.zeros((2, 3))
+    _, w = BL.step(state, np.array([2, 3]), t, p, np.array([True, True]), ex, H, cfg, [0, 1])
+    assert np.all(w[0, 2] > 0.5)  # the room's experience
+    np.testing.assert_allclose(w[1], 1.0 / len(EXPERTS))  # a new room: the prior
+    other = run([1, 0])
+    np.testing.assert_allclose(other.room, run([0, 1]).room, rtol=1e-12, atol=1e-15)

@@ -24,9 +24,9 @@ def make_model(hidden=16, layers=1, seed=0, version="test", feats=FEATS) -> Load
     return LoadedModel(m.eval(), feats, version, torch.device("cpu"), {})
 
 
-def reference_predictions(lm: LoadedModel, t, p, blend: BlendConfig | None = None) -> np.ndarray:
-    """Whole-sequence forward over one avatar's samples, split at resets; with `blend`,
-    the online blend replayed over the same samples (`server.blend.replay`)."""
+def reference_predictions(lm: LoadedModel, t, p) -> tuple[np.ndarray, F.StepOutput]:
+    """Whole-sequence forward over one avatar's samples, split at resets: its paths and
+    the feature pipeline's output."""
     sf = F.sequence_features([t], [p], lm.features)
     x, out = sf.x[0], sf.out[0]
     starts = [*list(np.flatnonzero(out.reset)), len(t)]
@@ -35,13 +35,27 @@ def reference_predictions(lm: LoadedModel, t, p, blend: BlendConfig | None = Non
         for a, b in itertools.pairwise(starts):
             y, _ = lm.model(torch.from_numpy(x[a:b])[None])
             ys.append(y[0].numpy())
-    paths = F.decode(np.concatenate(ys), out, lm.features)
+    return F.decode(np.concatenate(ys), out, lm.features), out
+
+
+def reference_room(lm: LoadedModel, sent: list[list], blend: BlendConfig | None) -> list:
+    """Every avatar's paths, each from `reference_predictions`; with `blend`, the online
+    blend replayed over all of them as one room, tick by tick (`server.blend.replay_many`).
+    `sent[i]` lists avatar i's (tick, t, position)."""
+    refs = []
+    for s in sent:
+        t, p = np.array([x[1] for x in s]), np.array([x[2] for x in s])
+        refs.append((t, *reference_predictions(lm, t, p)))
     if blend is None:
-        return paths
-    net = paths - out.p[:, None, :]
+        return [paths for _, paths, _ in refs]
     h = np.asarray(lm.features.horizons)
-    off, _ = BL.replay(t, out.p, out.reset, net, out.v, out.prior_dp, out.prior_v, h, blend)
-    return out.p[:, None, :] + off
+    rows = [
+        (t, o.p, o.reset, paths - o.p[:, None, :], o.v, o.prior_dp, o.prior_v)
+        for t, paths, o in refs
+    ]
+    ticks = [np.array([x[0] for x in s]) for s in sent]
+    served = BL.replay_many(rows, h, blend, ticks=ticks, room=np.zeros(len(sent), np.int64))
+    return [o.p[:, None, :] + off for (_, _, o), (off, _) in zip(refs, served, strict=True)]
 
 
 @pytest.mark.parametrize("layers", [1, 2])
@@ -70,19 +84,15 @@ def test_engine_stepping_matches_sequence_forward(rng, layers, blend):
                 if i == 3 and k == join_at[i] + 8:
                     pos = pos + [40.0, 0, 0]  # teleport
                 assert eng.submit(f"a{i}", tt, pos, seq=k)
-                sent[i].append((tt, pos))
+                sent[i].append((k, tt, pos))
             if k == leave_at[i]:
                 eng.leave(f"a{i}")
         res = eng.tick()
         assert len(set(res.slots.tolist())) == len(res)
         for row, av in enumerate(res.avatars):
             got[int(av[1:])].append(res.pred[row])
-    worst = 0.0
-    for i in range(n_av):
-        t = np.array([s[0] for s in sent[i]])
-        p = np.array([s[1] for s in sent[i]])
-        ref = reference_predictions(lm, t, p, blend)
-        worst = max(worst, np.abs(np.array(got[i]) - ref).max())
+    refs = reference_room(lm, [sent[i] for i in range(n_av)], blend)
+    worst = max(np.abs(np.array(got[i]) - refs[i]).max() for i in range(n_av))
     assert worst <= 1e-5
     assert len(eng) == 0 and eng.capacity >= 8
 

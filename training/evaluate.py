@@ -126,7 +126,9 @@ class GRUPredictor:
             (t, o.p, o.reset, path - o.p[:, None, :], o.v, o.prior_dp, o.prior_v)
             for t, o, path in zip(ts, sf.out, paths, strict=True)
         ]
-        served = blend.replay_many(rows, h, self.blend)
+        # a scene is one room (its avatars share the room's prior); alone, a room each
+        room = np.zeros(len(rows), dtype=np.int64) if scene else None
+        served = blend.replay_many(rows, h, self.blend, ticks=sf.tick, room=room)
         return [o.p[:, None, :] + off for o, (off, _) in zip(sf.out, served, strict=True)]
 
 
