@@ -186,6 +186,19 @@ class BlendState:
         return _weights(self.loss[rows], cfg).transpose(0, 2, 1)
 
 
+def warm_up(horizons=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)) -> None:
+    """Compile the kernels now (or load them from numba's cache: fast), so that no tick
+    waits for it. Call at startup; the engine does, and so does a step worker before it
+    says it is ready."""
+    cfg, h = BlendConfig(), np.asarray(horizons, dtype=np.float64)
+    state = BlendState(1, h)
+    rows, t, p, reset = np.zeros(1, np.int64), np.zeros(1), np.zeros((1, 3)), np.ones(1, bool)
+    filt = update_filters(state, rows, t, p, p, reset, h, cfg)
+    ex = expert_offsets(np.zeros((1, len(h), 3)), p, p, p, filt, h)
+    step(state, rows, t, p, reset, ex, h, cfg)
+    state.weights(rows, cfg)
+
+
 def _weights(loss: np.ndarray, cfg: BlendConfig) -> np.ndarray:
     """(n, H, E) losses -> (n, H, E) weights."""
     out = np.empty_like(loss, dtype=np.float64)

@@ -180,6 +180,8 @@ class TickEngine:
         self.pool = HiddenStatePool(layers, hidden, capacity, self.device)
         self.fstate = FeatureState(capacity)
         self.blend = blend
+        if blend is not None and model is not None:
+            BL.warm_up(self.horizons)  # compiled now, not in the first tick
         bc = blend or BlendConfig()
         self.bstate = BlendState(capacity, self.horizons, bc.lane_dt, bc.max_lanes)
         # each slot's expert weights at its last step, averaged over the horizons (E,)

@@ -534,7 +534,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(threads)
-    import server.engine  # noqa: F401  (the engine's modules, before saying ready)
+    import server.blend
+    import server.engine  # the engine's modules, before saying ready
+
+    server.blend.warm_up()  # and the blend's compiled kernels
 
     _send(sock, ("ready", os.getpid()))
     try:
