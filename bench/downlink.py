@@ -2,6 +2,7 @@
 
     python bench/downlink.py [--sets juelich,soccer,sdd] [--split test]
                              [--thresholds 0,0.005,0.01,0.02,0.03,0.05,0.1] [--heartbeat 1.0]
+                             [--lookahead 0.3]
                              [--json runs/downlink.json]
 
 What a protocol-v2 viewer gets, replayed offline on held-out real motion: each recording is
@@ -10,7 +11,7 @@ one way, 2 % loss); the server predicts a path at every sample it receives (the 
 avatars of a recording as one room; constant velocity, what `--predictor cv` serves; the
 Kalman filter tuned on the same data) and sends a record only when the server's rule says
 so (`server.downlink.select`: the sample is more than the threshold off the path last
-sent, or the heartbeat is due). The viewer draws the newest path it got, 100 ms after it
+sent, or the new path is at a horizon up to `--lookahead`, or the heartbeat is due). The viewer draws the newest path it got, 100 ms after it
 was sent, at 60 fps (`training.render`), and its render error is scored against the truth.
 
 "full" is today's v1 stream: every avatar in every 20 Hz frame, the newest path each.
@@ -98,6 +99,7 @@ def run_set(
     thresholds,
     heartbeat: float,
     net: NetworkConfig,
+    lookahead: float = 0.0,
 ):
     h = np.asarray(lm.features.horizons)
     H = len(h)
@@ -137,7 +139,7 @@ def run_set(
                 for i, (o, r) in enumerate(zip(sc.tracks, recv, strict=True)):
                     t, p = streams[i]
                     path = paths[name][i]
-                    sent = select(t, p, path - p[:, None], h, x, heartbeat)
+                    sent = select(t, p, path - p[:, None], h, x, heartbeat, lookahead)
                     sent_t.append(t[sent])
                     st[k]["records"] += len(sent)
                     out = render_errors(o, {name: _fixed(path[sent])}, h, net, received=r[sent])
@@ -209,17 +211,21 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--split", default="test")
     ap.add_argument("--thresholds", default="0,0.005,0.01,0.02,0.03,0.05,0.1")
     ap.add_argument("--heartbeat", type=float, default=1.0)
+    ap.add_argument("--lookahead", type=float, default=0.3, help="s (the server's --dr-lookahead)")
     ap.add_argument("--model", help="checkpoint (default: the shipped model)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     thresholds = [float(x) for x in args.thresholds.split(",")]
     lm = cli.load_model(args.model, "cpu")
     net = NetworkConfig(latency=0.1, send_rate=20.0, loss=0.02, max_extrapolate=EXTRAPOLATE)
-    out = {"heartbeat_s": args.heartbeat, "model": lm.version, "sets": {}}
+    out = {"heartbeat_s": args.heartbeat, "lookahead_s": args.lookahead, "model": lm.version}
+    out["sets"] = {}
     for set_name in args.sets.split(","):
         t0 = time.time()
         with cli.user_errors((ValueError, KeyError), f"--sets {set_name}", "see --help"):
-            result = run_set(set_name, args.split, lm, thresholds, args.heartbeat, net)
+            result = run_set(
+                set_name, args.split, lm, thresholds, args.heartbeat, net, args.lookahead
+            )
         result["summary"] = summarise(result, thresholds)
         print_result(set_name, result, thresholds, result["summary"])
         print(f"({time.time() - t0:.0f} s)", flush=True)

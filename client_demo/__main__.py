@@ -480,6 +480,7 @@ async def demo(args) -> dict:
             host=args.host, port=args.port, tick_hz=args.tick_hz, model=args.model,
             predictor=args.predictor, device=args.device, log_level="warning",
             dr_threshold=args.dr_threshold, dr_heartbeat=args.dr_heartbeat,
+            dr_lookahead=args.dr_lookahead,
         )  # fmt: skip
         server = AvatarServer(cfg)
         server_task = asyncio.create_task(server.serve())
@@ -675,6 +676,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--dr-heartbeat", type=float, default=1.0, help="embedded server: resend heartbeat, s"
     )
+    ap.add_argument(
+        "--dr-lookahead", type=float, default=0.3,
+        help="embedded server: resend when the new path is off up to this far ahead, s",
+    )  # fmt: skip
     ap.add_argument("--bots", type=int, default=16, help="simulated avatars, one client each")
     ap.add_argument("--duration", type=float, default=20.0, help="seconds; 0 = until Ctrl-C")
     ap.add_argument("--send-rate", type=float, default=10.0, help="fixed policy: pos per second")

@@ -400,6 +400,7 @@ class AvatarServer:
             tick_hz=cfg.tick_hz,
             dr_threshold=cfg.dr_threshold,
             dr_heartbeat=cfg.dr_heartbeat,
+            dr_lookahead=cfg.dr_lookahead,
         )
         self.info.labels(engine.version, str(engine.device)).set(1)
         # A step predicted to take under inline_step_ms runs on the loop (CPU only): shorter

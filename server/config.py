@@ -54,6 +54,7 @@ class Config:
     transport: str = "picows"
     dr_threshold: float = 0.02
     dr_heartbeat: float = 1.0
+    dr_lookahead: float = 0.3
     workers: int = 1
     redis: str | None = field(default=None, repr=False)
     advertise_url: str | None = None
@@ -91,6 +92,7 @@ class Config:
             (0 <= self.inline_step_ms <= 50, "inline_step_ms must be in [0, 50]"),
             (0 <= self.dr_threshold <= 100, "dr_threshold must be in [0, 100] m"),
             (0 < self.dr_heartbeat <= 60, "dr_heartbeat must be in (0, 60] s"),
+            (0 <= self.dr_lookahead <= 10, "dr_lookahead must be in [0, 10] s"),
             (1 <= self.workers <= 256, "workers must be 1..256"),
             (self.workers == 1 or self.redis, "--workers > 1 needs --redis (the room directory)"),
             (self.workers == 1 or self.port > 0, "--workers > 1 needs a fixed --port (not 0)"),
@@ -203,6 +205,10 @@ HELP = {
     "dr_threshold": "downlink dead reckoning (protocol v2 clients): an avatar's record is resent "
     "when its newest sample is more than this many metres off the path its viewers last got "
     "(0: whenever it moved); v1 clients get every avatar every tick",
+    "dr_lookahead": "downlink dead reckoning: an avatar's record is also resent when its new "
+    "predicted path is more than --dr-threshold off the one its viewers hold at a horizon up "
+    "to this many seconds ahead (0: compare the newest sample only; more: more records, "
+    "less render error)",
     "dr_heartbeat": "seconds after which an avatar's record is resent to v2 clients even when "
     "its path still holds (and a v2 client that got nothing for this long gets an empty "
     "state frame: a clock heartbeat)",

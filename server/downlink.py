@@ -4,10 +4,11 @@ Pure numpy, no asyncio. Receivers draw each remote avatar along the last path th
 (`path_at`, the rule in ``docs/protocol.md``); the server keeps, per engine slot, that
 same path (`DownlinkReckoner`) and each tick resends an avatar's record to its v2 viewers
 only when the newest sample is more than ``threshold`` metres off it at the sample's
-time, or when ``heartbeat`` seconds passed since it was sent (DIS's rule):
+time, or the new predicted path is, anywhere up to ``lookahead`` seconds ahead, or when
+``heartbeat`` seconds passed since it was sent (DIS's rule, applied to paths):
 
-    dr = DownlinkReckoner(capacity, horizons, threshold=0.05, heartbeat=1.0)
-    due = dr.due(slots, anchor, pos, now)          # (n,) bool
+    dr = DownlinkReckoner(capacity, horizons, threshold=0.05, heartbeat=1.0, lookahead=0.3)
+    due = dr.due(slots, anchor, pos, now, off)     # (n,) bool
     dr.commit(slots[due], anchor[due], pos[due], off[due], seq[due], now)
 
 `select` runs the same rule over one recorded track, for offline measurement.
@@ -58,8 +59,8 @@ class DownlinkReckoner:
     """Per engine slot, the path its v2 viewers last got, and the rule for resending it.
 
     Slots index the engine's arrays; `forget` a slot when a new avatar takes it. Times
-    are the server clock (s), positions metres. threshold >= 0 and heartbeat > 0
-    (ValueError otherwise).
+    are the server clock (s), positions metres. threshold >= 0, heartbeat > 0 and
+    lookahead >= 0 (ValueError otherwise); lookahead 0 compares the sample only.
     """
 
     def __init__(
@@ -68,12 +69,15 @@ class DownlinkReckoner:
         horizons: Sequence[float],
         threshold: float,
         heartbeat: float,
+        lookahead: float = 0.0,
     ) -> None:
-        if not threshold >= 0 or not heartbeat > 0:
-            raise ValueError("need threshold >= 0 and heartbeat > 0")
+        if not threshold >= 0 or not heartbeat > 0 or not lookahead >= 0:
+            raise ValueError("need threshold >= 0, heartbeat > 0 and lookahead >= 0")
         self.horizons = np.asarray(horizons, dtype=np.float64)
         self.threshold = float(threshold)
         self.heartbeat = float(heartbeat)
+        self.lookahead = float(lookahead)
+        self._ahead = self.horizons <= self.lookahead + 1e-9  # the horizons compared
         H = len(self.horizons)
         self.has = np.zeros(capacity, dtype=bool)  # a path was sent for this slot
         self.anchor = np.zeros(capacity)  # the sent sample's time
@@ -105,16 +109,44 @@ class DownlinkReckoner:
             pos - path_at(self.pos[slots], self.off[slots], self.horizons, age), axis=1
         )
 
-    def due(self, slots: np.ndarray, anchor: np.ndarray, pos: np.ndarray, now: float) -> np.ndarray:
+    def ahead(
+        self, slots: np.ndarray, anchor: np.ndarray, pos: np.ndarray, off: np.ndarray
+    ) -> np.ndarray:
+        """Metres between each new path (`pos` at `anchor`, offsets `off` (n, H, 3)) and the
+        sent path, the largest at the horizons up to `lookahead` (0 when there are none)."""
+        h = self.horizons[self._ahead]
+        n, K = len(slots), len(h)
+        if K == 0:
+            return np.zeros(n)
+        d = (anchor - self.anchor[slots])[:, None] + h[None, :]  # (n, K) on the sent path
+        old = path_at(
+            np.repeat(self.pos[slots], K, axis=0), np.repeat(self.off[slots], K, axis=0),
+            self.horizons, d.ravel(),
+        ).reshape(n, K, 3)  # fmt: skip
+        new = pos[:, None, :] + np.asarray(off, dtype=np.float64)[:, self._ahead]
+        return np.linalg.norm(new - old, axis=2).max(axis=1)
+
+    def due(
+        self,
+        slots: np.ndarray,
+        anchor: np.ndarray,
+        pos: np.ndarray,
+        now: float,
+        off: np.ndarray | None = None,
+    ) -> np.ndarray:
         """(n,) bool: which slots' records must go out at server time `now`: none sent yet,
-        the heartbeat is due, or the sample `pos` (n, 3) at `anchor` (n,) is more than
-        `threshold` off the sent path."""
+        the heartbeat is due, the sample `pos` (n, 3) at `anchor` (n,) is more than
+        `threshold` off the sent path, or (with the new offsets `off` (n, H, 3)) the new
+        path is, at a horizon up to `lookahead`."""
         slots = np.asarray(slots, dtype=np.int64)
         out = ~self.has[slots] | (now - self.sent_at[slots] >= self.heartbeat - 1e-9)
         check = np.flatnonzero(~out & (anchor > self.anchor[slots]))
         if len(check):
             s = slots[check]
-            out[check] = self.error(s, anchor[check], pos[check]) > self.threshold
+            err = self.error(s, anchor[check], pos[check])
+            if off is not None and self._ahead.any():
+                err = np.maximum(err, self.ahead(s, anchor[check], pos[check], off[check]))
+            out[check] = err > self.threshold
         return out
 
     def commit(
@@ -142,11 +174,13 @@ def select(
     horizons: Sequence[float],
     threshold: float,
     heartbeat: float,
+    lookahead: float = 0.0,
 ) -> np.ndarray:
     """Indices of the samples of one track whose records a server would send: the rule of
     `DownlinkReckoner` applied at each sample's time (`t` (N,) ascending, `p` (N, 3),
     `off` (N, H, 3) the prediction made at each sample). Scalar code, for long recordings."""
     h = [0.0, *(float(x) for x in horizons)]
+    ahead = [(k + 1, hk) for k, hk in enumerate(h[1:]) if hk <= lookahead + 1e-9]
     end = h[-1] + EXTRAPOLATE
 
     def at(kn: list, d: float) -> tuple[float, float, float]:
@@ -167,7 +201,11 @@ def select(
         if s >= 0 and tj - sent_at < heartbeat - 1e-9:
             if tj <= t[s]:
                 continue
-            if not math.dist(pl[j], at(kn, tj - t[s])) > threshold:
+            age = tj - t[s]
+            err = math.dist(pl[j], at(kn, age))
+            for k, hk in ahead:  # the new path against the sent one, up to lookahead
+                err = max(err, math.dist(knots[j, k], at(kn, age + hk)))
+            if not err > threshold:
                 continue
         s, sent_at, kn = j, tj, knots[j].tolist()
         sent.append(j)

@@ -136,6 +136,7 @@ class World:
         aoi_refresh: int = 1,
         dr_threshold: float = 0.02,
         dr_heartbeat: float = 1.0,
+        dr_lookahead: float = 0.3,
     ) -> None:
         if aoi_refresh < 1:
             raise ValueError("aoi_refresh must be >= 1")
@@ -162,7 +163,9 @@ class World:
         self.n_spectators = 0
         self.n_detached = 0
         self._detached: dict[int, Member] = {}  # uid -> player waiting for a resume
-        self.downlink = DownlinkReckoner(engine.capacity, self.horizons, dr_threshold, dr_heartbeat)
+        self.downlink = DownlinkReckoner(
+            engine.capacity, self.horizons, dr_threshold, dr_heartbeat, dr_lookahead
+        )
         self.records_sent: dict[int, int] = {}  # protocol version -> records in state frames
         self.frames_skipped = 0  # v2 members given no state frame on a tick
         self.dr_resends = 0  # records due by the downlink rule
@@ -388,7 +391,7 @@ class World:
             vslots = slots[live]
             pos, anchor = eng.last_pos[vslots], self._anchor[vslots]
             off, seq = eng.last_off[vslots], eng.last_seq[vslots]
-            due = dr.due(vslots, anchor, pos, server_time)
+            due = dr.due(vslots, anchor, pos, server_time, off)
             dr.commit(vslots[due], anchor[due], pos[due], off[due], seq[due], server_time)
             self.dr_resends += int(due.sum())
             sent_off = dr.off[vslots]

@@ -79,14 +79,36 @@ def test_select_is_the_reckoners_rule_sample_by_sample():
     p = curve(t)
     off = curve(t[:, None] + H) - p[:, None] + rng.normal(0, 0.02, (300, 3, 3))
     off = off.astype(np.float32)
-    for threshold, heartbeat in ((0.03, 1.0), (0.1, 0.5), (0.0, 2.0)):
-        dr = DownlinkReckoner(1, H, threshold, heartbeat)
+    for threshold, heartbeat, ahead in (
+        (0.03, 1.0, 0),
+        (0.1, 0.5, 0),
+        (0.0, 2.0, 0),
+        (0.1, 1, 0.5),
+    ):
+        dr = DownlinkReckoner(1, H, threshold, heartbeat, ahead)
         one, want = np.zeros(1, dtype=np.int64), []
         for j in range(len(t)):
             tj = t[j : j + 1]
-            if dr.due(one, tj, p[j : j + 1], float(t[j]))[0]:
+            if dr.due(one, tj, p[j : j + 1], float(t[j]), off[j : j + 1])[0]:
                 dr.commit(one, tj, p[j : j + 1], off[j : j + 1], one, float(t[j]))
                 want.append(j)
-        got = select(t, p, off, H, threshold, heartbeat)
+        got = select(t, p, off, H, threshold, heartbeat, ahead)
         assert got.tolist() == want and 0 < len(want) <= len(t)
         assert threshold == 0 or len(want) < len(t) / 2
+
+
+def test_a_new_path_off_ahead_is_resent_before_the_sample_shows_it():
+    """The sample is on the sent path (straight on), but the new prediction turns: with a
+    lookahead the record goes out now, without it not yet."""
+    t0, t1 = 0.0, 0.1
+    straight = np.array([[[h, 0.0, 0.0] for h in H]], dtype=np.float32)  # 1 m/s along x
+    turning = np.array([[[0.1, 0.0, 0.0], [0.15, 0.05, 0.0], [0.2, 0.2, 0.0]]], np.float32)
+    one = np.zeros(1, dtype=np.int64)
+    got = {}
+    for ahead in (0.0, 0.2):
+        dr = DownlinkReckoner(1, H, threshold=0.02, heartbeat=1.0, lookahead=ahead)
+        dr.commit(one, np.array([t0]), np.zeros((1, 3)), straight, one, t0)
+        on_path = np.array([[0.1, 0.0, 0.0]])  # where the sent path says, at t1
+        got[ahead] = bool(dr.due(one, np.array([t1]), on_path, t1, turning)[0])
+        assert dr.ahead(one, np.array([t1]), on_path, turning)[0] > 0.02 or ahead == 0.0
+    assert got == {0.0: False, 0.2: True}
