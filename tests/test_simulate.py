@@ -361,6 +361,20 @@ def test_thumbstick_speeds_vary_with_tilt():
     assert stick.min() >= 0.25 * 1.5 - 0.02 and stick.max() <= 1.5 + 1e-6
 
 
+def _keyboard_turn_rates(cfg: SimConfig, seed: int) -> np.ndarray:
+    """|heading rate| (rad/s) of the truth at every steady keyboard step of 6 avatars × 20 s
+    (steady: speed above 1 m/s and not changing)."""
+    tracks, labels = simulate(6, 20.0, seed=seed, config=cfg, return_labels=True)
+    r = []
+    for tr in tracks:
+        v = np.diff(tr.truth_p[:, :2], axis=0)
+        h = np.unwrap(np.arctan2(v[:, 1], v[:, 0]))
+        s, ds, lab = _kin(tr, labels[tr.user])
+        steady = (lab == KEYBOARD) & (np.abs(ds) < 1e-3) & (s[1:] > 1.0)
+        r.append(np.abs(np.diff(h))[steady] / DT)
+    return np.concatenate(r)
+
+
 def test_mouse_steering_curves_keyboard_moves():
     cfg = replace(
         _FIXED,
@@ -371,16 +385,7 @@ def test_mouse_steering_curves_keyboard_moves():
     )
     rates = {}
     for std in (0.0, 0.8):
-        tracks, labels = simulate(6, 20.0, seed=2, config=replace(cfg, look_yaw_std=std),
-                                  return_labels=True)  # fmt: skip
-        r = []
-        for tr in tracks:
-            v = np.diff(tr.truth_p[:, :2], axis=0)
-            h = np.unwrap(np.arctan2(v[:, 1], v[:, 0]))
-            s, ds, lab = _kin(tr, labels[tr.user])
-            steady = (lab == KEYBOARD) & (np.abs(ds) < 1e-3) & (s[1:] > 1.0)
-            r.append(np.abs(np.diff(h))[steady] / DT)
-        rates[std] = np.median(np.concatenate(r))
+        rates[std] = np.median(_keyboard_turn_rates(replace(cfg, look_yaw_std=std), seed=2))
     # key held, camera still: straight line. The median is not ~0 but falls between settled
     # steps (~1e-10 rad/s) and the exponential tails of friction turning the velocity onto a
     # new key's direction: over seeds 2-61 it ran 5e-12 to 9e-6 rad/s (over 1e-6 in 2), and a
@@ -404,16 +409,7 @@ def test_mouse_flicks_turn_fast_then_hold():
     )
     fast = {}
     for rate in ((0.0, 0.0), (1.0, 1.0)):
-        tracks, labels = simulate(6, 20.0, seed=3, config=replace(cfg, flick_rate=rate),
-                                  return_labels=True)  # fmt: skip
-        r = []
-        for tr in tracks:
-            v = np.diff(tr.truth_p[:, :2], axis=0)
-            h = np.unwrap(np.arctan2(v[:, 1], v[:, 0]))
-            s, ds, lab = _kin(tr, labels[tr.user])
-            steady = (lab == KEYBOARD) & (np.abs(ds) < 1e-3) & (s[1:] > 1.0)
-            r.append(np.abs(np.diff(h))[steady] / DT)
-        r = np.concatenate(r)
+        r = _keyboard_turn_rates(replace(cfg, flick_rate=rate), seed=3)
         assert np.quantile(r, 0.25) < 1e-2  # rad/s: straight between turns
         fast[rate] = np.mean(r > 2.0)  # rad/s: a flick (or a key change) under way
     assert fast[(1.0, 1.0)] > 2.0 * fast[(0.0, 0.0)] > 0.0
