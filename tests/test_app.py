@@ -537,7 +537,11 @@ async def test_a_bug_while_handling_one_client_closes_only_that_client(monkeypat
 
 
 async def test_v2_client_gets_only_changed_records_while_v1_gets_every_tick():
-    async with running(predictor="cv", dr_threshold=0.05, dr_heartbeat=30.0) as srv:
+    # the sample rule alone (a 1 cm step turns CV's path 6 cm off at 0.3 s: --dr-lookahead
+    # would resend it, as tests/test_downlink.py checks)
+    async with running(
+        predictor="cv", dr_threshold=0.05, dr_heartbeat=30.0, dr_lookahead=0.0
+    ) as srv:
         still = await Client.open(srv, avatar="still", v=2)
         old = await Client.open(srv, avatar="old", v=1)
         assert (still.welcome.v, still.welcome.dr) == (2, {"threshold": 0.05, "heartbeat": 30.0})
