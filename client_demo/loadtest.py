@@ -47,9 +47,10 @@ processes; "room_urls": {room: URL}). The server-side figures are then
 the cluster's: /metrics is read from every worker the rooms went to and from --url (all
 must answer, the slowest read is the one that counts) and summed sample by sample
 (`merge_metrics`: tick histograms, counters and the connections gauge add up), and the
-server CPU is the sum over the server PIDs (--server-pid, several allowed; else the one
-listening on each worker's port on this machine). With --workers N the supervisor (the
-workers' parent) is a process too: give its PID with --server-pid to count it. Without
+server CPU is the sum over the server PIDs' process trees (--server-pid, several allowed;
+else the one listening on each worker's port on this machine; each with every process it
+started, its step worker included: `client_demo.proctree`). With --workers N give the
+supervisor's PID with --server-pid: its tree is the whole cluster. Without
 --route every client connects to --url and a `moved` is an error, as before.
 
 It never crashes on overload. A worker that does not report (it died, failed, or was not
@@ -100,6 +101,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from client_demo import proctree
 from client_demo.client import ROUTE_TIMEOUT, route_url
 from server import cli
 
@@ -803,13 +805,6 @@ def counter(metrics: str, name: str, labels: dict[str, str] | None = None) -> fl
     return 0.0 if v is None else v
 
 
-def process_cpu(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux /proc)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def listen_overflows() -> int | None:
     """The machine's count of connections dropped by a full accept queue (Linux
     /proc/net/netstat TcpExt ListenOverflows; every listener on the machine), None elsewhere."""
@@ -855,15 +850,17 @@ def scrape(
 
     Several URLs (a cluster's workers): every /metrics is read at once (one thread each)
     and the texts merged (`merge_metrics`); the read fails if any one does; `took` is the
-    slowest read. Several PIDs: `cpu` is the sum of their CPU seconds (None if one cannot
-    be read)."""
+    slowest read. `cpu` is the CPU seconds of the server PIDs' whole process trees (a
+    step worker, a cluster's workers: `proctree`), None if one cannot be read; a server in
+    this very process counts without this process's children (the load tool's own)."""
     urls = [url] if isinstance(url, str) else list(dict.fromkeys(url))
     pids = _pid_list(server_pid)
     t0 = time.time()
     cpu = None
     if pids:
+        ours = proctree.children(os.getpid()) if os.getpid() in pids else []
         with contextlib.suppress(OSError, ValueError, IndexError):
-            cpu = sum(process_cpu(p) for p in pids)
+            cpu = proctree.tree_cpu_s(pids, exclude=ours)
 
     def read(u: str) -> tuple[str | None, str | None, float]:
         t = time.time()
@@ -1050,10 +1047,11 @@ def run(
     `route`: look every room up on `url` (`GET /route`, `route_rooms`) before the workers
     start, connect each client to its room's server and follow `moved`; /metrics is then
     read from every server the rooms went to and from `url`, and summed. The server CPU is
-    the sum over `server_pids` and `server_pid` (none given: the process listening on each
-    of those servers' ports on this machine, when every one is found). With
-    `python -m server --workers N` the supervisor is one more process: pass its PID in
-    `server_pids` too to count it (it is not found by port: it does not listen).
+    that of the process trees of `server_pids` and `server_pid` (none given: the process
+    listening on each of those servers' ports on this machine, when every one is found;
+    each with its step worker). With `python -m server --workers N` pass the supervisor's
+    PID in `server_pids`: its tree is every worker (it is not found by port: it does not
+    listen).
     `room_urls` ({room_name: URL}, without `route`): a fixed placement used the same way
     (rooms it does not name go to `url`), e.g. rooms split by hand over plain servers.
 

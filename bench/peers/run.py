@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.capacity import start_server  # noqa: E402
+from client_demo import proctree  # noqa: E402
 from server import cli  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -125,10 +126,10 @@ def ratio(largest: dict) -> float | None:
 
 
 def cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) used so far by a process (Linux /proc)."""
+    """CPU seconds (user + system) used so far by a server: its whole process tree (ours:
+    with its step worker), Linux /proc; NaN if it cannot be read."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return proctree.tree_cpu_s([pid])
     except (OSError, IndexError, ValueError):
         return float("nan")
 
