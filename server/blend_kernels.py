@@ -2,13 +2,13 @@
 offsets, and the scoring, weighting, blending and arming of `server.blend`.
 
 Each kernel loops over the rows of one tick and updates the per-slot state arrays of
-`server.blend.BlendState` in place (no gathers or scatters of whole rows): the blend costs
-about a microsecond an avatar where the same array code in numpy cost twenty. The
-arithmetic is that of `server.priors` (the Kalman filter, the IMM: their numpy versions are
-these kernels' test oracles, to rounding) and of the algorithm in `server.blend`'s
-docstring; the callers are `server.blend`'s public functions. Compiled on first use and
-cached beside this file (`cache=True`); with ``NUMBA_DISABLE_JIT=1`` the same code runs as
-plain (slow) Python.
+`server.blend.BlendState` in place (no gathers or scatters of whole rows; what that costs
+against the numpy version it replaced: docs/performance.md). The arithmetic is that of
+`server.priors` (the Kalman filter, the IMM: their numpy versions are these kernels' test
+oracles, to rounding) and of the algorithm in `server.blend`'s docstring; the callers are
+`server.blend`'s public functions, and `server.blend.warm_up` compiles them at startup
+(then cached beside this file, `cache=True`); with ``NUMBA_DISABLE_JIT=1`` the same code
+runs as plain (slow) Python.
 """
 
 from __future__ import annotations
