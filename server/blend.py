@@ -201,10 +201,9 @@ def warm_up(horizons=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)) -> None
 
 def _weights(loss: np.ndarray, cfg: BlendConfig) -> np.ndarray:
     """(n, H, E) losses -> (n, H, E) weights."""
-    out = np.empty_like(loss, dtype=np.float64)
-    lp = _log_prior(cfg)
-    for i in range(len(loss)):
-        K.weights_row(np.ascontiguousarray(loss[i], dtype=np.float64), lp, float(cfg.eta), out[i])
+    loss = np.ascontiguousarray(loss, dtype=np.float64)
+    out = np.empty_like(loss)
+    K.weights_rows(loss, _log_prior(cfg), float(cfg.eta), out)
     return out
 
 

@@ -352,6 +352,13 @@ def weights_row(loss, log_prior, eta, out):
 
 
 @_jit
+def weights_rows(loss, log_prior, eta, out):
+    """`weights_row` for every row of loss (n, H, E) into out (n, H, E)."""
+    for i in range(len(loss)):
+        weights_row(loss[i], log_prior, eta, out[i])
+
+
+@_jit
 def step(
     loss, fl_t, fl_anchor, fl_off, prev, hk, lane_start, lanes, rows, t, p, reset, ex, h,
     log_prior, on, eta, memory, eps2, room_loss, room, ids, local, room_rate, off, w_out,
