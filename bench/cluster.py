@@ -65,7 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from client_demo import loadtest
 from client_demo.client import route_url
 from server import cli
-from server import protocol as P
+from server.core import protocol as P
 
 STATE_PREFIX = loadtest.STATE_PREFIX
 PREFIX = "bench"  # --cluster-prefix of the bench's cluster
@@ -695,7 +695,7 @@ def main(argv: list[str] | None = None) -> int:
             if "cpu" in args.phases:
                 report["cpu"] = cpu_phase(args, redis, log_dir)
                 save()
-            from server import runner
+            from server.serve import runner
 
             for name in CHURN:
                 if name in args.phases:

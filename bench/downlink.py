@@ -10,7 +10,7 @@ thinned to the server's 20 Hz ticks, sent at 20 Hz through the evaluation's netw
 one way, 2 % loss); the server predicts a path at every sample it receives (the GRU, all
 avatars of a recording as one room; constant velocity, what `--predictor cv` serves; the
 Kalman filter tuned on the same data) and sends a record only when the server's rule says
-so (`server.downlink.select`: the sample is more than the threshold off the path last
+so (`server.core.downlink.select`: the sample is more than the threshold off the path last
 sent, or the new path is at a horizon up to `--lookahead`, or the heartbeat is due). The viewer draws the newest path it got, 100 ms after it
 was sent, at 60 fps (`training.render`), and its render error is scored against the truth.
 
@@ -37,8 +37,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from server import cli
-from server import protocol as P
-from server.downlink import EXTRAPOLATE, select
+from server.core import protocol as P
+from server.core.downlink import EXTRAPOLATE, select
 from training import baselines as B
 from training import realmotion as RM
 from training.evaluate import GRUPredictor

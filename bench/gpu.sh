@@ -31,8 +31,8 @@ for f in $FAMILIES; do
     pids+=($!)
 done
 "$PY" -m pytest -q -p no:cacheprovider tests/test_engine.py tests/test_blend.py 2>&1 | tail -5 | tee "$OUT/tests.txt"
-"$PY" -m server.bench --avatars 1000,10000,100000 --device "$DEVICE" --ticks 40 --json "$OUT/engine_cuda.json" 2>&1 | tee "$OUT/engine_cuda.txt"
-"$PY" -m server.bench --avatars 1000,10000 --device cpu --threads 2 --ticks 40 --json "$OUT/engine_cpu.json" 2>&1 | tee "$OUT/engine_cpu.txt"
+"$PY" bench/engine.py --avatars 1000,10000,100000 --device "$DEVICE" --ticks 40 --json "$OUT/engine_cuda.json" 2>&1 | tee "$OUT/engine_cuda.txt"
+"$PY" bench/engine.py --avatars 1000,10000 --device cpu --threads 2 --ticks 40 --json "$OUT/engine_cpu.json" 2>&1 | tee "$OUT/engine_cpu.txt"
 for p in "${pids[@]}"; do wait "$p"; done
 for f in $FAMILIES; do tail -25 "$OUT/lofo/$f.log"; done
 tar -czf "$OUT/all.tar.gz" -C "$OUT" env.txt tests.txt engine_cuda.json engine_cuda.txt engine_cpu.json engine_cpu.txt lofo

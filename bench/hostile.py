@@ -39,7 +39,7 @@ Phases, in order, all with --good players streaming `pos` at --rate Hz in room "
   engine slots in use, rooms, detached), and the server is stopped with SIGINT; its log is
   scanned for tracebacks and ERROR lines. Last, --fuzz frames (random, mutated valid
   frames, random msgpack structures, text; seeded) go through
-  `server.protocol.decode_client` in this process: anything but ProtocolError is a bug.
+  `server.core.protocol.decode_client` in this process: anything but ProtocolError is a bug.
 
 Exit status 1 when anything broke a documented promise (an `error`/close other than the
 documented one, server-side error counts other than the connections', internal_error,
@@ -77,8 +77,8 @@ from websockets.exceptions import ConnectionClosed
 
 from client_demo.loadtest import bucket_quantiles
 from server import cli
-from server import protocol as P
-from server.config import Config
+from server.core import protocol as P
+from server.serve.config import Config
 
 OP_TIMEOUT = 10.0  # seconds: any one connect / read / close in this benchmark
 SERVER_FLAGS = ["--hello-timeout", "2", "--resume-grace", "1"]
@@ -961,7 +961,7 @@ def main(argv: list[str] | None = None) -> int:
     global LIMITS, HOSTILE
     LIMITS = Config.from_args([*SERVER_FLAGS, *args.server_args.split()])  # as the server's
     HOSTILE = hostile_kinds(LIMITS)
-    from server.runner import run as run_loop
+    from server.serve.runner import run as run_loop
 
     out = run_loop(run(args))
     if args.fuzz > 0:

@@ -84,8 +84,8 @@ TRAINING_CODE = (
     "training/realmotion.py",
     "training/simulate.py",
     "training/baselines.py",
-    "server/features.py",
-    "server/model.py",
+    "server/core/features.py",
+    "server/core/model.py",
 )
 
 
@@ -446,7 +446,7 @@ def main(argv: list[str] | None = None) -> dict:
         in_path = in_cfg.out
     lm_in = cli.load_model(in_path, args.device)
     if in_path is None:
-        from server.model import default_checkpoint_path
+        from server.core.model import default_checkpoint_path
 
         in_path = str(default_checkpoint_path())
 

@@ -20,4 +20,4 @@ $PY -m training.evaluate --suite real --per-recording "${ARGS[@]}" --json "$OUT/
 echo "== synthetic avatar motion, held-out users"
 $PY -m training.evaluate --suite synthetic "${ARGS[@]}" --json "$OUT/synthetic.json" | tee "$OUT/synthetic.txt"
 echo "== engine step on CPU, 2 threads"
-$PY -m server.bench --avatars 1000,10000 --threads 2 ${MODEL:+--model "$MODEL"} --json "$OUT/bench.json"
+$PY bench/engine.py --avatars 1000,10000 --threads 2 ${MODEL:+--model "$MODEL"} --json "$OUT/bench.json"

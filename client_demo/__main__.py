@@ -57,8 +57,9 @@ from client_demo.reckoning import (
     SendPolicy,
     ThresholdPolicy,
 )
-from server import cli, runner
-from server import protocol as P
+from server import cli
+from server.core import protocol as P
+from server.serve import runner
 from training.baselines import KalmanCV
 from training.realmotion import Scene, thin_to_ticks
 from training.simulate import SimConfig, simulate
@@ -473,8 +474,8 @@ async def demo(args) -> dict:
     started_at: list[float] = []  # when scoring started (for the /demo/compare route)
     url = args.url
     if url is None:
-        from server.app import AvatarServer
-        from server.config import Config
+        from server.serve.app import AvatarServer
+        from server.serve.config import Config
 
         cfg = Config(
             host=args.host, port=args.port, tick_hz=args.tick_hz, model=args.model,

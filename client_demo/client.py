@@ -37,7 +37,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from client_demo.reckoning import ClockMap
 from server import cli
-from server import protocol as P
+from server.core import protocol as P
 
 log = logging.getLogger("avatar_stream.client")
 

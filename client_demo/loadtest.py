@@ -225,7 +225,7 @@ def room_name(gi: int, rooms: int) -> str:
 
 
 def _hello(job: WorkerJob, c: _Conn) -> bytes:
-    from server import protocol as P
+    from server.core import protocol as P
 
     hello = P.Hello(room=room_name(c.gi, job.rooms), avatar=f"c{c.gi:06d}", v=job.protocol)
     return P.encode_client(hello)
@@ -270,7 +270,7 @@ async def _connect(job: WorkerJob, c: _Conn, t_conn: float, window) -> None:
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
 
-    from server import protocol as P
+    from server.core import protocol as P
 
     loop = asyncio.get_running_loop()
     await asyncio.sleep(max(0.0, t_conn - loop.time()))
@@ -319,7 +319,7 @@ async def _connect(job: WorkerJob, c: _Conn, t_conn: float, window) -> None:
 
 def _on_state(c: _Conn, data, now: float, window) -> None:
     """Count one received frame; a sampled client decodes its state frames for latency."""
-    from server import protocol as P
+    from server.core import protocol as P
 
     stats = c.stats
     stats.frames += 1
@@ -353,7 +353,7 @@ async def _connect_picows(job: WorkerJob, c: _Conn, t_conn: float, window) -> No
     """The same client over picows: each frame is counted in a callback, no task per read."""
     from picows import WSListener, WSMsgType, ws_connect
 
-    from server import protocol as P
+    from server.core import protocol as P
 
     loop = asyncio.get_running_loop()
 
@@ -656,7 +656,7 @@ async def _run_worker(
 def _worker_main(job: WorkerJob, link, start) -> None:
     """A worker process: ("ready", None) once its motion is made, then ("result", figures)
     after the window, or ("fatal", why) on any failure; never hangs its parent."""
-    from server import runner
+    from server.serve import runner
 
     try:
         table, shift = _tracks(job)  # the slow part of starting, before the common start

@@ -1,7 +1,7 @@
 """CPU seconds of a process tree (Linux /proc): a server and every process it started.
 
 Server CPU is the whole tree's: `python -m server` with its step worker
-(`python -m server.stepper`), a cluster supervisor with its workers. The load tool and
+(`python -m server.serve.stepper`), a cluster supervisor with its workers. The load tool and
 the benchmarks read it here, before and after a window, and divide by the window:
 
     before = tree_cpu_s([server_pid])

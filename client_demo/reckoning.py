@@ -30,8 +30,8 @@ from collections.abc import Hashable, Iterable, Sequence
 
 import numpy as np
 
-from server.features import FeatureConfig, reset_mask
-from server.priors import kalman_step
+from server.core.features import FeatureConfig, reset_mask
+from server.core.priors import kalman_step
 
 CV_MAX_GAP = 1.0  # s: two samples further apart than this give no velocity
 SEQ_MOD = 1 << 32  # pos seq wraps here (protocol: 0 … 2³²−1)
@@ -396,8 +396,8 @@ class KalmanPaths:
     """A constant-velocity Kalman filter per key over received samples, batched per frame.
 
     The offline baseline `training.baselines.KalmanCV` run online, one sample at a time:
-    the same filter (`server.priors.kalman_step`) and the same reset rule
-    (`server.features.reset_mask`: a gap over ``max_gap`` or a jump faster than
+    the same filter (`server.core.priors.kalman_step`) and the same reset rule
+    (`server.core.features.reset_mask`: a gap over ``max_gap`` or a jump faster than
     ``max_speed`` starts over at the sample with zero velocity). After each new sample
     the predicted path is ``pos + vel * h`` from the filtered state, returned as offsets
     from the sample (what `DeadReckoner` in mode ``"gru"`` draws). Numpy only.

@@ -6,7 +6,7 @@ annotated hex dumps of a `hello`, a `pos` and a two-avatar `state` frame.
     python docs/protocol_examples.py --update   # rewrite those blocks in docs/protocol.md
 
 Every value is fixed, so the output is the same on every run. The frames are made by the
-real encoders in `server.protocol` and decoded back before they are printed.
+real encoders in `server.core.protocol` and decoded back before they are printed.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from server import protocol as P  # noqa: E402
-from server.downlink import DownlinkReckoner  # noqa: E402
+from server.core import protocol as P  # noqa: E402
+from server.core.downlink import DownlinkReckoner  # noqa: E402
 
 DOC = ROOT / "docs" / "protocol.md"
 

@@ -1,7 +1,7 @@
 """``python -m server`` / ``avatar-server``: run the WebSocket server until SIGINT/SIGTERM.
 
 ``avatar-server token --avatar A --room R [--ttl S] [--secret K]`` prints a join token
-instead (see `server.auth`).
+instead (see `server.core.auth`).
 """
 
 from __future__ import annotations
@@ -14,15 +14,17 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from server import auth, cli, runner
-from server.config import Config
+from server import cli
+from server.core import auth
+from server.serve import runner
+from server.serve.config import Config
 
 SECRET_ENV = "AVATAR_SECRET"
 
 
 async def run(config: Config) -> None:
     """Serve `config` until SIGINT/SIGTERM, then shut down gracefully."""
-    from server.app import AvatarServer  # torch and the rest: only when serving
+    from server.serve.app import AvatarServer  # torch and the rest: only when serving
 
     server = AvatarServer(config)
     loop = asyncio.get_running_loop()
@@ -89,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.predictor == "gru":
             cli.load_model(config.model, "cpu")
         if config.workers > 1:
-            from server.cluster import Supervisor
+            from server.cluster.supervisor import Supervisor
 
             return Supervisor(config, args).run()
         runner.run(run(config))

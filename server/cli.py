@@ -226,7 +226,7 @@ def check_device(device: str) -> None:
     """Raise UserError unless `device` names a torch device that is there (auto, cpu, cuda:N)."""
     import torch
 
-    from server.model import resolve_device
+    from server.core.model import resolve_device
 
     try:
         dev = torch.device(device) if device != "auto" else None
@@ -248,7 +248,7 @@ def check_redis(url: str | None) -> None:
     directory at `url` answers PING within a few seconds."""
     import asyncio
 
-    from server.directory import DirectoryError, RoomDirectory
+    from server.cluster.directory import DirectoryError, RoomDirectory
 
     async def ping() -> None:
         d = RoomDirectory(url, timeout=3.0)
@@ -266,10 +266,10 @@ def check_redis(url: str | None) -> None:
 
 
 def load_model(path: str | os.PathLike | None, device: str = "auto"):
-    """`server.model.load_checkpoint` for a command line: a missing file, a file that is not
+    """`server.core.model.load_checkpoint` for a command line: a missing file, a file that is not
     one of our checkpoints (or from an incompatible version), or a device that is not
     there raise UserError naming the path or the device."""
-    from server.model import default_checkpoint_path, load_checkpoint
+    from server.core.model import default_checkpoint_path, load_checkpoint
 
     check_device(device)
     shown = os.fspath(path) if path is not None else str(default_checkpoint_path())

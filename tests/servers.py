@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
-from server.app import AvatarServer
-from server.config import Config
+from server.serve.app import AvatarServer
+from server.serve.config import Config
 
 # Overrides every `running` server gets (a fixture may set "transport" for a whole module).
 DEFAULTS: dict = {"port": 0, "tick_hz": 50.0}

@@ -16,12 +16,12 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from server import protocol as P
-from server.app import AvatarServer
-from server.blend import EXPERTS
-from server.engine import TickEngine
-from server.model import load_checkpoint
-from server.transports import TRANSPORTS
+from server.core import protocol as P
+from server.core.blend import EXPERTS
+from server.core.engine import TickEngine
+from server.core.model import load_checkpoint
+from server.serve.app import AvatarServer
+from server.serve.transports import TRANSPORTS
 from tests import servers
 from tests.servers import running
 
@@ -419,8 +419,8 @@ async def test_extra_routes():
 
 
 def test_step_cost_is_measured_and_leaves_the_engine_clean():
-    from server.app import build_engine, step_cost
-    from server.config import Config
+    from server.serve.app import build_engine, step_cost
+    from server.serve.config import Config
 
     eng = build_engine(Config(predictor="cv", threads=1))
     cost = step_cost(eng, n=64, repeats=2)
@@ -432,7 +432,7 @@ SECRET = "test-secret-0123456789abcdef-0123456789"
 
 
 async def test_join_tokens_missing_wrong_expired_wrong_room_refused_valid_admitted():
-    from server.auth import mint_token
+    from server.core.auth import mint_token
 
     async with running(secret=SECRET) as srv:
         now = time.time()

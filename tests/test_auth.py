@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server import protocol as P
 from server.__main__ import main
-from server.auth import MAX_TOKEN_CHARS, mint_token, verify_token
+from server.core import protocol as P
+from server.core.auth import MAX_TOKEN_CHARS, mint_token, verify_token
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "s3cret-" + "k" * 32  # >= 32 bytes: no InsecureKeyLengthWarning

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from server import priors
+from server.core import priors
 from training.baselines import (
     IMM,
     KalmanCV,

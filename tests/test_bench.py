@@ -1,7 +1,10 @@
-from server.bench import main, time_engine
-from server.engine import TickEngine
-from server.features import FeatureConfig
-from server.model import ModelConfig, MotionGRU, save_checkpoint
+from server.core.engine import TickEngine
+from server.core.features import FeatureConfig
+from server.core.model import ModelConfig, MotionGRU, save_checkpoint
+from tests.benches import load
+
+_engine_bench = load("engine.py")
+main, time_engine = _engine_bench.main, _engine_bench.time_engine
 
 
 def test_time_engine_reports_per_avatar_cost():

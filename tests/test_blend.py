@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from server import blend as BL
-from server.blend import EXPERTS, BlendConfig, BlendState
+from server.core import blend as BL
+from server.core.blend import EXPERTS, BlendConfig, BlendState
 
 H = np.array([0.1, 0.2, 0.5, 1.0])
 

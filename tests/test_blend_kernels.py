@@ -1,9 +1,9 @@
-"""The compiled kernels against their numpy oracles (`server.priors`)."""
+"""The compiled kernels against their numpy oracles (`server.core.priors`)."""
 
 import numpy as np
 
-from server import blend_kernels as K
-from server import priors
+from server.core import blend_kernels as K
+from server.core import priors
 
 
 def walk(rng, steps, n):

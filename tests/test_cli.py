@@ -31,7 +31,6 @@ SCRIPTS = {  # console script -> module (pyproject.toml's [project.scripts])
     "avatar-evaluate": "training.evaluate",
     "avatar-simulate": "training.simulate",
     "avatar-ethucy": "training.ethucy",
-    "avatar-bench-engine": "server.bench",
 }
 
 
@@ -96,8 +95,8 @@ no_gpu = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     """A malformed CSV (line 3), a file that is not a checkpoint, a good checkpoint."""
-    from server.features import FeatureConfig
-    from server.model import ModelConfig, MotionGRU, save_checkpoint
+    from server.core.features import FeatureConfig
+    from server.core.model import ModelConfig, MotionGRU, save_checkpoint
 
     d = tmp_path_factory.mktemp("cli")
     bad = d / "bad.csv"
@@ -167,7 +166,7 @@ def test_report_names_a_missing_directory_and_a_malformed_file(files):
     ("name", "extra"),
     [
         ("avatar-evaluate", ["--data", "synthetic:2:5:2"]),
-        ("avatar-bench-engine", ["--avatars", "2", "--ticks", "1", "--device", "cpu"]),
+        ("bench/engine.py", ["--avatars", "2", "--ticks", "1", "--device", "cpu"]),
         ("avatar-demo", ["--port", "0", "--duration", "1", "--bots", "1"]),
     ],
 )
@@ -189,7 +188,7 @@ def test_server_names_a_missing_checkpoint():
 @pytest.mark.parametrize(
     ("name", "extra"),
     [
-        ("avatar-bench-engine", ["--avatars", "2", "--ticks", "1", "--model", "{good}"]),
+        ("bench/engine.py", ["--avatars", "2", "--ticks", "1", "--model", "{good}"]),
         ("avatar-evaluate", ["--data", "synthetic:2:5:2", "--model", "{good}"]),
         ("avatar-train", ["--no-ethucy", "--synthetic-avatars", "1", "--out", "{dir}/t.pt"]),
     ],
@@ -200,7 +199,7 @@ def test_a_missing_gpu_is_named(files, name, extra):
 
 
 def test_a_device_that_is_no_device_is_named(files):
-    p = run("avatar-bench-engine", "--device", "banana", "--model", str(files["good"]))
+    p = run("bench/engine.py", "--device", "banana", "--model", str(files["good"]))
     check(p, 1, "'banana'")
 
 
@@ -241,7 +240,7 @@ def test_bench_scripts_name_a_server_that_does_not_start(script, extra):
         ("avatar-loadtest", ["--clients", "0"], "clients"),
         ("avatar-demo", ["--url", "ws://127.0.0.1:x/"], "ws://127.0.0.1:x/"),
         ("avatar-demo", ["--bots", "0"], "--bots"),
-        ("avatar-bench-engine", ["--avatars", "lots"], "lots"),
+        ("bench/engine.py", ["--avatars", "lots"], "lots"),
         ("avatar-ethucy", ["--scenes", "mars"], "mars"),
         ("avatar-server", ["--port", "99999"], "port"),
         ("avatar-server", ["token", "--avatar", "a", "--room", "r"], "AVATAR_SECRET"),
@@ -257,7 +256,7 @@ def test_usage_errors_exit_2(name, args, named):
 
 
 def test_a_command_that_returns_figures_exits_0(files):
-    p = run("avatar-bench-engine", "--avatars", "2", "--ticks", "1", "--device", "cpu",
+    p = run("bench/engine.py", "--avatars", "2", "--ticks", "1", "--device", "cpu",
             "--model", str(files["good"]))  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert "Traceback" not in p.stderr

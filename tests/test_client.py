@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from client_demo.client import AvatarClient, Refused
-from server import protocol as P
+from server.core import protocol as P
 from tests.servers import running
 
 

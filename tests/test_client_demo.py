@@ -101,7 +101,7 @@ def test_relay_frames_are_v1_frames_without_offsets():
     import numpy as np
 
     from client_demo.__main__ import RELAY_RECORD, relay_frame_bytes
-    from server import protocol as P
+    from server.core import protocol as P
 
     n, nh = 3, 10
     rec = P.pack_records(np.arange(n), np.zeros(n), np.arange(n), np.zeros((n, 3)),

@@ -20,10 +20,11 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from client_demo.client import AvatarClient
-from server import protocol as P
-from server.cluster import _worker_argv, advertised_url
-from server.config import Config
-from server.directory import RoomDirectory
+from server.cluster.directory import RoomDirectory
+from server.cluster.member import advertised_url
+from server.cluster.supervisor import _worker_argv
+from server.core import protocol as P
+from server.serve.config import Config
 from tests.servers import running
 
 TTL = 0.8  # directory_ttl for these tests: a dead worker's rooms free within it

@@ -1,6 +1,6 @@
 import pytest
 
-from server.config import Config, build_parser
+from server.serve.config import Config, build_parser
 
 
 def test_defaults_are_valid_and_documented():

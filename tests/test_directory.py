@@ -1,4 +1,4 @@
-"""server/directory.py against a real redis-server (tests/redis_server.py).
+"""server/cluster/directory.py against a real redis-server (tests/redis_server.py).
 
 Each test gets its own empty Redis on a free loopback port. Where expiry must be seen,
 TTLs are short (0.5 s) and the test polls Redis with a bounded deadline.
@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 import redis.asyncio as aioredis
 
-from server.directory import (
+from server.cluster.directory import (
     DirectoryError,
     DirectoryUnavailable,
     Heartbeat,

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from server.downlink import EXTRAPOLATE, DownlinkReckoner, path_at, select
+from server.core.downlink import EXTRAPOLATE, DownlinkReckoner, path_at, select
 
 H = np.array([0.1, 0.2, 0.4])
 

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from server import blend as BL
-from server import features as F
-from server.blend import BlendConfig
-from server.engine import TickEngine
-from server.features import FeatureConfig
-from server.model import LoadedModel, ModelConfig, MotionGRU
+from server.core import blend as BL
+from server.core import features as F
+from server.core.blend import BlendConfig
+from server.core.engine import TickEngine
+from server.core.features import FeatureConfig
+from server.core.model import LoadedModel, ModelConfig, MotionGRU
 
 FEATS = FeatureConfig(horizons=(0.1, 0.2, 0.4, 0.7, 1.0), out_scale=(0.05, 0.1, 0.2, 0.3, 0.5))
 
@@ -40,7 +40,7 @@ def reference_predictions(lm: LoadedModel, t, p) -> tuple[np.ndarray, F.StepOutp
 
 def reference_room(lm: LoadedModel, sent: list[list], blend: BlendConfig | None) -> list:
     """Every avatar's paths, each from `reference_predictions`; with `blend`, the online
-    blend replayed over all of them as one room, tick by tick (`server.blend.replay_many`).
+    blend replayed over all of them as one room, tick by tick (`server.core.blend.replay_many`).
     `sent[i]` lists avatar i's (tick, t, position)."""
     refs = []
     for s in sent:

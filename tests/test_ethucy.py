@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from server.features import FeatureConfig
-from server.model import ModelConfig, MotionGRU
+from server.core.features import FeatureConfig
+from server.core.model import ModelConfig, MotionGRU
 from training import ethucy as P
 from training.datasets import Track
 

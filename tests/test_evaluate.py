@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from server.features import FeatureConfig
-from server.model import ModelConfig, MotionGRU, load_checkpoint, save_checkpoint
+from server.core.features import FeatureConfig
+from server.core.model import ModelConfig, MotionGRU, load_checkpoint, save_checkpoint
 from training import baselines as B
 from training import evaluate as E
 from training.simulate import simulate

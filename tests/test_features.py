@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from server import features as F
-from server.features import FeatureConfig, FeatureState
+from server.core import features as F
+from server.core.features import FeatureConfig, FeatureState
 
 
 def rot(theta: float) -> np.ndarray:

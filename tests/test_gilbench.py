@@ -1,8 +1,10 @@
-"""server.gilbench: every row measured, in one run, with the worker stopped at the end."""
+"""bench/gil.py: every row measured, in one run, with the worker stopped at the end."""
 
 import pytest
 
-from server.gilbench import main
+from tests.benches import load
+
+main = load("gil.py").main
 
 
 def test_rows_of_the_benchmark(capsys):

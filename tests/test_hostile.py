@@ -21,9 +21,9 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from server import protocol as P
-from server.app import AvatarServer
-from server.transports import TRANSPORTS
+from server.core import protocol as P
+from server.serve.app import AvatarServer
+from server.serve.transports import TRANSPORTS
 from tests.servers import running
 
 MAX_FRAMES = 600  # every read loop below is bounded by this many frames

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.interest import InterestGrid, in_region
+from server.core.interest import InterestGrid, in_region
 
 
 def brute(pos, radius, cap, viewers=None):

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from server.features import N_FEATURES, FeatureConfig
-from server.model import (
+from server.core.features import N_FEATURES, FeatureConfig
+from server.core.model import (
     LoadedModel,
     ModelConfig,
     MotionGRU,
@@ -105,7 +105,7 @@ def test_resolve_device():
 
 
 def test_shipped_checkpoint_loads_and_is_small():
-    from server.model import default_checkpoint_path
+    from server.core.model import default_checkpoint_path
 
     path = default_checkpoint_path()
     if not path.exists():

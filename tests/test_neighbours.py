@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from server import features as F
-from server.engine import TickEngine
-from server.features import FeatureConfig, FeatureState
-from server.model import LoadedModel, ModelConfig, MotionGRU
-from server.neighbours import neighbour_features
+from server.core import features as F
+from server.core.engine import TickEngine
+from server.core.features import FeatureConfig, FeatureState
+from server.core.model import LoadedModel, ModelConfig, MotionGRU
+from server.core.neighbours import neighbour_features
 
 
 def brute_force(state, rows, live, group, clock, cfg):

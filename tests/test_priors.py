@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from server import priors
-from server.priors import kalman_step
+from server.core import priors
+from server.core.priors import kalman_step
 from training.baselines import IMM, KalmanCV, segment_ids
 
 

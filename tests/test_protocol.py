@@ -1,4 +1,4 @@
-"""Wire protocol v1 (server/protocol.py): round trips, sizes, every rejection, and fuzzing.
+"""Wire protocol v1 (server/core/protocol.py): round trips, sizes, every rejection, and fuzzing.
 
 Pure and fast: no sockets, no torch.
 """
@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server import protocol as P
+from server.core import protocol as P
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENT_TYPES = (P.Hello, P.Pos, P.Bye, P.View, P.Ping)

@@ -1,6 +1,6 @@
 import pytest
 
-from server.runner import run
+from server.serve.runner import run
 
 
 def test_run_returns_the_result_and_raises_what_the_coroutine_raises():

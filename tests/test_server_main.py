@@ -17,9 +17,9 @@ import torch
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from server import protocol as P
 from server.__main__ import main
-from server.model import default_checkpoint_path
+from server.core import protocol as P
+from server.core.model import default_checkpoint_path
 
 
 def test_help_documents_every_flag(capsys):

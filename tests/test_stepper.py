@@ -1,6 +1,6 @@
 """The step worker: a child process that steps a copy of the engine, bit for bit.
 
-Real child processes (``python -m server.stepper``), real sockets; every wait is bounded
+Real child processes (``python -m server.serve.stepper``), real sockets; every wait is bounded
 (a reply timeout, a frame count); no sleeps. Each test stops its children and checks by
 PID that none is left.
 """
@@ -17,14 +17,16 @@ import pytest
 import torch
 from websockets.asyncio.client import connect
 
-from server import protocol as P
-from server import stepper as S
-from server.engine import TickEngine
-from server.gilbench import behind_busy_main_thread
-from server.model import load_checkpoint
-from server.stepper import Stepper, StepWorker, StepWorkerGone
+from server.core import protocol as P
+from server.core.engine import TickEngine
+from server.core.model import load_checkpoint
+from server.serve import stepper as S
+from server.serve.stepper import Stepper, StepWorker, StepWorkerGone
+from tests.benches import load
 from tests.servers import running
 from tests.test_engine import make_model
+
+behind_busy_main_thread = load("gil.py").behind_busy_main_thread
 
 START = 60.0  # seconds a child may take to import torch on a busy machine
 
@@ -174,7 +176,7 @@ def step_with_busy_main_thread(step, reps: int = 5) -> float:
 def test_the_worker_steps_like_the_engine_behind_a_busy_main_thread(worker):
     """The worker's point is speed behind a busy main thread (a step in a thread waits for
     the GIL at every numpy and torch call): that is a timing, measured by the benchmark
-    (`python -m server.gilbench`: x1.9 against x22 of the step alone at 1,000 avatars),
+    (`python bench/gil.py`: x1.9 against x22 of the step alone at 1,000 avatars),
     not here, where other programs share the two cores. Here: the same predictions."""
     n = 500
     local = TickEngine(load_checkpoint(device="cpu"), device="cpu", capacity=n)
@@ -296,7 +298,7 @@ async def test_a_server_whose_worker_dies_keeps_serving_in_process(monkeypatch):
 
 
 def test_a_failure_in_the_child_comes_back_with_its_traceback_and_ends_the_worker(worker):
-    from server.stepper import StepWorkerError
+    from server.serve.stepper import StepWorkerError
 
     eng = TickEngine(make_model(), device="cpu")
     eng.join("a")

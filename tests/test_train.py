@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from server import features as F
-from server.engine import TickEngine
-from server.features import FeatureConfig
-from server.model import load_checkpoint
+from server.core import features as F
+from server.core.engine import TickEngine
+from server.core.features import FeatureConfig
+from server.core.model import load_checkpoint
 from training import train as T
 from training.datasets import Track
 from training.simulate import simulate

@@ -9,9 +9,9 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from server import protocol as P
-from server.config import Config
-from server.transports import TRANSPORTS, make_transport
+from server.core import protocol as P
+from server.serve.config import Config
+from server.serve.transports import TRANSPORTS, make_transport
 from tests.servers import running
 
 

@@ -26,10 +26,10 @@ import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 
-from server import protocol as P
-from server.app import AvatarServer
-from server.blend import EXPERTS
-from server.downlink import path_at
+from server.core import protocol as P
+from server.core.blend import EXPERTS
+from server.core.downlink import path_at
+from server.serve.app import AvatarServer
 from tests.servers import running
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from server import protocol as P
-from server.engine import TickEngine
-from server.world import ClockOffset, World
+from server.core import protocol as P
+from server.core.engine import TickEngine
+from server.core.world import ClockOffset, World
 
 
 def hello(v: int = 1, **kw) -> P.Hello:

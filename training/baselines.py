@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server import priors
-from server.features import FeatureConfig, reset_mask
+from server.core import priors
+from server.core.features import FeatureConfig, reset_mask
 from training.datasets import Track
 
 MAX_GAP = FeatureConfig.max_gap  # the served reset rule (server.features)
@@ -266,7 +266,7 @@ class IMM:
     Calling it is a path predictor: each model's filtered mean moved by that model's own
     motion (CV: the line; CT: the arc at its w) for each horizon, the positions weighted by
     the mode probabilities after sample k (the standard IMM prediction; no switching is
-    assumed within the horizon). It runs `server.priors.imm_step` (rows = tracks);
+    assumed within the horizon). It runs `server.core.priors.imm_step` (rows = tracks);
     `reference` is a plain per-sample textbook implementation, its test oracle. One call
     costs ~0.4 ms per sample (numpy overhead of a one-row step); `paths_many` runs many
     tracks at once (~1 s for 100k samples in 300 tracks).
@@ -285,7 +285,7 @@ class IMM:
     STEP_PARAMS = ("q_cv", "q_ct", "q_w", "r", "switch_rate", "init_vel_std", "init_omega_std")
 
     def states(self, t: np.ndarray, p: np.ndarray) -> np.ndarray:
-        """The `server.priors` state (N, IMM_WIDTH) after each sample. Raises ValueError."""
+        """The `server.core.priors` state (N, IMM_WIDTH) after each sample. Raises ValueError."""
         t, p, _ = _check(t, p, np.zeros(0))
         _, steps = _imm_steps([(t, p)], [self], self.max_gap, self.max_speed)
         out = np.empty((t.size, priors.IMM_WIDTH))
@@ -329,7 +329,7 @@ class IMM:
 
     def reference(self, t: np.ndarray, p: np.ndarray, horizons: np.ndarray):
         """The same predictor, per sample and per model in plain matrix form (the oracle of
-        `__call__` and `server.priors.imm_step`): returns (paths (N, H, 3), modes (N, 2))."""
+        `__call__` and `server.core.priors.imm_step`): returns (paths (N, H, 3), modes (N, 2))."""
         t, p, h = _check(t, p, horizons)
         n = t.size
         paths = np.empty((n, h.size, 3))
@@ -434,7 +434,7 @@ def _pack(lengths: Sequence[int]) -> tuple[list[tuple[int, int]], int]:
 
 
 def _imm_steps(streams, imms: Sequence[IMM], max_gap: float, max_speed: float):
-    """Run `server.priors.imm_step` for every filter of `imms` (a block of rows each) over
+    """Run `server.core.priors.imm_step` for every filter of `imms` (a block of rows each) over
     `streams` ((t, p) pairs, laid out by `_pack`; a stream's first sample resets its row).
     Returns (placement, iterator of (k, state (IMM_WIDTH, len(imms) * rows)))."""
     place, n_rows = _pack([len(t) for t, _ in streams])
@@ -464,7 +464,7 @@ def _imm_steps(streams, imms: Sequence[IMM], max_gap: float, max_speed: float):
 def _imm_motion(model: int, x: np.ndarray, h: float) -> tuple[np.ndarray, np.ndarray]:
     """Model `model` (0 CV, 1 CT) moving the mean `x` [x, y, vx, vy, w] by `h` s: the new
     mean and the Jacobian (5, 5). CV keeps the velocity (and w); CT turns the velocity by
-    w h along the arc (series near w h = 0, `server.priors.turn_terms`)."""
+    w h along the arc (series near w h = 0, `server.core.priors.turn_terms`)."""
     px, py, vx, vy, w = x
     F = np.eye(5)
     if model == 0:

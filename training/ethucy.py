@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from server import cli
-from server import features as F
-from server.features import FeatureConfig
+from server.core import features as F
+from server.core.features import FeatureConfig
 from training import datasets as D
 from training.datasets import Track
 from training.train import TrainConfig, Windows, fit, residual_scale, residuals

@@ -16,7 +16,7 @@ names the best classical predictor, for render error and at every horizon.
 on. The Kalman filter and the IMM (constant velocity + coordinated turn, a manoeuvring-target
 filter) are tuned (grid search) on the corrupted evaluation data itself: the strongest they
 can be, which makes the comparison conservative for the GRU. "gru" is what the server
-serves (the network blended online with the classical experts, `server.blend`); "gru_raw"
+serves (the network blended online with the classical experts, `server.core.blend`); "gru_raw"
 is the network alone.
 """
 
@@ -32,10 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from server import blend, cli
-from server import features as F
-from server.blend import BlendConfig
-from server.model import LoadedModel
+from server import cli
+from server.core import blend
+from server.core import features as F
+from server.core.blend import BlendConfig
+from server.core.model import LoadedModel
 from training import baselines as B
 from training import datasets as D
 from training import realmotion as RM
@@ -64,7 +65,7 @@ class GRUPredictor:
 
     Called on one stream it sees that avatar alone; `scene` replays streams that share a
     clock as one room, tick by tick, exactly as the engine serves them (neighbours).
-    With `blend` (a `server.blend.BlendConfig`) the paths are the online blend of the
+    With `blend` (a `server.core.blend.BlendConfig`) the paths are the online blend of the
     network and the classical experts, replayed as the engine serves it; without, the
     network's own paths.
     """
@@ -202,7 +203,7 @@ def evaluate(
     """All predictors on `scenes`; returns the JSON-ready result (see `main`).
 
     "gru" is what the server serves: the network blended online with the classical
-    experts by `served_blend` (`server.blend`; None: the network alone); "gru_raw" is the
+    experts by `served_blend` (`server.core.blend`; None: the network alone); "gru_raw" is the
     network alone.
 
     What a server ticking every `tick` s sees is scored: each track is thinned to its

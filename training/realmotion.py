@@ -1,7 +1,7 @@
 """Real motion at stream rates (`training/data/realmotion/`), as scenes with fixed splits.
 
 A *scene* is a set of tracks that share one clock and one space: what one server room
-would hold. The model sees every scene as the engine would (`server.features.
+would hold. The model sees every scene as the engine would (`server.core.features.
 scene_features`), so the neighbours it learns from are the ones it will be served.
 
 Splits hold out whole recordings, never samples (neighbouring samples of one track are

@@ -45,8 +45,8 @@ import torch
 from torch import nn
 
 from server import cli
-from server.features import DEFAULT_HORIZONS
-from server.model import atomic_torch_save
+from server.core.features import DEFAULT_HORIZONS
+from server.core.model import atomic_torch_save
 from training.baselines import out_of_reach, segment_ids
 from training.datasets import Track, split_by_user
 

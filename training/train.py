@@ -4,7 +4,7 @@
     python -m training.train --data my_logs.csv --no-ethucy --real none --synthetic-avatars 0 --out m.pt
 
 Reads top to bottom: configuration -> data (scenes: tracks on one clock, replayed tick by
-tick through `server.features.scene_features` exactly as the engine serves them, with
+tick through `server.core.features.scene_features` exactly as the engine serves them, with
 each avatar's Kalman prior and neighbours; residual targets over the prior at the
 horizons) -> windows -> model -> loop (AdamW, validation every epoch, early stopping,
 best checkpoint written atomically). Seeded: the same command on the same machine gives
@@ -37,9 +37,9 @@ import torch
 from tqdm import tqdm
 
 from server import cli
-from server import features as F
-from server.features import DEFAULT_HORIZONS, FeatureConfig
-from server.model import ModelConfig, MotionGRU, resolve_device, save_checkpoint
+from server.core import features as F
+from server.core.features import DEFAULT_HORIZONS, FeatureConfig
+from server.core.model import ModelConfig, MotionGRU, resolve_device, save_checkpoint
 from training import datasets as D
 from training import realmotion as RM
 from training.baselines import KalmanCV, out_of_reach

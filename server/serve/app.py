@@ -1,7 +1,7 @@
 """The asyncio layer: WebSocket connections, the tick loop, fan-out, HTTP endpoints.
 
-Thin on purpose: messages are decoded by `server.protocol`, the rooms, clocks and frames
-live in `server.world.World`, the model step in `server.engine.TickEngine`. This module
+Thin on purpose: messages are decoded by `server.core.protocol`, the rooms, clocks and frames
+live in `server.core.world.World`, the model step in `server.core.engine.TickEngine`. This module
 owns sockets and time:
 
     server = AvatarServer(Config(port=0))
@@ -14,7 +14,7 @@ owns sockets and time:
 The tick loop runs on absolute deadlines (k / tick_hz after start), counts the deadlines
 it misses (overruns) instead of drifting, runs a short model step on the loop and a long
 one in a thread, or, once a step of 256+ avatars runs long, in a step worker process
-(`server.stepper`: off the GIL), and writes each client's frames without awaiting: a
+(`server.serve.stepper`: off the GIL), and writes each client's frames without awaiting: a
 client whose socket does not drain has its `state` frames dropped (each frame is
 complete, the next replaces it) and is closed after `max_dropped` in a row.
 """
@@ -45,17 +45,17 @@ from prometheus_client import (
     generate_latest,
 )
 
-from server import protocol as P
-from server.auth import verify_token
-from server.blend import EXPERTS, BlendConfig
-from server.config import Config
-from server.engine import TickEngine
-from server.model import default_checkpoint_path, load_checkpoint
-from server.transports import Connection, HttpReply, make_transport
-from server.world import Member, World
+from server.core import protocol as P
+from server.core.auth import verify_token
+from server.core.blend import EXPERTS, BlendConfig
+from server.core.engine import TickEngine
+from server.core.model import default_checkpoint_path, load_checkpoint
+from server.core.world import Member, World
+from server.serve.config import Config
+from server.serve.transports import Connection, HttpReply, make_transport
 
 if TYPE_CHECKING:
-    from server.cluster import ClusterMember
+    from server.cluster.member import ClusterMember
 
 log = logging.getLogger("avatar_stream")
 
@@ -319,6 +319,36 @@ class AvatarServer:
             registry=self.registry,
         )
 
+    # -- what a cluster member sees of this server (server.cluster.member.ClusterHost) --------
+
+    def room_names(self) -> set[str]:
+        """The rooms with members now."""
+        return set(self.world.rooms) if self.world is not None else set()
+
+    def move_room(self, room: str, why: str) -> int:
+        """Tell every client of `room` to look it up again (close 4001); bots leave.
+        Returns how many clients were told."""
+        r = self.world.rooms.get(room) if self.world is not None else None
+        if r is None:
+            return 0
+        told = 0
+        for m in [*r.players.values(), *r.spectators]:
+            if m.session is not None:
+                m.session.move_away(why)
+                told += 1
+            else:
+                self.world.remove(m)
+        return told
+
+    def move_unplaced(self, why: str) -> None:
+        """Tell the connections in no room yet to look their room up again (close 4001)."""
+        for session in list(self.sessions):
+            session.move_away(why)
+
+    async def wait_idle(self) -> None:
+        """Return once no client connection is left."""
+        await self.idle.wait()
+
     # -- lifecycle -------------------------------------------------------------------------
 
     @property
@@ -415,7 +445,7 @@ class AvatarServer:
         # A CPU step too long for the loop (inline_step_ms) of MIN_BATCH avatars or more moves
         # to a child process (server.stepper): in a thread it waits for the GIL behind the
         # loop (1,000 clients: 37 vs 4.5 ms alone)
-        from server.stepper import Stepper
+        from server.serve.stepper import Stepper
 
         self._stepper = Stepper(engine, threads=cfg.threads)
         transport = make_transport(
@@ -428,7 +458,7 @@ class AvatarServer:
         )
         self.port = await transport.start(cfg.host, cfg.port)
         if cfg.redis:  # a cluster worker: register before the first client is admitted
-            from server.cluster import ClusterMember
+            from server.cluster.member import ClusterMember
 
             self.cluster = ClusterMember(self, cfg, self.port)
             try:

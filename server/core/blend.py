@@ -45,11 +45,11 @@ smooth one), a responsive Kalman filter (`fast_q`, `fast_r`: the tuning the offl
 evaluation picks on stream-rate game and sports motion), constant velocity over the last
 interval, a turning model (the prior's velocity turned at a smoothed turn rate:
 constant turn rate and velocity), and two IMMs of constant velocity and coordinated turn
-(`server.priors.imm_step`, a manoeuvring-target filter), a smooth and a responsive one.
+(`server.core.priors.imm_step`, a manoeuvring-target filter), a smooth and a responsive one.
 Together the filters span the tunings the offline evaluation picks per data set, so the
 weighting tunes the classical side per avatar online as well.
 
-No per-row Python: the per-row work is compiled (`server.blend_kernels`, numba), in place
+No per-row Python: the per-row work is compiled (`server.core.blend_kernels`, numba), in place
 on `BlendState`'s row-major per-slot arrays. `replay` runs the same `step` over recorded
 streams, for the offline evaluation (`training.evaluate`).
 """
@@ -60,8 +60,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from server import blend_kernels as K
-from server import priors
+from server.core import blend_kernels as K
+from server.core import priors
 
 EXPERTS: tuple[str, ...] = ("net", "kalman", "kalman_fast", "cv", "turn", "imm_smooth", "imm_fast")
 _EPS2 = 1e-6  # m^2: an error below ~1 mm counts as exact (relative losses stay defined)
@@ -128,8 +128,8 @@ class BlendState:
     `fl_anchor` (n, F, 3) the anchor sample's position, `fl_off` (n, F, E, 3) float32 the
     experts' predicted offsets from it, `prev` (n, 4) the previous sample (t, x, y, z; t
     NaN: none), `turn` (n, 2) the turn rate and the heading it was last measured at, `kf`
-    (n, 9) the responsive Kalman filter (`server.priors.kalman_step`'s fields), `imm` (n, 2,
-    67) the two IMM filters (`server.priors.imm_step`'s). Per room (indexed by a room id
+    (n, 9) the responsive Kalman filter (`server.core.priors.kalman_step`'s fields), `imm` (n, 2,
+    67) the two IMM filters (`server.core.priors.imm_step`'s). Per room (indexed by a room id
     below n, not by row): `room` (n, H, E) the room's loss estimate, where its avatars' first
     samples start.
     """
@@ -275,12 +275,12 @@ def expert_offsets(
     """Every expert's offsets (n, H, E, 3) float32, experts in `EXPERTS` order.
 
     `net` (n, H, 3) the network's offsets; `v` (n, 3) the last interval's velocity (zero at
-    a reset); `prior_dp`, `prior_v` (n, 3) the Kalman prior (`server.features.StepOutput`);
+    a reset); `prior_dp`, `prior_v` (n, 3) the Kalman prior (`server.core.features.StepOutput`);
     `filters` what `update_filters` returned: the turn rate (n,), the responsive Kalman
     filter's position minus the sample and velocity (n, 3) each, the IMM's offsets (n, H, 3).
     The turning expert moves from the Kalman position with its velocity turned at the turn
     rate w: offset ``dp + h (S v + C v_perp)`` with S = sin(wh)/(wh), C = (1 - cos wh)/(wh)
-    (`server.priors.arc_terms`), z at constant velocity.
+    (`server.core.priors.arc_terms`), z at constant velocity.
     """
     omega, fast_dp, fast_v, imm_smooth, imm_fast = filters
     h = _f64(horizons)

@@ -6,7 +6,7 @@ A checkpoint carries the model arguments, the feature configuration (including t
 residual normalisation and horizons), a version string and the weights:
 `load_checkpoint(path, device)` rebuilds everything from the file alone.
 
-The output is a residual over the Kalman prior (`server.features`), shrunk per horizon by
+The output is a residual over the Kalman prior (`server.core.features`), shrunk per horizon by
 a learned gate in (0, 1): `gate * residual`, so the model can only move a prediction
 from the prior as far as its own residual goes, and falls back to the prior wherever it
 learns that it cannot beat it. `cell` is "gru" (served) or "lstm" (a baseline); an
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from server.features import N_FEATURES, FeatureConfig
+from server.core.features import N_FEATURES, FeatureConfig
 
 CHECKPOINT_FORMAT = 2
 RETRAIN_HINT = (

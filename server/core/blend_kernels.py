@@ -1,12 +1,12 @@
 """The online blend's per-row work, compiled (numba): the classical experts' filters, their
-offsets, and the scoring, weighting, blending and arming of `server.blend`.
+offsets, and the scoring, weighting, blending and arming of `server.core.blend`.
 
 Each kernel loops over the rows of one tick and updates the per-slot state arrays of
-`server.blend.BlendState` in place (no gathers or scatters of whole rows; what that costs
+`server.core.blend.BlendState` in place (no gathers or scatters of whole rows; what that costs
 against the numpy version it replaced: docs/performance.md). The arithmetic is that of
-`server.priors` (the Kalman filter, the IMM: their numpy versions are these kernels' test
-oracles, to rounding) and of the algorithm in `server.blend`'s docstring; the callers are
-`server.blend`'s public functions, and `server.blend.warm_up` compiles them at startup
+`server.core.priors` (the Kalman filter, the IMM: their numpy versions are these kernels' test
+oracles, to rounding) and of the algorithm in `server.core.blend`'s docstring; the callers are
+`server.core.blend`'s public functions, and `server.core.blend.warm_up` compiles them at startup
 (then cached beside this file, `cache=True`); with ``NUMBA_DISABLE_JIT=1`` the same code
 runs as plain (slow) Python.
 """
@@ -18,7 +18,7 @@ import math
 import numpy as np
 from numba import njit
 
-from server.priors import IMM_CT, IMM_CV, IMM_MU, IMM_MU_MIN, IMM_Z, TURN_SERIES
+from server.core.priors import IMM_CT, IMM_CV, IMM_MU, IMM_MU_MIN, IMM_Z, TURN_SERIES
 
 _LOG_2PI = math.log(2.0 * math.pi)
 # cached on disk; numpy's error model: a division by zero gives inf/NaN as in numpy (no
@@ -270,7 +270,7 @@ def filters(
     fast_v,
     imm_off,
 ):
-    """`server.blend.update_filters` for `rows`: the state arrays (BlendState's `prev`,
+    """`server.core.blend.update_filters` for `rows`: the state arrays (BlendState's `prev`,
     `turn`, `kf`, `imm`) in place; `par` the parameters (see `blend._filter_params`);
     writes omega (n,), fast_dp, fast_v (n, 3), imm_off (2, n, H, 3)."""
     turn_tau, turn_min_speed, max_turn_rate, fast_q, fast_r = par[0], par[1], par[2], par[3], par[4]
@@ -313,7 +313,7 @@ def filters(
 
 @_jit
 def experts(net, v, prior_dp, prior_v, omega, fast_dp, fast_v, imm_off, h, uniform, out):
-    """`server.blend.expert_offsets`: writes out (n, H, E, 3) float32."""
+    """`server.core.blend.expert_offsets`: writes out (n, H, E, 3) float32."""
     Sa, Ca = np.empty(len(h)), np.empty(len(h))
     for i in range(len(net)):
         arcs(omega[i], h, uniform, Sa, Ca)
@@ -363,7 +363,7 @@ def step(
     loss, fl_t, fl_anchor, fl_off, prev, hk, lane_start, lanes, rows, t, p, reset, ex, h,
     log_prior, on, eta, memory, eps2, room_loss, room, ids, local, room_rate, off, w_out,
 ):  # fmt: skip
-    """`server.blend.step` for `rows`: score the due flights, weigh, blend into off (n, H, 3)
+    """`server.core.blend.step` for `rows`: score the due flights, weigh, blend into off (n, H, 3)
     and w_out (n, E, H), put this sample's predictions in flight, record the sample. A
     row's first sample (no previous one) starts from `room_loss[room[i]]`; then the rooms
     `ids` (local index `local[i]` of row i) learn this call's scores."""

@@ -9,7 +9,7 @@ with a step run inline: measured, awaiting the answer through the loop made the 
 p99 worse, since the answer then waits for the loop's current round of socket reads).
 The figures and commands are in docs/performance.md, "Model step off the GIL".
 
-`StepWorker` is the child (``python -m server.stepper``, started by `StepWorker()`,
+`StepWorker` is the child (``python -m server.serve.stepper``, started by `StepWorker()`,
 stopped by `close()` or, failing that, killed by its PID; one that outlives its owner's
 reference is killed by a finalizer, and a child whose server went exits on EOF). It holds
 a copy of a `TickEngine` (`TickEngine.attach_worker` sends it) and, per tick, gets the
@@ -55,7 +55,7 @@ import weakref
 
 import numpy as np
 
-from server.blend import EXPERTS
+from server.core.blend import EXPERTS
 
 log = logging.getLogger("avatar_stream")
 
@@ -174,7 +174,7 @@ class StepWorker:
         self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "server.stepper", str(theirs.fileno()), str(threads)],
+                [sys.executable, "-m", "server.serve.stepper", str(theirs.fileno()), str(threads)],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 env=_child_env(),
@@ -499,7 +499,7 @@ def _request(engine, seg: _Segment, msg: tuple):
     """Apply the journal (joins and leaves since the last request, in order), then one
     request: tick (outputs into the segment; the answer is `nonfinite_resets`), swap (the
     keep flag) or hidden (a slot's state)."""
-    from server.engine import StepBatch
+    from server.core.engine import StepBatch
 
     kind, journal = msg[0], msg[1]
     for op in journal:
@@ -526,7 +526,7 @@ def _request(engine, seg: _Segment, msg: tuple):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m server.stepper FD THREADS``: the child (started by `StepWorker`)."""
+    """``python -m server.serve.stepper FD THREADS``: the child (started by `StepWorker`)."""
     argv = sys.argv[1:] if argv is None else argv
     fd, threads = int(argv[0]), int(argv[1])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the server's to handle
@@ -534,8 +534,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(threads)
-    import server.blend
-    import server.engine  # the engine's modules, before saying ready
+    import server.core.blend
+    import server.core.engine  # the engine's modules, before saying ready
 
     server.blend.warm_up()  # and the blend's compiled kernels
 

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from server import protocol as P
-from server.downlink import DownlinkReckoner
-from server.engine import TickEngine, TickResult
-from server.interest import InterestGrid, in_region
+from server.core import protocol as P
+from server.core.downlink import DownlinkReckoner
+from server.core.engine import TickEngine, TickResult
+from server.core.interest import InterestGrid, in_region
 
 Region = tuple[float, float, float, float]
 

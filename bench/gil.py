@@ -1,14 +1,14 @@
-"""Where the model step can run while the event loop holds the GIL: `python -m server.gilbench`.
+"""Where the model step can run while the event loop holds the GIL: `python bench/gil.py`.
 
-    python -m server.gilbench [--avatars 1000] [--steps 15] [--switch-intervals 5,0.5,0.1,0.02]
+    python bench/gil.py [--avatars 1000] [--steps 15] [--switch-intervals 5,0.5,0.1,0.02]
                               [--json OUT]
 
 Times one engine step (the shipped model, one torch thread, every avatar with a new
-sample, avatars uniform over 200 x 200 m as in `server.bench`) while the main thread
+sample, avatars uniform over 200 x 200 m as in `bench/engine.py`) while the main thread
 runs Python in a tight loop (a stand-in for the event loop's callbacks), for each way of
 running it: alone (main thread idle); in a thread, at several GIL switch intervals; in a
 thread with the network traced by TorchScript (one call instead of the module's Python);
-in the step worker process (`server.stepper`). Prints p50 ms per row and its ratio to
+in the step worker process (`server.serve.stepper`). Prints p50 ms per row and its ratio to
 the step alone. Every row is measured in the same run: compare ratios, not times across
 runs (docs/performance.md, "Model step off the GIL").
 """
@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from server import cli
-from server.engine import TickEngine
-from server.stepper import StepWorker
+from server.core.engine import TickEngine
+from server.serve.stepper import StepWorker
 
 SWITCH_INTERVALS = (0.005, 0.0005, 0.0001, 0.00002)  # s; the server serves at 0.0005
 
@@ -160,12 +160,10 @@ def measure(
     return [{"how": how, "p50_ms": s * 1e3, "ratio": s / base} for how, s in rows]
 
 
-@cli.command("python -m server.gilbench")
+@cli.command("python bench/gil.py")
 def main(argv: list[str] | None = None) -> list[dict]:
     """Run and print the rows (see ``--help``); returns them."""
-    ap = argparse.ArgumentParser(
-        prog="python -m server.gilbench", description=__doc__.split("\n")[0]
-    )
+    ap = argparse.ArgumentParser(prog="python bench/gil.py", description=__doc__.split("\n")[0])
     ap.add_argument("--avatars", type=int, default=1000)
     ap.add_argument("--steps", type=int, default=15, help="timed steps per row (p50)")
     ap.add_argument(

@@ -12,7 +12,7 @@ when the model takes them, its nearest neighbours in the same room from this tic
 state), one host->device copy in, `index_select` the states, one model step,
 `index_copy_` them back, the decode (prior + gated residual) on the device, one
 device->host copy out, then (by default) the online blend of the network with the
-classical experts (`server.blend`, per slot, vectorised on the host: each avatar is
+classical experts (`server.core.blend`, per slot, vectorised on the host: each avatar is
 served whatever has been predicting it best). With no model (`model=None`) the engine
 serves last-interval constant-velocity dead reckoning through the same path, which is
 the "model off" comparison.
@@ -24,11 +24,11 @@ counts them in `nonfinite_resets`. On the CPU the hot path pays one finiteness c
 tick; on CUDA the repair always runs on the device, so a tick keeps its single host sync.
 
 **Step worker.** `attach_worker` hands the compute (feature state, hidden states, model)
-to a `server.stepper.StepWorker`, a child process holding a copy of this engine; this
+to a `server.serve.stepper.StepWorker`, a child process holding a copy of this engine; this
 object keeps the membership, the pending samples and the last predictions, so callers
 see no difference. `tick()` is `finish_tick(start_tick())`: `start_tick` ships the batch
 and returns at once, `finish_tick` waits for the worker's answer (without the GIL); a
-caller may do other work in between (the server does not: see `server.stepper`). Joins
+caller may do other work in between (the server does not: see `server.serve.stepper`). Joins
 and leaves go to the worker as a journal with the next request (the slots come out the
 same: both sides run the same allocation; the worker checks). A worker that dies or
 fails is dropped (`finish_tick` raises); the engine then steps in-process again from a
@@ -43,11 +43,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from server import blend as BL
-from server import features as F
-from server.blend import BlendConfig, BlendState
-from server.features import FeatureConfig, FeatureState
-from server.model import LoadedModel, resolve_device
+from server.core import blend as BL
+from server.core import features as F
+from server.core.blend import BlendConfig, BlendState
+from server.core.features import FeatureConfig, FeatureState
+from server.core.model import LoadedModel, resolve_device
 
 MAX_COORD = 1e6  # metres; positions beyond are rejected as corrupt
 
@@ -151,7 +151,7 @@ class TickEngine:
         """`model=None` serves CV dead reckoning (then `features` sets the horizons).
 
         `blend`: the online weighting of the network with the classical experts
-        (`server.blend`; None serves the network alone). It applies to a model only.
+        (`server.core.blend`; None serves the network alone). It applies to a model only.
 
         The model's module is moved, in place, to the engine's device (`model.device` is
         updated). Raises ValueError for an unknown device, cuda without a GPU, or a
@@ -512,7 +512,7 @@ class TickEngine:
     # -- the step worker ----------------------------------------------------------------
 
     def attach_worker(self, worker) -> None:
-        """Run the steps in `worker` (a started `server.stepper.StepWorker`) from now on.
+        """Run the steps in `worker` (a started `server.serve.stepper.StepWorker`) from now on.
 
         Call between two ticks. The worker gets a copy of this engine (model, feature
         and hidden states, slots); from then on this engine's own feature and hidden

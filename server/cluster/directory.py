@@ -6,7 +6,7 @@ the server's internals and is meant to be driven by it:
 
 - at start-up, :meth:`RoomDirectory.start` registers the process;
 - a background task calls :meth:`RoomDirectory.heartbeat` every ``ttl / 4`` seconds
-  (``server.cluster`` does; or it runs :meth:`RoomDirectory.run_heartbeats`), and closes
+  (``server.cluster.member`` does; or it runs :meth:`RoomDirectory.run_heartbeats`), and closes
   the clients of any room the heartbeat reports as ``lost``; in the same round it reads
   :meth:`RoomDirectory.processes` and :meth:`RoomDirectory.rooms` (one round trip each)
   into a local view;

@@ -11,7 +11,7 @@ of travel, y to its left, z up), so the model is invariant to translation and ro
 by construction and mirroring the world is `y -> -y`.
 
 **The prior.** Every row runs a causal constant-velocity Kalman filter (white-noise
-acceleration `kalman_q`, measurement noise `kalman_r`; `server.priors`). The model
+acceleration `kalman_q`, measurement noise `kalman_r`; `server.core.priors`). The model
 predicts a *residual* over that filter's extrapolation: a zero output is exactly the
 tuned Kalman filter's path (`training.baselines.KalmanCV` with the same q and r), so the
 learned model starts from the best classical dead reckoning rather than from
@@ -19,7 +19,7 @@ last-interval constant velocity.
 
 **Neighbours.** With `neighbours = k > 0` the input also carries, per avatar, its k
 nearest avatars of the same group (room) from the same tick's state
-(`server.neighbours`); `tick_features` is the one function that serving and training
+(`server.core.neighbours`); `tick_features` is the one function that serving and training
 call for a tick.
 
 A time gap longer than `max_gap` or a jump faster than `max_speed` (a teleport) is a
@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from server import priors
+from server.core import priors
 
 DEFAULT_HORIZONS: tuple[float, ...] = tuple(round(0.1 * k, 1) for k in range(1, 11))
 
@@ -328,7 +328,7 @@ def tick_features(
         return out
     if live is None or group is None:
         raise ValueError("cfg.neighbours > 0 needs `live` and `group`")
-    from server.neighbours import neighbour_features
+    from server.core.neighbours import neighbour_features
 
     clock = state.t if clock is None else clock
     nb = neighbour_features(state, rows, live, group, clock, cfg)

@@ -1,4 +1,4 @@
-"""Time the TickEngine step: `python -m server.bench [--avatars 1000,10000] [--device auto]`.
+"""Time the TickEngine step: `python bench/engine.py [--avatars 1000,10000] [--device auto]`.
 
 Every avatar submits a new sample every tick (the worst case), so each tick runs the
 feature pipeline, one batched GRU step and the decode for all of them. Prints per
@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from server import cli
-from server.blend import BlendConfig
-from server.engine import TickEngine
-from server.model import LoadedModel, MotionGRU
+from server.core.blend import BlendConfig
+from server.core.engine import TickEngine
+from server.core.model import LoadedModel, MotionGRU
 
 
 def time_engine(engine: TickEngine, n: int, ticks: int, warmup: int = 5) -> dict:
@@ -65,10 +65,10 @@ def without_neighbours(lm: LoadedModel) -> LoadedModel:
     return LoadedModel(MotionGRU(cfg).eval(), feats, lm.version + "-nonb", lm.device, {})
 
 
-@cli.command("python -m server.bench")
+@cli.command("python bench/engine.py")
 def main(argv: list[str] | None = None) -> list[dict]:
     """Time the engine (see ``--help``); returns the rows it printed."""
-    ap = argparse.ArgumentParser(prog="python -m server.bench", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python bench/engine.py", description=__doc__.split("\n")[0])
     ap.add_argument("--avatars", default="1000,10000", help="comma-separated avatar counts")
     ap.add_argument("--ticks", type=int, default=40, help="timed ticks per count")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")

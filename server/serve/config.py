@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 
-from server.transports import TRANSPORTS
+from server.serve.transports import TRANSPORTS
 
 ENV_PREFIX = "AVATAR_"
 

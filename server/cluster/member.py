@@ -1,14 +1,15 @@
-"""Past one process: room-sharded workers with a Redis room directory (docs/scaling.md).
+"""A worker's membership of the cluster: room-sharded workers sharing a Redis room directory
+(docs/scaling.md).
 
     python -m server --redis redis://127.0.0.1:6379/0 --port 8701            # one worker
     python -m server --workers 4 --redis redis://127.0.0.1:6379/0 --port 8700 # 8700..8703
 
 Rooms are the unit of sharding: a room lives in one worker process, with its members,
 handles, engine slots and fan-out; nothing on the tick path crosses processes. Workers
-that share a Redis (`server.directory.RoomDirectory`) form one cluster, on one machine or
+that share a Redis (`server.cluster.directory.RoomDirectory`) form one cluster, on one machine or
 many.
 
-`ClusterMember` is what a worker adds to `AvatarServer`:
+`ClusterMember` is what a worker adds to its server:
 
 - start: register in the directory (Redis unreachable: `DirectoryUnavailable`, which the
   CLI turns into one clear line and exit status 2), then heartbeat every ttl / 4 from its
@@ -28,11 +29,8 @@ many.
   (`moved`, no error message: look the room up again), exit when they are gone or after
   `--shutdown-timeout`.
 
-`Supervisor` runs `--workers N` such workers on one machine (worker k on `--port` + k),
-restarts one that exits, evicts a dead one from the directory at once (its rooms are
-placed anew at the next claim instead of after the TTL), forwards SIGHUP (model reload),
-restarts them one after another on SIGUSR2 (a rolling restart) and drains them all on
-SIGTERM or SIGINT.
+The worker it belongs to is seen through `ClusterHost`: its rooms, its connection count,
+and two ways to tell clients to move; nothing else of the server.
 """
 
 from __future__ import annotations
@@ -40,28 +38,47 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import secrets
-import signal
 import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from server import protocol as P
-from server.directory import DirectoryError, Owner, RoomDirectory
+from server.cluster.directory import DirectoryError, Owner, RoomDirectory
+from server.core import protocol as P
 
 if TYPE_CHECKING:
-    from server.app import AvatarServer
-    from server.config import Config
+    from server.serve.config import Config
 
 log = logging.getLogger("avatar_stream.cluster")
 
 CAPACITY = 700  # clients that make load 1.0 (the measured single-process ceiling)
 SUGGESTED_S = 3.0  # a route answer counts as load on its worker this long
 ROUTE_LINGER = 1.0  # seconds a drained worker keeps answering /route after its clients left
+
+
+class ClusterHost(Protocol):
+    """What a cluster member needs of the worker's server (`AvatarServer` is one)."""
+
+    @property
+    def n_connections(self) -> int:
+        """Open client connections."""
+        ...
+
+    def room_names(self) -> set[str]:
+        """The rooms with members now."""
+        ...
+
+    def move_room(self, room: str, why: str) -> int:
+        """Tell every client of `room` to look the room up again (close 4001, `why` in the
+        log only) and return how many were told; members without a connection leave."""
+        ...
+
+    def move_unplaced(self, why: str) -> None:
+        """The same for the connections that are in no room yet."""
+        ...
+
+    async def wait_idle(self) -> None:
+        """Return once no client connection is left."""
+        ...
 
 
 def advertised_url(config: Config, port: int) -> str:
@@ -87,8 +104,8 @@ def process_id(config: Config, port: int, nonce: str) -> str:
 class ClusterMember:
     """One worker's membership of the cluster; see the module docstring."""
 
-    def __init__(self, server: AvatarServer, config: Config, port: int) -> None:
-        self.server = server
+    def __init__(self, host: ClusterHost, config: Config, port: int) -> None:
+        self.host = host
         self.config = config
         self.url = advertised_url(config, port)
         self.directory = RoomDirectory(
@@ -208,12 +225,12 @@ class ClusterMember:
             await asyncio.sleep(period)
 
     async def _beat(self) -> None:
-        srv, directory = self.server, self.directory
-        rooms = set(srv.world.rooms)
+        host, directory = self.host, self.directory
+        rooms = host.room_names()
         try:
             for room in directory.owned - rooms - self._claims.keys():  # emptied: free at once
                 await directory.release(room)
-            clients = srv.n_connections
+            clients = host.n_connections
             hb = await directory.heartbeat(clients / CAPACITY, rooms, clients)
             self._peers = await directory.processes()
             self._rooms = await directory.rooms()
@@ -239,37 +256,28 @@ class ClusterMember:
     def close_room(self, room: str, why: str) -> None:
         """Tell every client of `room` to move: close 4001, no error message (they look
         the room up again)."""
-        r = self.server.world.rooms.get(room)
-        if r is None:
-            return
-        for m in [*r.players.values(), *r.spectators]:
-            if m.session is not None:
-                m.session.move_away(why)
-                self.moved_away += 1
-            else:
-                self.server.world.remove(m)
+        self.moved_away += self.host.move_room(room, why)
 
     async def drain(self, timeout: float) -> None:
         """Stop taking rooms, release this worker's rooms, tell every client to move, and
         wait (at most `timeout` s) for them to go, then ROUTE_LINGER s more (the listener
         still open: the clients it moved ask it `GET /route` first, and a browser may know
         no other worker). Never raises for Redis trouble."""
-        srv = self.server
+        host = self.host
         deadline = asyncio.get_running_loop().time() + timeout
         with contextlib.suppress(DirectoryError):
             await self.directory.drain()
-        rooms = list(srv.world.rooms)
+        rooms = sorted(host.room_names())
         with contextlib.suppress(DirectoryError):
             for room in rooms:
                 await self.directory.release(room)
-        n = srv.n_connections
+        n = host.n_connections
         for room in rooms:
             self.close_room(room, "this worker is shutting down; look the room up again")
-        for session in list(srv.sessions):  # not in a room yet
-            session.move_away("this worker is shutting down")
+        host.move_unplaced("this worker is shutting down")
         log.info("cluster: draining: %d clients told to move", n)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(srv.idle.wait(), timeout)
+            await asyncio.wait_for(host.wait_idle(), timeout)
         if n:
             left = deadline - asyncio.get_running_loop().time()
             await asyncio.sleep(max(0.0, min(ROUTE_LINGER, left)))
@@ -281,148 +289,3 @@ class ClusterMember:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.directory.stop()
-
-
-# -- the supervisor -----------------------------------------------------------------------
-
-
-def _worker_argv(argv: list[str], port: int, nonce: str) -> list[str]:
-    """`argv` (the supervisor's flags) for one worker: --workers 1, its port and nonce."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a in ("--workers", "--port", "--cluster-nonce"):
-            skip = True
-            continue
-        if a.startswith(("--workers=", "--port=", "--cluster-nonce=")):
-            continue
-        out.append(a)
-    return [*out, "--workers", "1", "--port", str(port), "--cluster-nonce", nonce]
-
-
-class Supervisor:
-    """`--workers N`: N workers on one machine, kept running; see the module docstring."""
-
-    def __init__(self, config: Config, argv: list[str]) -> None:
-        self.config = config
-        self.argv = argv
-        self.ports = [config.port + k for k in range(config.workers)]
-        self.procs: dict[int, subprocess.Popen] = {}  # port -> worker
-        self.nonces: dict[int, str] = {}
-        self.started_at: dict[int, float] = {}
-        self._stop = False
-        self._roll = False
-
-    def spawn(self, port: int) -> None:
-        nonce = secrets.token_hex(6)
-        cmd = [sys.executable, "-m", "server", *_worker_argv(self.argv, port, nonce)]
-        self.procs[port] = subprocess.Popen(cmd)
-        self.nonces[port] = nonce
-        self.started_at[port] = time.monotonic()
-        log.info("supervisor: worker on port %d started (pid %d)", port, self.procs[port].pid)
-
-    def evict(self, port: int) -> None:
-        """Remove a dead worker from the directory now (best effort)."""
-        pid = process_id(self.config, port, self.nonces[port])
-
-        async def go() -> None:
-            d = RoomDirectory(self.config.redis, prefix=self.config.cluster_prefix)
-            try:
-                await d.evict(pid)
-            finally:
-                await d.stop()
-
-        try:
-            asyncio.run(go())
-        except Exception as e:  # Redis down: its keys expire by themselves
-            log.warning("supervisor: could not evict %s from the directory: %s", pid, e)
-
-    def healthy(self, port: int, deadline: float) -> bool:
-        """Wait (bounded) until the worker on `port` answers /healthz."""
-        host = self.config.host if self.config.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-        while time.monotonic() < deadline and not self._stop:
-            if self.procs[port].poll() is not None:
-                return False
-            url = f"http://{host}:{port}/healthz"
-            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return True
-            time.sleep(0.1)
-        return False
-
-    def run(self) -> int:
-        """Run until SIGTERM/SIGINT; returns the exit status (0 after a clean drain)."""
-
-        def stop(signum, frame) -> None:
-            self._stop = True
-
-        def roll(signum, frame) -> None:
-            self._roll = True
-
-        def hup(signum, frame) -> None:
-            for p in self.procs.values():
-                with contextlib.suppress(ProcessLookupError):
-                    p.send_signal(signal.SIGHUP)
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGUSR2, roll)
-        signal.signal(signal.SIGHUP, hup)
-        for port in self.ports:
-            self.spawn(port)
-        log.info(
-            "supervisor %d: %d workers on ports %d-%d, directory %s",
-            os.getpid(), len(self.ports), self.ports[0], self.ports[-1], self.config.redis,
-        )  # fmt: skip
-        while not self._stop:
-            time.sleep(0.1)
-            for port, p in list(self.procs.items()):
-                if self._stop or p.poll() is None:
-                    continue
-                log.warning("supervisor: worker on port %d exited (%s)", port, p.returncode)
-                self.evict(port)
-                if time.monotonic() - self.started_at[port] < 2.0:
-                    time.sleep(1.0)  # a crash at start: do not spin
-                self.spawn(port)
-            if self._roll:
-                self._roll = False
-                self.rolling_restart()
-        return self.shutdown()
-
-    def rolling_restart(self) -> None:
-        """Restart the workers one after another: drain one, start its successor, wait
-        until it answers, then the next."""
-        log.info("supervisor: rolling restart of %d workers", len(self.procs))
-        grace = self.config.shutdown_timeout + 5.0
-        for port in list(self.procs):
-            if self._stop:
-                return
-            p = self.procs[port]
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(grace)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-            self.spawn(port)
-            if not self.healthy(port, time.monotonic() + 120.0):
-                log.error("supervisor: worker on port %d did not come back", port)
-
-    def shutdown(self) -> int:
-        """Drain every worker (SIGTERM), kill those still there after the grace period."""
-        for p in self.procs.values():
-            with contextlib.suppress(ProcessLookupError):
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + self.config.shutdown_timeout + 10.0
-        status = 0
-        for p in self.procs.values():
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-                status = 1
-        log.info("supervisor: stopped")
-        return status
