@@ -537,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     import server.core.blend
     import server.core.engine  # the engine's modules, before saying ready
 
-    server.blend.warm_up()  # and the blend's compiled kernels
+    server.core.blend.warm_up()  # and the blend's compiled kernels
 
     _send(sock, ("ready", os.getpid()))
     try:
