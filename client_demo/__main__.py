@@ -49,14 +49,10 @@ from rich.live import Live
 from rich.table import Table
 
 from client_demo.client import AvatarClient, Refused
+from client_demo.kalman_paths import KalmanPaths
 from client_demo.netem import LatencyProxy
-from client_demo.reckoning import (
-    DeadReckoner,
-    FixedRate,
-    KalmanPaths,
-    SendPolicy,
-    ThresholdPolicy,
-)
+from client_demo.reckoning import DeadReckoner
+from client_demo.send_policy import FixedRate, SendPolicy, ThresholdPolicy
 from server import cli
 from server.core import protocol as P
 from server.serve import runner
