@@ -288,3 +288,48 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
                 flag, type=kind, default=default, choices=CHOICES.get(f.name), help=help_
             )
     return p
+
+
+def _markdown_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _markdown_default(value: object) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "`on`" if value else "`off`"
+    if value == "":
+        return '`""`'
+    return f"`{value}`"
+
+
+def flags_markdown() -> str:
+    """The Markdown table of every server flag: flag, variable, default, help.
+
+    Built from `build_parser` with an empty environment (the defaults are `Config`'s own),
+    so it lists exactly what ``python -m server --help`` does. ``docs/serving.md`` holds a
+    copy between ``<!-- flags:begin -->`` and ``<!-- flags:end -->`` (a test compares them);
+    regenerate it with ``python -m server.serve.config``.
+    """
+    rows = [
+        "| flag | environment | default | what it does |",
+        "|---|---|---|---|",
+    ]
+    for action in build_parser({})._actions:
+        if action.dest not in HELP:  # --help
+            continue
+        flag = " / ".join(f"`{s}`" for s in action.option_strings)
+        help_ = HELP[action.dest]
+        cells = (
+            flag,
+            f"`{ENV_PREFIX}{action.dest.upper()}`",
+            _markdown_default(action.default),
+            _markdown_cell(help_),
+        )
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":  # python -m server.serve.config: print the flags table
+    print(flags_markdown(), end="")
