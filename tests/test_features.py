@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from server.core import features as F
-from server.core.features import FeatureConfig, FeatureState
+from server.core.layout import FeatureConfig, FeatureState
 
 
 def rot(theta: float) -> np.ndarray:
@@ -125,15 +125,3 @@ def test_sequence_features_matches_stepping_with_different_lengths(rng):
         for k in range(len(t)):
             o = F.step(st, np.array([0]), t[k : k + 1], p[k : k + 1], cfg)
             np.testing.assert_array_equal(o.x[0], sf.x[i][k])
-
-
-def test_config_roundtrip_and_validation():
-    cfg = FeatureConfig(out_scale=(1.0,) * 10)
-    assert FeatureConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(ValueError):
-        FeatureConfig(horizons=(0.1, 0.2), out_scale=(1.0,))
-    with pytest.raises(ValueError):
-        FeatureConfig(horizons=(0.0,))
-    with pytest.raises(ValueError):
-        FeatureConfig(kalman_r=0.0)
-    assert FeatureConfig(neighbours=3).n_features == F.N_FEATURES + 3 * F.NB_WIDTH

@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from server.core import features as F
+from server.core import layout as L
 from server.core.engine import TickEngine
-from server.core.features import FeatureConfig, FeatureState
+from server.core.layout import FeatureConfig, FeatureState
 from server.core.model import LoadedModel, ModelConfig, MotionGRU
 from server.core.neighbours import neighbour_features
 
@@ -12,7 +13,7 @@ from server.core.neighbours import neighbour_features
 def brute_force(state, rows, live, group, clock, cfg):
     """The definition, one avatar at a time: k nearest live same-group rows within radius."""
     d = state.data
-    out = np.zeros((len(rows), F.NB_WIDTH * cfg.neighbours), np.float32)
+    out = np.zeros((len(rows), L.NB_WIDTH * cfg.neighbours), np.float32)
     for a, e in enumerate(rows):
         cands = []
         for j in np.flatnonzero(live & ~np.isnan(d[0])):
@@ -34,7 +35,7 @@ def brute_force(state, rows, live, group, clock, cfg):
                 (-s * dv[0] + c * dv[1]) / cfg.v_scale,
                 1.0,
             ]
-            out[a, F.NB_WIDTH * b : F.NB_WIDTH * (b + 1)] = np.clip(blk, -10, 10)
+            out[a, L.NB_WIDTH * b : L.NB_WIDTH * (b + 1)] = np.clip(blk, -10, 10)
     return out
 
 
@@ -59,7 +60,7 @@ def test_matches_the_brute_force_definition(rng):
     clock = st.t.copy()
     got = neighbour_features(st, rows, live, group, clock, cfg)
     want = brute_force(st, rows, live, group, clock, cfg)
-    assert got[:, F.NB_ON :: F.NB_WIDTH].sum() > len(rows)  # most have neighbours
+    assert got[:, L.NB_ON :: L.NB_WIDTH].sum() > len(rows)  # most have neighbours
     np.testing.assert_allclose(got, want, atol=1e-6)
 
 
@@ -75,7 +76,7 @@ def test_rooms_dead_rows_and_stale_samples_are_not_neighbours(rng):
     assert not got.any()
     clock[2] = 0.5
     got = neighbour_features(st, np.array([0]), live, group, clock, cfg)
-    assert got[0, F.NB_ON] == 1 and got[0, F.NB_WIDTH + F.NB_ON] == 0
+    assert got[0, L.NB_ON] == 1 and got[0, L.NB_WIDTH + L.NB_ON] == 0
 
 
 def test_dense_cell_is_cut_to_the_cap_deterministically(rng):
@@ -90,7 +91,7 @@ def test_dense_cell_is_cut_to_the_cap_deterministically(rng):
     b = neighbour_features(st2, np.arange(40), live, group, clock, cfg)
     inv = np.argsort(perm)
     np.testing.assert_allclose(a, b[inv], atol=1e-6)
-    assert (a[:, F.NB_ON :: F.NB_WIDTH].sum(1) == 3).all()
+    assert (a[:, L.NB_ON :: L.NB_WIDTH].sum(1) == 3).all()
 
 
 def staggered_scene(rng, n=12, steps=80):
@@ -154,7 +155,7 @@ def test_training_path_and_engine_give_the_same_neighbour_features(rng):
     x, _, _ = replay_in_engine(TickEngine(lm, device="cpu", capacity=4, blend=None), ts, ps)
     worst = max(np.abs(a - b).max() for a, b in zip(x, sf.x, strict=True))
     assert worst <= 1e-5
-    on = np.concatenate(sf.x)[:, F.N_FEATURES + F.NB_ON :: F.NB_WIDTH]
+    on = np.concatenate(sf.x)[:, L.N_FEATURES + L.NB_ON :: L.NB_WIDTH]
     assert on.sum() > 50  # the scene has neighbours to compare
 
 
@@ -190,7 +191,7 @@ def test_mirror_signs_cover_the_neighbour_blocks(rng):
     ts, ps = staggered_scene(rng, n=4)
     a = np.concatenate(F.scene_features(ts, ps, cfg).x)
     b = np.concatenate(F.scene_features(ts, [p * [1, -1, 1] for p in ps], cfg).x)
-    moving = np.abs(a[:, F.SPEED_EMA]) > 0.2  # frames settled
+    moving = np.abs(a[:, L.SPEED_EMA]) > 0.2  # frames settled
     np.testing.assert_allclose(a[moving], (b * cfg.mirror_signs())[moving], atol=1e-4)
 
 
@@ -202,4 +203,4 @@ def test_an_avatar_outside_every_occupied_cell_sees_no_one(rng):
     live[0] = False
     st.data[11:13, 0] = 5000.0
     got = neighbour_features(st, np.array([0, 1]), live, np.zeros(10, np.int64), st.t.copy(), cfg)
-    assert not got[0].any() and got[1, F.NB_ON] == 1
+    assert not got[0].any() and got[1, L.NB_ON] == 1

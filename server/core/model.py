@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from server.core.features import N_FEATURES, FeatureConfig
+from server.core.layout import N_FEATURES, FeatureConfig
 
 CHECKPOINT_FORMAT = 2
 RETRAIN_HINT = (

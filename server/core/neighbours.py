@@ -4,7 +4,7 @@ Only the server sees every avatar, so it can tell the model who is around: per a
 stepped this tick, its `cfg.neighbours` nearest live avatars of the same group (room)
 within `cfg.nb_radius`, nearest first, each as its position relative to the avatar and
 its velocity minus the avatar's, both in the avatar's heading frame, plus a presence
-flag (`server.core.features.NB_*`). Positions and velocities are the Kalman prior's (the
+flag (`server.core.layout.NB_*`). Positions and velocities are the Kalman prior's (the
 filtered state after this tick's samples); a neighbour whose newest sample is older or
 newer than the avatar's is moved along its velocity to the avatar's sample time, and one
 more than `max_gap` apart in time is left out.
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from server.core.features import FEATURE_CLIP, NB_ON, NB_VX, NB_WIDTH, FeatureConfig, FeatureState
+from server.core.layout import FEATURE_CLIP, NB_ON, NB_VX, NB_WIDTH, FeatureConfig, FeatureState
 
 _OFF = 1 << 20  # grid coordinates are offset to stay positive inside the packed key
 _DX = np.array([-1, -1, -1, 0, 0, 0, 1, 1, 1], dtype=np.int64)
