@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from server import cli
-from server.core.features import DEFAULT_HORIZONS
+from server.core.layout import DEFAULT_HORIZONS
 from server.core.model import atomic_torch_save
 from training.baselines import out_of_reach, segment_ids
 from training.datasets import Track, split_by_user
