@@ -1,3 +1,5 @@
+from dataclasses import fields
+
 import pytest
 
 from server.serve.config import Config, build_parser
@@ -69,3 +71,32 @@ def test_allowed_origins_are_parsed():
     assert Config().origins is None
     cfg = Config(allowed_origins=" https://a.example/ ,https://b.example,, ")
     assert cfg.origins == ("https://a.example", "https://b.example")
+
+
+def _doc_flags_table() -> str:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text()
+    begin, end = "<!-- flags:begin -->\n", "<!-- flags:end -->"
+    assert begin in text and end in text, "docs/serving.md lost its flags markers"
+    return text.split(begin, 1)[1].split(end, 1)[0]
+
+
+def test_docs_flags_table_is_generated_from_config():
+    from server.serve.config import flags_markdown
+
+    assert _doc_flags_table() == flags_markdown(), (
+        "docs/serving.md's flags table is stale: regenerate it from "
+        "`python -m server.serve.config` (paste between the flags markers)"
+    )
+
+
+def test_every_flag_of_the_parser_is_in_the_docs_table():
+    table = _doc_flags_table()
+    flags = [s for a in build_parser({})._actions for s in a.option_strings if s.startswith("--")]
+    assert "--tick-hz" in flags and "--no-blend" in flags
+    for flag in flags:
+        if flag != "--help":
+            assert f"`{flag}`" in table, flag
+    for f in fields(Config):
+        assert f"`AVATAR_{f.name.upper()}`" in table, f.name
