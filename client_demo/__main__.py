@@ -29,6 +29,11 @@ feed as received, and for the classical methods the frames a plain relay would s
 bot (its view, at the tick rate, a record without offsets: 20 bytes). The table is
 printed once a second and served at /demo/compare (the viewer shows it). --duration 0
 runs until Ctrl-C.
+
+This module is the command line and the run; the parts are `client_demo.players` (the
+bots and their motion), `client_demo.feeds` (what each bot receives), `client_demo.scoring`
+(render errors on the same draws), `client_demo.compare` (the Kalman tuning, the table)
+and `client_demo.routes` (the viewer's /demo routes).
 """
 
 from __future__ import annotations
@@ -40,410 +45,29 @@ import json
 import logging
 import signal
 import time
-from dataclasses import dataclass, field
-from urllib.parse import parse_qs, urlsplit
+from typing import NoReturn
+from urllib.parse import urlsplit
 
 import numpy as np
 from rich.console import Console
 from rich.live import Live
-from rich.table import Table
 
 from client_demo.client import AvatarClient, Refused
+from client_demo.compare import scoreboard, table, tune_kalman
+from client_demo.feeds import observe_gru, observe_relay
 from client_demo.kalman_paths import KalmanPaths
 from client_demo.netem import LatencyProxy
+from client_demo.players import SEGMENT, Bot, Motion, make_policy, run_bot
 from client_demo.reckoning import DeadReckoner
-from client_demo.send_policy import FixedRate, SendPolicy, ThresholdPolicy
+from client_demo.routes import compare_route, truth_route
+from client_demo.scoring import METHODS, Meter, measure
 from server import cli
 from server.core import protocol as P
 from server.serve import runner
 from training.baselines import KalmanCV
-from training.realmotion import Scene, thin_to_ticks
-from training.simulate import SimConfig, simulate
-
-METHODS = ("gru", "kalman", "cv", "interp", "hold")
-CLASSICAL = METHODS[1:]  # drawn from the relay feed (every sample)
-RELAY_RECORD = 20  # bytes: handle, age, seq, pos: a state record without the GRU's offsets
-TUNE_USERS, TUNE_SECONDS, TUNE_SEED = 16, 30.0, 104_729  # held-out users for the Kalman tuning
-SEGMENT = 120.0  # seconds of simulated motion per batch; the next one is made in a thread
-TELEPORT_SPEED = 20.0  # m/s: a faster true jump is a teleport (the server's reset rule)
-SETTLE = 1.0  # seconds after a teleport left out of render_error (kept in render_error_all)
 
 
-class Motion:
-    """True positions of every bot at any local time, simulated in segments as time goes on.
-
-    A segment boundary is a teleport for each bot (a jump the reckoners must handle anyway).
-    """
-
-    def __init__(
-        self, n: int, seed: int, world: float, t0: float, segment: float = SEGMENT
-    ) -> None:
-        self.n, self.seed, self.world, self.t0, self.segment = n, seed, world, t0, segment
-        self.segments: dict[int, list] = {0: self._make(0)}
-        self._next: asyncio.Task | None = None
-
-    def _make(self, k: int) -> list:
-        cfg = SimConfig(world_size=self.world, teleport_per_min=0.2)
-        return simulate(self.n, self.segment + 1.0, seed=self.seed + 7919 * k, config=cfg)
-
-    def prefetch(self, now: float) -> None:
-        """Start making the next segment in a thread once the current one is half used."""
-        k = int((now - self.t0) // self.segment)
-        half_used = (now - self.t0) % self.segment > self.segment / 2
-        idle = self._next is None or self._next.done()
-        if half_used and k + 1 not in self.segments and idle:
-            self._next = asyncio.ensure_future(self._fill(k + 1))
-        for old in [j for j in self.segments if j < k]:
-            del self.segments[old]
-
-    async def _fill(self, k: int) -> None:
-        self.segments[k] = await asyncio.to_thread(self._make, k)
-
-    def at(self, i: int, now: float) -> np.ndarray:
-        k, tau = divmod(max(0.0, now - self.t0), self.segment)
-        seg = self.segments.get(int(k)) or self.segments[max(self.segments)]  # late prefetch: stay
-        p = seg[i].truth_at(np.array([tau]))[0]
-        return np.nan_to_num(p)
-
-    def all_at(self, now: float) -> np.ndarray:
-        return np.stack([self.at(i, now) for i in range(self.n)])
-
-
-@dataclass
-class Bot:
-    index: int
-    name: str
-    client: AvatarClient  # the bot's own connection: its avatar, and the gru feed
-    policy: SendPolicy
-    relay: AvatarClient | None = None  # a protocol 1 spectator: the relay feed
-    reckoners: dict[str, DeadReckoner] = field(default_factory=dict)  # one per METHODS
-    kalman: KalmanPaths | None = None  # the Kalman filters behind reckoners["kalman"]
-    seq: int = 0
-    sent: int = 0
-    relay_bytes: int = 0  # the state frames a plain relay would send this bot (its view)
-    relay_records: int = 0
-    view_bytes: int = 0  # the join/leave frames of its view (a relay sends them too)
-
-
-class ErrorStats:
-    """Count, mean and quantiles of render errors in bounded memory (1 mm bins up to 20 m)."""
-
-    BIN = 0.001
-    BINS = 20_000
-
-    def __init__(self) -> None:
-        self.hist = np.zeros(self.BINS + 1, dtype=np.int64)  # the last bin: 20 m and beyond
-        self.total = 0.0
-
-    def add(self, err: np.ndarray) -> None:
-        idx = np.minimum((err / self.BIN).astype(np.int64), self.BINS)
-        if len(idx) > 1000:
-            self.hist += np.bincount(idx, minlength=self.BINS + 1)
-        else:  # a tick's draws: no pass over every bin
-            np.add.at(self.hist, idx, 1)
-        self.total += float(err.sum())
-
-    @property
-    def n(self) -> int:
-        return int(self.hist.sum())
-
-    def summary(self) -> dict[str, float | int | None]:
-        n = self.n
-        if not n:
-            return {"mean": None, "p95": None, "n": 0}
-        k = int(np.searchsorted(np.cumsum(self.hist), 0.95 * n))
-        return {"mean": self.total / n, "p95": (k + 0.5) * self.BIN, "n": n}
-
-
-class Meter:
-    """Render errors per method: all scored ones, the last second's, and with teleports."""
-
-    def __init__(self) -> None:
-        self.errors = {m: ErrorStats() for m in METHODS}
-        self.recent = {m: ErrorStats() for m in METHODS}
-        self.everything = {m: ErrorStats() for m in METHODS}  # teleport windows included
-
-    def add(self, method: str, err: np.ndarray, counted: np.ndarray) -> None:
-        self.everything[method].add(err)
-        self.errors[method].add(err[counted])
-        self.recent[method].add(err[counted])
-
-    def take_recent(self, method: str) -> dict:
-        out = self.recent[method].summary()
-        self.recent[method] = ErrorStats()
-        return out
-
-
-async def run_bot(bot: Bot, motion: Motion, t_end: float, stop: asyncio.Event) -> None:
-    period = 1 / 60  # local sampling of the true motion; the policy decides what is sent
-    loop = asyncio.get_running_loop()
-    start, k = loop.time(), 0
-    while not stop.is_set() and (t_end <= 0 or loop.time() < t_end):
-        k += 1
-        await asyncio.sleep(max(0.0, start + k * period - loop.time()))
-        now = time.monotonic()
-        p = motion.at(bot.index, now)
-        if bot.policy.should_send(now, p):
-            bot.seq += 1
-            bot.client.send_pos(bot.seq, now, p)
-            bot.policy.sent(now, p, bot.seq)
-            bot.sent += 1
-
-
-async def observe(bot: Bot) -> None:
-    """The gru feed: every received path to the gru reckoner (and the bot's own to its policy)."""
-    c, gru = bot.client, bot.reckoners["gru"]
-    async for msg in c:
-        if isinstance(msg, P.Welcome):  # a reconnect: views start afresh
-            for key in list(gru.keys()):
-                gru.remove(key)
-            continue
-        if isinstance(msg, P.Join | P.Leave):
-            encode = P.encode_join if isinstance(msg, P.Join) else P.encode_leave
-            bot.view_bytes += len(encode(msg.avatars, msg.handles))
-            if isinstance(msg, P.Leave):
-                for a in msg.avatars:
-                    gru.remove(a)
-            continue
-        if not isinstance(msg, P.State):
-            continue
-        now_server = c.clock.to_server(time.monotonic())
-        anchors = msg.server_time - msg.age
-        for j, h in enumerate(msg.handle.tolist()):
-            name = c.names.get(h)
-            if name is None:
-                continue
-            pos, off = msg.pos[j].astype(np.float64), msg.offsets[j].astype(np.float64)
-            if name == bot.name:
-                if isinstance(bot.policy, ThresholdPolicy):
-                    bot.policy.on_own_path(c.clock.to_local(anchors[j]), pos, off, int(msg.seq[j]))
-                continue
-            gru.update(name, float(anchors[j]), pos, off, now_server)
-
-
-def relay_frame_bytes(tick: int, server_time: float, n: int) -> int:
-    """Size of a plain relay's `state` frame with `n` records: the v1 frame without offsets."""
-    return len(P.StateFramer(tick, server_time, 0, 2).frame(n, bytes(RELAY_RECORD * n)))
-
-
-async def observe_relay(bot: Bot) -> None:
-    """The relay feed: every new sample to the classical reckoners (offsets ignored).
-
-    The spectator sees the whole room; it stands for a plain relay that sends the bot its
-    own view (the avatars of its gru connection's view, itself included as v1 does) every
-    tick: only those are drawn (an avatar starts afresh when it enters the view again)
-    and counted in the relay's records and bytes.
-    """
-    c, kf = bot.relay, bot.kalman
-    assert c is not None and kf is not None
-    plain = [bot.reckoners[m] for m in CLASSICAL if m != "kalman"]
-    kalman = bot.reckoners["kalman"]
-    classical = [*plain, kalman]
-    last_seq: dict[str, int] = {}
-    async for msg in c:
-        if isinstance(msg, P.Welcome):  # a reconnect: start afresh
-            for r in classical:
-                for key in list(r.keys()):
-                    r.remove(key)
-            kf.clear()
-            last_seq.clear()
-            continue
-        if isinstance(msg, P.Leave):
-            for a in msg.avatars:
-                for r in classical:
-                    r.remove(a)
-                kf.remove(a)
-                last_seq.pop(a, None)
-            continue
-        if not isinstance(msg, P.State):
-            continue
-        now_server = bot.client.clock.to_server(time.monotonic())  # the one clock of the bot
-        view = set(bot.client.names.values())
-        for key in [k for k in kalman.keys() if k not in view]:  # noqa: SIM118 (not a dict)
-            for r in classical:  # it left the view: a relay would have sent its leave
-                r.remove(key)
-            kf.remove(key)
-            last_seq.pop(key, None)
-        keys, rows, shown = [], [], 0
-        for j, h in enumerate(msg.handle.tolist()):
-            name = c.names.get(h)
-            if name is None or name not in view:
-                continue
-            shown += 1
-            seq = int(msg.seq[j])
-            if name != bot.name and last_seq.get(name) != seq:  # a repeat changes nothing
-                last_seq[name] = seq
-                keys.append(name)
-                rows.append(j)
-        bot.relay_records += shown
-        bot.relay_bytes += relay_frame_bytes(msg.tick, msg.server_time, shown)
-        if not keys:
-            continue
-        anchors = (msg.server_time - msg.age)[rows]
-        pos = msg.pos[rows].astype(np.float64)
-        for i, key in enumerate(keys):
-            for r in plain:
-                r.update(key, float(anchors[i]), pos[i], None, now_server)
-        new, offsets = kf.update(keys, anchors, pos)
-        for i, off in zip(new, offsets, strict=True):
-            kalman.update(keys[i], float(anchors[i]), pos[i], off, now_server)
-
-
-def score_draw(
-    bots: list[Bot], index: dict[str, int], truth: np.ndarray, counted: np.ndarray, now: float,
-    meter: Meter,
-) -> int:  # fmt: skip
-    """One draw: every observer draws every other bot by each method at the same instant
-    (its clock's server time for `now`, local); each error is against `truth` (rows by
-    `index`), counted in render_error where `counted` (teleport settle) is true. Only the
-    pairs every method can draw are scored: one row of errors per pair, with every method.
-    Returns the number of pairs scored."""
-    errs: dict[str, list[np.ndarray]] = {m: [] for m in METHODS}
-    masks = []
-    for b in bots:
-        if not b.client.clock.ready:
-            continue
-        gru, others = b.reckoners["gru"], [b.reckoners[m] for m in CLASSICAL]
-        keys = [
-            key
-            for key in gru.keys()  # noqa: SIM118 (not a dict)
-            if key in index and all(key in r for r in others)
-        ]
-        if not keys:
-            continue
-        t_server = b.client.clock.to_server(now)  # one draw instant for every method
-        rows = [index[key] for key in keys]
-        masks.append(counted[rows])
-        for m in METHODS:
-            drawn = b.reckoners[m].positions_at(keys, t_server)
-            errs[m].append(np.linalg.norm((drawn - truth[rows])[:, :2], axis=1))
-    if not masks:
-        return 0
-    mask = np.concatenate(masks)
-    for m in METHODS:
-        meter.add(m, np.concatenate(errs[m]), mask)
-    return len(mask)
-
-
-async def measure(bots: list[Bot], motion: Motion, meter: Meter, t_from: float, stop) -> None:
-    """30 times a second: `score_draw` against the true positions now."""
-    index = {b.name: b.index for b in bots}
-    loop = asyncio.get_running_loop()
-    start, k = loop.time(), 0
-    prev, prev_t = None, 0.0
-    settle_until = np.zeros(len(bots))  # after a teleport, nobody can know where it went
-    while not stop.is_set():
-        k += 1
-        await asyncio.sleep(max(0.0, start + k / 30 - loop.time()))
-        now = time.monotonic()
-        motion.prefetch(now)
-        truth = motion.all_at(now)
-        if prev is not None:
-            speed = np.linalg.norm(truth - prev, axis=1) / max(now - prev_t, 1e-6)
-            settle_until[speed > TELEPORT_SPEED] = now + SETTLE
-        prev, prev_t = truth, now
-        if now >= t_from:
-            score_draw(bots, index, truth, settle_until <= now, now, meter)
-
-
-def make_policy(args, horizons) -> SendPolicy:
-    if args.send_policy == "fixed":
-        return FixedRate(args.send_rate)
-    return ThresholdPolicy(
-        threshold=args.threshold,
-        heartbeat=args.heartbeat,
-        min_interval=1.0 / args.max_rate,
-        horizons=horizons,
-    )
-
-
-def tune_kalman(args, horizons: np.ndarray, tick_hz: float) -> KalmanCV:
-    """The Kalman filter tuned as `training.evaluate` tunes its baseline (`KalmanCV.tune`:
-    the (q, r) grid, mean error over every sample and horizon) on what the relay would
-    deliver from held-out users of the demo's simulator: their motion sampled at 60 Hz,
-    sent by the demo's send policy, thinned to the newest sample per server tick."""
-    cfg = SimConfig(world_size=args.world, teleport_per_min=0.2)
-    tracks = simulate(TUNE_USERS, TUNE_SECONDS, seed=args.seed + TUNE_SEED, config=cfg)
-    seen = []
-    for tr in tracks:
-        t = np.arange(tr.start, tr.end, 1 / 60)
-        p = tr.truth_at(t)
-        policy, keep = make_policy(args, horizons), []
-        for k in range(len(t)):
-            if np.isfinite(p[k]).all() and policy.should_send(t[k], p[k]):
-                policy.sent(t[k], p[k], k)
-                keep.append(k)
-        seen.append(tr.observed(t[keep], p[keep]))
-    return KalmanCV.tune(thin_to_ticks(Scene("tune", seen), 1.0 / tick_hz).tracks, horizons)
-
-
-def scoreboard(meter: Meter, bots: list[Bot], elapsed: float) -> list[dict]:
-    """One row per method: its feed, render error (mean, p95, n) and downlink per receiver
-    (kB/s, records/s; None before any time has passed)."""
-    per = len(bots) * elapsed
-    gru_v = bots[0].client.welcome.v if bots and bots[0].client.welcome else None
-
-    def rate(total: float, scale: float = 1.0) -> float | None:
-        return total / per / scale if per > 0 else None
-
-    gru_bytes = sum(b.client.bytes_in for b in bots)
-    relay_bytes = sum(b.relay_bytes + b.view_bytes for b in bots)
-    rows = []
-    for m in METHODS:
-        s = meter.errors[m].summary()
-        gru = m == "gru"
-        rows.append(
-            {
-                "method": m,
-                "feed": f"v{gru_v}" if gru else "relay",
-                **s,
-                "kB_per_s": rate(gru_bytes if gru else relay_bytes, 1000.0),
-                "records_per_s": rate(
-                    sum(b.client.records_in if gru else b.relay_records for b in bots)
-                ),
-            }
-        )
-    return rows
-
-
-def _fmt(v: float | None, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
-
-
-def table(meter: Meter, bots: list[Bot], elapsed: float, kalman: KalmanCV | None) -> Table:
-    """The live table: one row per method, render error and downlink per receiver."""
-    up = sum(b.sent for b in bots) / max(elapsed, 1e-9) / len(bots)
-    rows = scoreboard(meter, bots, elapsed)
-    n = rows[0]["n"]
-    kf = f" · kalman q {kalman.q:.3g} r {kalman.r:.3g}" if kalman is not None else ""
-    t = Table(
-        title=f"t = {elapsed:.0f} s · {len(bots)} bots · {n:,} draws each · uplink {up:.1f} msg/s",
-        title_justify="left",
-        caption=f"render error in m vs truth, the same draws for every method;\n"
-        f"downlink per receiver{kf}",
-        caption_justify="left",
-    )
-    cols = ("method", "feed", "mean", "p95", "last 1 s", "x gru", "kB/s", "rec/s")
-    for col in cols:
-        t.add_column(col, justify="left" if col in ("method", "feed") else "right")
-    g = rows[0]["mean"]
-    for r in rows:
-        last = meter.take_recent(r["method"])
-        ratio = r["mean"] / g if r["mean"] is not None and g else None
-        t.add_row(
-            r["method"],
-            r["feed"],
-            _fmt(r["mean"], ".3f"),
-            _fmt(r["p95"], ".3f"),
-            _fmt(last["mean"], ".3f"),
-            _fmt(ratio, ".2f"),
-            _fmt(r["kB_per_s"], ".1f"),
-            _fmt(r["records_per_s"], ".0f"),
-        )
-    return t
-
-
-def raise_join_error(url: str, e: BaseException):
+def raise_join_error(url: str, e: BaseException) -> NoReturn:
     """Re-raise a failed join: a refusal as it is, anything else as a user's error."""
     if isinstance(e, Refused) or cli.describe(e) is None:
         raise e
@@ -452,7 +76,13 @@ def raise_join_error(url: str, e: BaseException):
     ) from e
 
 
-async def demo(args) -> dict:
+async def demo(args: argparse.Namespace) -> dict:
+    """The demo run (`main`'s figures): the embedded server or --url, the latency proxy,
+    the bots and their feeds, scoring and the table until --duration or a signal.
+
+    Raises `Refused` when the server refuses a bot, `cli.UserError` when it cannot be
+    joined at all.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -552,7 +182,7 @@ async def demo(args) -> dict:
         started_at.append(t_start)
         t_end = loop.time() + args.duration if args.duration > 0 else 0.0
         tasks = [asyncio.create_task(run_bot(b, motion, t_end, stop)) for b in bots]
-        tasks += [asyncio.create_task(observe(b)) for b in bots]
+        tasks += [asyncio.create_task(observe_gru(b)) for b in bots]
         tasks += [asyncio.create_task(observe_relay(b)) for b in bots]
         meter_task = asyncio.create_task(measure(bots, motion, meter, t_start + args.warmup, stop))
         console = Console()
@@ -612,37 +242,6 @@ async def demo(args) -> dict:
         "model": model,
         "reconnects": sum(b.client.connects - 1 + b.relay.connects - 1 for b in bots),
     }
-
-
-def _other_room(path: str, room: str) -> bool:
-    return parse_qs(urlsplit(path).query).get("room", [room])[0] != room
-
-
-def truth_route(
-    server, motion: Motion, bots: list[Bot], path: str, room: str
-) -> tuple[int, str, bytes]:
-    """GET /demo/truth?room=R: every bot's true position now (for the viewer); 404 elsewhere."""
-    if _other_room(path, room):
-        return 404, "text/plain; charset=utf-8", b"no demo bots in that room\n"
-    now = time.monotonic()
-    body = {
-        "server_time": server.clock(),
-        "avatars": {b.name: [round(float(v), 4) for v in motion.at(b.index, now)] for b in bots},
-    }
-    return 200, "application/json", json.dumps(body).encode()
-
-
-def compare_route(
-    meter: Meter, bots: list[Bot], started_at: list[float], path: str, room: str
-) -> tuple[int, str, bytes]:
-    """GET /demo/compare?room=R: the demo's table so far (`scoreboard`, for the viewer):
-    {"elapsed_s", "bots", "methods": [{method, feed, mean, p95, n, kB_per_s,
-    records_per_s}, ...]}; 404 for another room."""
-    if _other_room(path, room):
-        return 404, "text/plain; charset=utf-8", b"no demo bots in that room\n"
-    elapsed = time.monotonic() - started_at[0] if started_at else 0.0
-    body = {"elapsed_s": elapsed, "bots": len(bots), "methods": scoreboard(meter, bots, elapsed)}
-    return 200, "application/json", json.dumps(body).encode()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -125,7 +125,8 @@ COMPARE_MEANS = {"gru": 0.1, "kalman": 0.2, "cv": 0.3, "interp": 0.4, "hold": 0.
 def compare_handler():
     """/demo/compare as the demo serves it (`client_demo.__main__.compare_route`), for a
     meter with known errors and one bot's traffic over 10 s."""
-    from client_demo.__main__ import METHODS, Meter, compare_route
+    from client_demo.routes import compare_route
+    from client_demo.scoring import METHODS, Meter
 
     assert list(COMPARE_MEANS) == list(METHODS)
     meter = Meter()
