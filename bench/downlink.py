@@ -37,6 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from server import cli
+from server.core import model_cli
 from server.core import protocol as P
 from server.core.downlink import EXTRAPOLATE, select
 from training import baselines as B
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     thresholds = [float(x) for x in args.thresholds.split(",")]
-    lm = cli.load_model(args.model, "cpu")
+    lm = model_cli.load_model(args.model, "cpu")
     net = NetworkConfig(latency=0.1, send_rate=20.0, loss=0.02, max_extrapolate=EXTRAPOLATE)
     out = {"heartbeat_s": args.heartbeat, "lookahead_s": args.lookahead, "model": lm.version}
     out["sets"] = {}

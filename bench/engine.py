@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from server import cli
+from server.core import model_cli
 from server.core.blend import BlendConfig
 from server.core.engine import TickEngine
 from server.core.model import LoadedModel, MotionGRU
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ap.error("need --avatars >= 1 each, --ticks >= 1 and --threads >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
-    lm = cli.load_model(args.model, args.device)
+    lm = model_cli.load_model(args.model, args.device)
     rows = []
     print(f"device {lm.device}, torch threads {torch.get_num_threads()}, model {lm.version}")
     print(f"{'avatars':>8} {'predictor':>9} {'p50 ms':>8} {'p99 ms':>8} {'us/avatar':>9}")

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from server import cli
+from server.core import model_cli
 from server.core.engine import TickEngine
 from server.serve.stepper import StepWorker
 
@@ -126,7 +127,7 @@ def measure(
     old = sys.getswitchinterval()
     rows: list[tuple[str, float]] = []
     try:
-        w = Workload(TickEngine(cli.load_model(model, "cpu"), device="cpu", capacity=n), n)
+        w = Workload(TickEngine(model_cli.load_model(model, "cpu"), device="cpu", capacity=n), n)
         for _ in range(3):
             w.feed()
             w.engine.tick()
@@ -136,7 +137,7 @@ def measure(
             sys.setswitchinterval(s)
             rows.append((f"thread, switch interval {s * 1e3:g} ms", w.busy(steps)))
         sys.setswitchinterval(0.0005)
-        t = Workload(TickEngine(cli.load_model(model, "cpu"), device="cpu", capacity=n), n)
+        t = Workload(TickEngine(model_cli.load_model(model, "cpu"), device="cpu", capacity=n), n)
         _traced(t.engine)
         for _ in range(3):
             t.feed()

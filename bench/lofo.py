@@ -50,6 +50,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
 
 from server import cli
+from server.core import model_cli
 from training import evaluate as E
 from training import train as T
 from training.render import NetworkConfig
@@ -430,7 +431,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise cli.UserError(f"--families: unknown family {f!r}", f"one of {','.join(FAMILIES)}")
     with cli.user_errors((ValueError, TypeError), "bad training configuration", "check -- flags"):
         base = base_config(args, train_flags)
-    cli.check_device(args.device)
+    model_cli.check_device(args.device)
     if base.threads:
         import torch
 
@@ -444,7 +445,7 @@ def main(argv: list[str] | None = None) -> dict:
         in_cfg = dataclasses.replace(base, out=str(out_dir / "all-families.pt"))
         runs["all-families"] = ensure_trained(in_cfg, "all families", retrain=args.retrain)
         in_path = in_cfg.out
-    lm_in = cli.load_model(in_path, args.device)
+    lm_in = model_cli.load_model(in_path, args.device)
     if in_path is None:
         from server.core.model import default_checkpoint_path
 
@@ -474,7 +475,7 @@ def main(argv: list[str] | None = None) -> dict:
         t1 = time.time()
         run = ensure_trained(cfg, f"without {fam}", retrain=args.retrain)
         t_train = time.time() - t1
-        lm_out = cli.load_model(cfg.out, args.device)
+        lm_out = model_cli.load_model(cfg.out, args.device)
         spec = TEST_SPLITS[fam]
         t1 = time.time()
         with cli.user_errors((ValueError, KeyError), f"test split {spec}"):

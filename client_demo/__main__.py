@@ -62,6 +62,7 @@ from client_demo.reckoning import DeadReckoner
 from client_demo.routes import compare_route, truth_route
 from client_demo.scoring import METHODS, Meter, measure
 from server import cli
+from server.core import model_cli
 from server.core import protocol as P
 from server.serve import runner
 from training.baselines import KalmanCV
@@ -321,9 +322,9 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error("--port must be 0..65535")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.url is None:  # the embedded server: its device and checkpoint, checked first
-        cli.check_device(args.device)
+        model_cli.check_device(args.device)
         if args.predictor == "gru":
-            cli.load_model(args.model, "cpu")
+            model_cli.load_model(args.model, "cpu")
     try:
         out = runner.run(demo(args))
     except Refused as e:

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from server import cli
-from server.core import auth
+from server.core import auth, model_cli
 from server.serve import runner
 from server.serve.config import Config
 
@@ -86,10 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if config.redis:
-            cli.check_redis(config.redis)  # first: one clear line, before torch is loaded
-        cli.check_device(config.device)  # before the server, for a message that says what to do
+            from server.cluster.directory import check_redis
+
+            check_redis(config.redis)  # first: one clear line, before torch is loaded
+        model_cli.check_device(config.device)  # before the server: a message that says what to do
         if config.predictor == "gru":
-            cli.load_model(config.model, "cpu")
+            model_cli.load_model(config.model, "cpu")
         if config.workers > 1:
             from server.cluster.supervisor import Supervisor
 

@@ -15,8 +15,11 @@ Called with ``argv=None`` (the process's own command line, as console scripts do
 ``sys.exit(main())``) the wrapped ``main`` returns an exit status: its own when it returns
 an int, else 0. Called with a list it returns whatever ``main`` returns (tests, scripts).
 
-`server` must not import `client_demo` or `training`: their error types are recognised
-by module and class name (`FOREIGN`), without importing them.
+This module is the bottom of every package's imports: it imports no other module of the
+project. Errors of `client_demo` and `training` are recognised by module and class name
+(`FOREIGN`), without importing them; the checks that need the model or the room
+directory live with them and raise `UserError`: `server.core.model_cli.check_device` and
+`load_model`, `server.cluster.directory.check_redis`.
 """
 
 from __future__ import annotations
@@ -35,9 +38,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_ERROR = 1  # a user error (argparse's usage errors exit with 2)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
-
-CHECKPOINT_HINT = "train one with python -m training.train or pass a checkpoint written by it"
-DEVICE_HINT = "pass --device cpu (or auto: the GPU only when there is one)"
 
 # Error types of other packages that are the user's doing: (module, class) -> what to do.
 FOREIGN: dict[tuple[str, str], str] = {
@@ -220,75 +220,6 @@ def user_errors(
 
 
 # -- the common user errors of this project ---------------------------------------------------
-
-
-def check_device(device: str) -> None:
-    """Raise UserError unless `device` names a torch device that is there (auto, cpu, cuda:N)."""
-    import torch
-
-    from server.core.model import resolve_device
-
-    try:
-        dev = torch.device(device) if device != "auto" else None
-    except (RuntimeError, ValueError):
-        raise UserError(f"device {device!r} is not a torch device", DEVICE_HINT) from None
-    try:
-        resolve_device(device)
-    except ValueError as e:
-        why = "torch sees no CUDA GPU" if dev is not None and dev.type == "cuda" else first_line(e)
-        raise UserError(f"device {device!r} is not there ({why})", DEVICE_HINT) from None
-    if dev is not None and dev.type == "cuda" and dev.index is not None:
-        n = torch.cuda.device_count()
-        if dev.index >= n:
-            raise UserError(f"device {device!r} is not there ({n} CUDA device(s))", DEVICE_HINT)
-
-
-def check_redis(url: str | None) -> None:
-    """Raise UserError (naming the URL, password hidden) unless the Redis of the room
-    directory at `url` answers PING within a few seconds."""
-    import asyncio
-
-    from server.cluster.directory import DirectoryError, RoomDirectory
-
-    async def ping() -> None:
-        d = RoomDirectory(url, timeout=3.0)
-        try:
-            await d.ping()
-        finally:
-            await d.stop()
-
-    try:
-        asyncio.run(ping())
-    except DirectoryError as e:
-        raise UserError(
-            first_line(e), "is redis-server running there? check --redis (AVATAR_REDIS)"
-        ) from None
-
-
-def load_model(path: str | os.PathLike | None, device: str = "auto"):
-    """`server.core.model.load_checkpoint` for a command line: a missing file, a file that is not
-    one of our checkpoints (or from an incompatible version), or a device that is not
-    there raise UserError naming the path or the device."""
-    from server.core.model import default_checkpoint_path, load_checkpoint
-
-    check_device(device)
-    shown = os.fspath(path) if path is not None else str(default_checkpoint_path())
-    try:
-        return load_checkpoint(path, device)
-    except ValueError as e:  # its word for "not a checkpoint it can load"; OSErrors pass
-        raise UserError(
-            f"{shown}: not a checkpoint this version can load ({_reason(e, shown)})",
-            CHECKPOINT_HINT,
-        ) from e
-
-
-def _reason(exc: BaseException, path: str) -> str:
-    """A short reason: the first sentence of the message, without the path it repeats."""
-    text = first_line(exc)
-    for prefix in (f"cannot load checkpoint {path}: ", f"{path}: ", f"{path} "):
-        text = text.removeprefix(prefix)
-    text = text.split(". ")[0].rstrip(".")
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def ws_url(text: str) -> str:

@@ -356,3 +356,14 @@ def test_server_cli_imports_neither_client_demo_nor_training():
     code = "import sys, server.cli; print(sorted(m for m in sys.modules if m.split('.')[0] in ('client_demo', 'training', 'torch')))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_server_cli_imports_no_other_module_of_the_project():
+    """The bottom of every package's imports: not even inside a function (static)."""
+    import ast
+
+    tree = ast.parse((REPO / "server" / "cli.py").read_text())
+    names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    project = ("server", "client_demo", "training", "bench", "tests")
+    assert [m for m in names if m.split(".")[0] in project] == []

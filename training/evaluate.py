@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from server import cli
-from server.core import blend
+from server.core import blend, model_cli
 from server.core import features as F
 from server.core.blend import BlendConfig
 from server.core.model import LoadedModel
@@ -463,7 +463,7 @@ def _load_extra(spec: str, device: str):
         from training.seed_lstm import load_seed
 
         return name, load_seed(path)
-    return name, cli.load_model(path, device)
+    return name, model_cli.load_model(path, device)
 
 
 @cli.command("python -m training.evaluate")
@@ -505,7 +505,7 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error("give --data or --suite")
 
     t0 = time.time()
-    lm = cli.load_model(args.model, args.device)
+    lm = model_cli.load_model(args.model, args.device)
     extra = dict(_load_extra(s, args.device) for s in args.also)
     net = NetworkConfig(latency=args.latency / 1000, send_rate=args.send_rate, loss=args.loss)
     results = {}

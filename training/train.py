@@ -38,7 +38,9 @@ from tqdm import tqdm
 
 from server import cli
 from server.core import features as F
-from server.core.features import DEFAULT_HORIZONS, FeatureConfig
+from server.core import model_cli
+from server.core.features import FeatureConfig
+from server.core.layout import DEFAULT_HORIZONS
 from server.core.model import ModelConfig, MotionGRU, resolve_device, save_checkpoint
 from training import datasets as D
 from training import realmotion as RM
@@ -571,7 +573,7 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
 def main(argv: list[str] | None = None) -> None:
     with cli.user_errors((ValueError, TypeError), "bad configuration", "check --preset and flags"):
         cfg = config_from_args(argv)
-    cli.check_device(cfg.device)
+    model_cli.check_device(cfg.device)
     t0 = time.time()
     try:
         summary = train(cfg)
