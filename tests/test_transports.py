@@ -10,19 +10,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from server.core import protocol as P
-from server.serve.config import Config
-from server.serve.transports import TRANSPORTS, make_transport
+from server.serve.transports import TRANSPORTS
 from tests.servers import running
-
-
-def test_unknown_transport_and_compression_without_websockets_are_refused():
-    with pytest.raises(ValueError):
-        make_transport("zmq", None, max_size=1024, close_timeout=1.0)
-    with pytest.raises(ValueError):
-        make_transport("picows", None, max_size=1024, close_timeout=1.0, compression=True)
-    with pytest.raises(ValueError):
-        Config(transport="picows", compression=True)
-    assert Config(transport="picows").transport == "picows"
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

@@ -52,7 +52,8 @@ from server.core.engine import TickEngine
 from server.core.model import default_checkpoint_path, load_checkpoint
 from server.core.world import Member, World
 from server.serve.config import Config
-from server.serve.transports import Connection, HttpReply, make_transport
+from server.serve.transport_factory import make_transport
+from server.serve.transports import Connection, HttpReply
 
 if TYPE_CHECKING:
     from server.cluster.member import ClusterMember
