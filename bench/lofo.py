@@ -30,9 +30,8 @@ then GRU / best classical for both; then a summary, family x (render mean, worst
 1 s) for both models. Ratios under 1 mean the GRU beats every classical predictor there.
 "Served GRU" is what `evaluate` calls `gru`; where it also scores `gru_raw` (the network
 without the served blend) those ratios are printed too. The classical set is evaluate's
-(`CLASSICAL`). One family takes about 4-5 minutes on one free CPU core at 4 epochs
-(data ~85 s, ~35 s an epoch, scoring both models up to ~40 s); keep `--threads 1` (the
-preset's) on a busy machine: more torch threads than free cores slow it many times over.
+(`CLASSICAL`). Keep `--threads 1` (the preset's) on a busy machine: more torch threads than
+free cores slow it many times over (docs/performance.md has the time a family takes).
 """
 
 from __future__ import annotations
@@ -49,41 +48,41 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
 
+from bench.lofo_tables import (
+    FAMILIES,
+    TEST_SPLITS,
+    TITLES,
+    family_table,
+    format_family_table,
+    format_summary,
+    summary_markdown,
+    summary_row,
+)
 from server import cli
 from server.core import model_cli
 from training import evaluate as E
 from training import train as T
+from training.data_specs import load_scenes
+from training.eval_tables import ratios
 from training.render import NetworkConfig
+from training.train_config import TrainConfig, config_from_args
 
-# family -> its test split (a `training.evaluate` --data spec)
-TEST_SPLITS: dict[str, str] = {
-    "juelich": "real:juelich:test",
-    "soccer": "real:soccer:test",
-    "sdd": "real:sdd:test",
-    "ethucy": "ethucy:val",
-    "synthetic": "synthetic:40:777:60",
-}
-FAMILIES = tuple(TEST_SPLITS)
-TITLES = {
-    "juelich": "Jülich crowds",
-    "soccer": "football",
-    "sdd": "SDD",
-    "ethucy": "ETH/UCY",
-    "synthetic": "simulated avatars",
-}
 # `python -m training.evaluate`'s defaults (--latency 100 --send-rate 20 --loss 0.02 --tick 0.05)
 NETWORK = NetworkConfig(latency=0.1, send_rate=20.0, loss=0.02)
 TICK = 0.05
-RAW = "gru_raw"  # evaluate's name for the network without the served blend
-SHORT = {"cv_window": "cv_win"}  # names that fit a column
 NOT_SETTINGS = ("out", "threads")  # fields that do not change what a training run learns
 ROOT = Path(__file__).resolve().parents[1]
 # what a trained checkpoint depends on besides its settings (a change there retrains)
 TRAINING_CODE = (
     "training/train.py",
+    "training/train_config.py",
+    "training/windows.py",
     "training/datasets.py",
+    "training/track_ops.py",
     "training/realmotion.py",
     "training/simulate.py",
+    "training/sim_config.py",
+    "training/sim_world.py",
     "training/baselines.py",
     "server/core/features.py",
     "server/core/model.py",
@@ -94,7 +93,7 @@ TRAINING_CODE = (
 # the training mix per held-out family
 
 
-def sources(cfg: T.TrainConfig) -> list[str]:
+def sources(cfg: TrainConfig) -> list[str]:
     """The data sources `training.train.load_sources` reads for `cfg`, in its order."""
     out = ["synthetic"] if cfg.synthetic_avatars > 0 else []
     out += ["ethucy"] if cfg.ethucy else []
@@ -108,7 +107,7 @@ def drop_weight(spec: str, source: str) -> str:
     return ",".join(x for x in items if x.partition("=")[0].strip() != source)
 
 
-def held_out_config(base: T.TrainConfig, family: str, out: str = "") -> T.TrainConfig:
+def held_out_config(base: TrainConfig, family: str, out: str = "") -> TrainConfig:
     """`base` without `family`'s data (training and validation). Raises ValueError for an
     unknown family or when nothing would be left to train on."""
     if family not in FAMILIES:
@@ -136,7 +135,7 @@ def code_digest() -> str:
     return h.hexdigest()[:16]
 
 
-def settings(cfg: T.TrainConfig) -> dict:
+def settings(cfg: TrainConfig) -> dict:
     """What decides a run's result, JSON-normalised (tuples as lists): the configuration
     (less `NOT_SETTINGS`) and the training code's digest."""
     d = json.loads(json.dumps(dataclasses.asdict(cfg)))
@@ -145,7 +144,7 @@ def settings(cfg: T.TrainConfig) -> dict:
     return {**d, "code": code_digest()}
 
 
-def _record(cfg: T.TrainConfig) -> dict | None:
+def _record(cfg: TrainConfig) -> dict | None:
     ckpt, info = Path(cfg.out), Path(cfg.out).with_suffix(".json")
     if not (ckpt.is_file() and info.is_file()):
         return None
@@ -155,20 +154,20 @@ def _record(cfg: T.TrainConfig) -> dict | None:
         return None
 
 
-def cached_run(cfg: T.TrainConfig) -> dict | None:
+def cached_run(cfg: TrainConfig) -> dict | None:
     """The record of a finished run with `cfg`'s settings at `cfg.out`, else None."""
     record = _record(cfg)
     return record if record is not None and record.get("settings") == settings(cfg) else None
 
 
-def changed_settings(cfg: T.TrainConfig) -> list[str]:
+def changed_settings(cfg: TrainConfig) -> list[str]:
     """The settings in which the finished run at `cfg.out` differs from `cfg` (none: [])."""
     old = (_record(cfg) or {}).get("settings") or {}
     new = settings(cfg)
     return sorted(k for k in {*old, *new} if old.get(k) != new.get(k)) if old else []
 
 
-def ensure_trained(cfg: T.TrainConfig, label: str, *, retrain: bool = False) -> dict:
+def ensure_trained(cfg: TrainConfig, label: str, *, retrain: bool = False) -> dict:
     """Train `cfg` unless a finished run with its settings is at `cfg.out` (or `retrain`);
     the run's record (settings, sources, best epoch, epochs run, seconds, and `cached`)."""
     record = None if retrain else cached_run(cfg)
@@ -228,162 +227,18 @@ def _timed_fit():
 
 
 # -----------------------------------------------------------------------------------------
-# tables (pure: predictor tables in, rows and text out)
-
-
-def _gru_row(p: dict, hs: list[str]) -> dict:
-    g = p["gru"]
-    return {
-        "render_mean": g["render_mean"],
-        "render_p95": g["render_p95"],
-        **{h: g["ade_by_horizon"][h] for h in hs},
-    }
-
-
-def _ratio_row(p: dict, hs: list[str], name: str = "gru") -> dict:
-    rt = E.ratios(p, name)
-    return {
-        "render_mean": rt["render_mean_vs_best_classical"],
-        "render_p95": rt["render_p95_vs_best_classical"],
-        **{h: rt["by_horizon_vs_best_classical"][h] for h in hs},
-    }
-
-
-def family_table(out_p: dict, in_p: dict) -> dict:
-    """Rows of a family's table from the two `result["predictors"]` tables (out-of-family
-    GRU, in-family GRU): both GRUs, the best classical value and its name per column, and
-    each GRU / best classical (`evaluate.ratios`, each against its own result's classical)."""
-    out_p, in_p = out_p.get("predictors", out_p), in_p.get("predictors", in_p)
-    hs = list(out_p["cv"]["ade_by_horizon"])
-    best = E.best_classical(out_p)
-    names = {"render_mean": best["render_mean"], "render_p95": best["render_p95"]}
-    names |= best["horizon"]
-    classical = {
-        "render_mean": out_p[names["render_mean"]]["render_mean"],
-        "render_p95": out_p[names["render_p95"]]["render_p95"],
-        **{h: out_p[names[h]]["ade_by_horizon"][h] for h in hs},
-    }
-    return {
-        "columns": ["render_mean", "render_p95", *hs],
-        "horizons": hs,
-        "out_of_family": _gru_row(out_p, hs),
-        "in_family": _gru_row(in_p, hs),
-        "best_classical": classical,
-        "best_classical_name": names,
-        "out_of_family_vs_best": _ratio_row(out_p, hs),
-        "in_family_vs_best": _ratio_row(in_p, hs),
-    } | (  # the network alone, without the served blend, where evaluate scores it
-        {
-            "raw_out_of_family_vs_best": _ratio_row(out_p, hs, RAW),
-            "raw_in_family_vs_best": _ratio_row(in_p, hs, RAW),
-        }
-        if RAW in out_p and RAW in in_p
-        else {}
-    )
-
-
-def format_family_table(table: dict, title: str = "") -> str:
-    """The table as text: errors in metres, then the ratios (under 1: the GRU is better)."""
-    cols = table["columns"]
-    head = ["render", "p95", *(f"@{h}s" for h in table["horizons"])]
-    lines = [f"-- {title}"] if title else []
-    lines.append(f"{'':<28}" + "".join(f"{c:>8}" for c in head))
-
-    def row(label: str, vals: dict, fmt: str = "8.4f") -> str:
-        return f"{label:<28}" + "".join(f"{vals[c]:{fmt}}" for c in cols)
-
-    lines.append(row("served GRU, out-of-family", table["out_of_family"]))
-    lines.append(row("served GRU, in-family", table["in_family"]))
-    lines.append(row("best classical", table["best_classical"]))
-    names = table["best_classical_name"]
-    lines.append(f"{'  which':<28}" + "".join(f"{SHORT.get(names[c], names[c]):>8}" for c in cols))
-    lines.append(row("out-of-family / best", table["out_of_family_vs_best"], "8.3f"))
-    lines.append(row("in-family / best", table["in_family_vs_best"], "8.3f"))
-    if "raw_out_of_family_vs_best" in table:
-        lines.append(row("  network alone, out / best", table["raw_out_of_family_vs_best"], "8.3f"))
-        lines.append(row("  network alone, in / best", table["raw_in_family_vs_best"], "8.3f"))
-    return "\n".join(lines)
-
-
-def summary_row(family: str, table: dict) -> dict:
-    """One summary line: per model, GRU / best classical for render mean, the worst
-    horizon (and which) and the last horizon (1 s)."""
-    hs = table["horizons"]
-
-    def part(r: dict) -> dict:
-        worst = max(hs, key=lambda h: r[h])
-        return {
-            "render_mean": r["render_mean"],
-            "worst": r[worst],
-            "worst_at": worst,
-            "last": r[hs[-1]],
-        }
-
-    return {
-        "family": family,
-        "last_horizon": hs[-1],
-        "out_of_family": part(table["out_of_family_vs_best"]),
-        "in_family": part(table["in_family_vs_best"]),
-    }
-
-
-def format_summary(rows: list[dict]) -> str:
-    if not rows:
-        return ""
-    last = rows[0]["last_horizon"]
-    lines = [
-        "-- leave-one-family-out summary: GRU / best classical (under 1: the GRU is better)",
-        f"{'':<20}{'trained without it':^30}  {'trained with it':^30}",
-        f"{'family':<20}" + f"{'render':>9}{'worst (at)':>13}{'@' + last + 's':>8}" * 2,
-    ]
-    for r in rows:
-        cells = ""
-        for k in ("out_of_family", "in_family"):
-            p = r[k]
-            worst = f"{p['worst']:.3f} ({p['worst_at']})"
-            cells += f"{p['render_mean']:9.3f}{worst:>13}{p['last']:8.3f}  "
-        lines.append(f"{TITLES.get(r['family'], r['family']):<20}{cells.rstrip()}")
-    return "\n".join(lines)
-
-
-def summary_markdown(rows: list[dict], note: str = "") -> str:
-    """The summary as a Markdown table (for the README and docs)."""
-    last = rows[0]["last_horizon"] if rows else "1"
-    out = [
-        "| family | test split | without it: render | worst horizon | "
-        f"{last} s | with it: render | worst horizon | {last} s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        cells = []
-        for k in ("out_of_family", "in_family"):
-            p = r[k]
-            cells += [
-                f"x{p['render_mean']:.3f}",
-                f"x{p['worst']:.3f} ({p['worst_at']} s)",
-                f"x{p['last']:.3f}",
-            ]
-        test = f"`{TEST_SPLITS.get(r['family'], '?')}`"
-        out.append(
-            f"| {TITLES.get(r['family'], r['family'])} | {test} | " + " | ".join(cells) + " |"
-        )
-    text = "\n".join(out)
-    return f"{text}\n\n{note}\n" if note else text + "\n"
-
-
-# -----------------------------------------------------------------------------------------
 # the run
 
 
 def score(spec: str, lm) -> dict:
     """`training.evaluate.evaluate` on `spec` as its CLI calls it (default network)."""
-    result = E.evaluate(E.load_scenes(spec), lm, net=NETWORK, tick=TICK)
-    result["ratios"] = E.ratios(result)
+    result = E.evaluate(load_scenes(spec), lm, net=NETWORK, tick=TICK)
+    result["ratios"] = ratios(result)
     return result
 
 
-def base_config(args, train_flags: list[str]) -> T.TrainConfig:
-    cfg = T.config_from_args(["--preset", args.preset, *train_flags])
+def base_config(args, train_flags: list[str]) -> TrainConfig:
+    cfg = config_from_args(["--preset", args.preset, *train_flags])
     change = {"epochs": args.epochs, "device": args.device}
     if args.threads:
         change["threads"] = args.threads

@@ -16,7 +16,8 @@ from client_demo.players import Bot, make_policy
 from client_demo.scoring import METHODS, Meter
 from training.baselines import KalmanCV
 from training.realmotion import Scene, thin_to_ticks
-from training.simulate import SimConfig, simulate
+from training.sim_config import SimConfig
+from training.simulate import simulate
 
 TUNE_USERS, TUNE_SECONDS, TUNE_SEED = 16, 30.0, 104_729  # held-out users for the Kalman tuning
 

@@ -18,7 +18,8 @@ from client_demo.client import AvatarClient
 from client_demo.kalman_paths import KalmanPaths
 from client_demo.reckoning import DeadReckoner
 from client_demo.send_policy import FixedRate, SendPolicy, ThresholdPolicy
-from training.simulate import SimConfig, simulate
+from training.sim_config import SimConfig
+from training.simulate import simulate
 
 SEGMENT = 120.0  # seconds of simulated motion per batch; the next one is made in a thread
 

@@ -82,7 +82,7 @@ def no_real_data() -> list[str]:
     """Flags that keep training off the real-motion sets, where it has them (slow to load)."""
     import dataclasses
 
-    from training.train import TrainConfig
+    from training.train_config import TrainConfig
 
     return ["--real", "none"] if "real" in {f.name for f in dataclasses.fields(TrainConfig)} else []
 

@@ -1,5 +1,5 @@
 """Tests for training.datasets: Track.truth_at, CSV/ETH-UCY loaders, the shipped data and
-its lookup, splits, windows."""
+its lookup."""
 
 from __future__ import annotations
 
@@ -17,15 +17,12 @@ from training.datasets import (
     ETHUCY_TRAIN_ONLY,
     DatasetError,
     Track,
-    base_user,
     data_file,
     ethucy_root,
     load_csv,
     load_ethucy,
     load_ethucy_scene_files,
     load_tracks,
-    split_by_user,
-    windows,
 )
 
 REPO_DATA = Path(__file__).resolve().parents[1] / "training" / "data"  # shipped in the repo
@@ -47,11 +44,6 @@ def _write(tmp_path: Path, name: str, text: str) -> Path:
 
 def _epoch(s: str) -> float:
     return datetime.fromisoformat(s).replace(tzinfo=UTC).timestamp()
-
-
-def _track(user: str, n: int = 3) -> Track:
-    t = np.arange(n, dtype=np.float64)
-    return Track(user, t, np.zeros((n, 3)))
 
 
 # --- Track.truth_at ---------------------------------------------------------
@@ -409,44 +401,3 @@ def test_load_tracks_dispatch(tmp_path):
         load_tracks(_write(tmp_path, "z.json.gz", "{}"))
     with pytest.raises(FileNotFoundError):
         load_tracks(tmp_path / "missing.csv")
-
-
-# --- split_by_user / windows ---------------------------------------------------
-
-
-def test_base_user():
-    assert base_user("alice") == "alice"
-    assert base_user("alice#12") == "alice"
-    assert base_user("biwi_hotel:3#1") == "biwi_hotel:3"
-
-
-def test_split_by_user_keeps_segments_together_and_is_deterministic():
-    tracks = []
-    for u in range(40):
-        tracks += [_track(f"u{u}"), _track(f"u{u}#1"), _track(f"u{u}#2")]
-    train, val, test = split_by_user(tracks, val_frac=0.2, test_frac=0.1, seed=3)
-    assert len(train) + len(val) + len(test) == len(tracks)
-    users = [{base_user(tr.user) for tr in s} for s in (train, val, test)]
-    assert (len(users[0]), len(users[1]), len(users[2])) == (28, 8, 4)
-    assert not (users[0] & users[1] or users[0] & users[2] or users[1] & users[2])
-    for s in (train, val, test):
-        assert len(s) == 3 * len({base_user(tr.user) for tr in s})
-    again = split_by_user(list(reversed(tracks)), val_frac=0.2, test_frac=0.1, seed=3)
-    assert [{base_user(tr.user) for tr in s} for s in again] == users
-    other = split_by_user(tracks, val_frac=0.2, test_frac=0.1, seed=4)
-    assert [{base_user(tr.user) for tr in s} for s in other] != users
-    assert split_by_user([]) == ([], [], [])
-    with pytest.raises(ValueError):
-        split_by_user(tracks, val_frac=0.7, test_frac=0.5)
-
-
-def test_windows():
-    tr = _track("a", 10)
-    assert windows(tr, 4, 3) == [(0, 4), (3, 7), (6, 10)]
-    assert windows(tr, 10, 1) == [(0, 10)]
-    assert windows(tr, 11, 1) == []
-    assert len(windows(tr, 1, 1)) == 10
-    with pytest.raises(ValueError):
-        windows(tr, 0, 1)
-    with pytest.raises(ValueError):
-        windows(tr, 2, 0)

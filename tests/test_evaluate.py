@@ -1,3 +1,5 @@
+"""Tests for training.evaluate: the GRU as a path predictor, `evaluate` and its CLI."""
+
 import json
 
 import numpy as np
@@ -8,6 +10,7 @@ from server.core.features import FeatureConfig
 from server.core.model import ModelConfig, MotionGRU, load_checkpoint, save_checkpoint
 from training import baselines as B
 from training import evaluate as E
+from training.eval_tables import CLASSICAL, ratios
 from training.simulate import simulate
 
 
@@ -70,8 +73,8 @@ def test_real_slice_computes_per_recording_with_best_classical_named(ckpt, tmp_p
     res = E.evaluate(scenes, lm, extra={"other": seed})
     assert set(res["recordings"]) == {"juelich/uo-070-180-180", "juelich/uo-100-180-180"}
     for table in [res["predictors"], *(r["predictors"] for r in res["recordings"].values())]:
-        rt = E.ratios(table)
-        assert rt["best_classical"]["render_mean"] in E.CLASSICAL
+        rt = ratios(table)
+        assert rt["best_classical"]["render_mean"] in CLASSICAL
         assert len(rt["by_horizon_vs_best_classical"]) == 10
         assert np.isfinite(table["gru"]["render_mean"]) and "other" in table
 
@@ -109,5 +112,5 @@ def test_csv_input_and_training_seeds_refused(ckpt, tmp_path):
     write_csv(simulate(3, 6.0, seed=9), csv)
     res = E.main(["--data", str(csv), "--model", str(ckpt), "--max-tracks", "2"])
     assert res["tracks"] == 2
-    with pytest.raises(ValueError):
-        E.load_data("synthetic:4:0")
+    with pytest.raises(SystemExit):  # the training users are refused on the command line too
+        E.main(["--data", "synthetic:4:0", "--model", str(ckpt)])

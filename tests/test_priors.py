@@ -5,7 +5,8 @@ import pytest
 
 from server.core import priors
 from server.core.priors import kalman_step
-from training.baselines import IMM, KalmanCV, segment_ids
+from training.baselines import KalmanCV, segment_ids
+from training.imm import IMM
 
 
 def test_vectorised_rows_match_the_scalar_filter(rng):

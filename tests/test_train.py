@@ -1,56 +1,25 @@
+"""Tests for training.train: the data sources, the loop, seeding, source weights, mirroring."""
+
 import numpy as np
 import pytest
 import torch
 
-from server.core import features as F
 from server.core.engine import TickEngine
 from server.core.features import FeatureConfig
 from server.core.model import load_checkpoint
 from training import train as T
 from training.datasets import Track
 from training.simulate import simulate
-
-
-def test_residual_targets_mask_teleports_and_decode_back():
-    t = np.arange(30) * 0.1
-    p = np.zeros((30, 3))
-    p[:, 0] = t
-    p[20:, 0] += 30.0  # teleport at sample 20
-    tr = Track("a", t, p)
-    cfg = FeatureConfig()
-    ((x, y, reset),) = T.residuals([tr], cfg)
-    assert x.shape == (30, F.N_FEATURES) and y.shape == (30, 10, 3)
-    assert reset[0] and reset[20]
-    assert np.isnan(y[19]).all()  # the future across the jump is no target
-    assert np.isfinite(y[5]).all()
-    np.testing.assert_allclose(y[5], 0, atol=1e-4)  # straight line: the prior is (nearly) exact
-
-
-def test_make_windows_burn_in_and_segments():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(50, F.N_FEATURES)).astype(np.float32)
-    y = rng.normal(size=(50, 10, 3))
-    reset = np.zeros(50, bool)
-    reset[[0, 30]] = True
-    w = T.make_windows([(x, y, reset)], np.ones(10), length=16, burn_in=4)
-    assert w.x.shape[1:] == (16, F.N_FEATURES)
-    # first window of each segment is supervised from step 0, later ones after burn-in
-    assert w.m[0, 0].all()
-    assert not w.m[1, :4].any() and w.m[1, 4].all()
-    starts = [np.flatnonzero((x == wx[0]).all(1))[0] for wx in w.x]
-    assert 30 in starts  # a window starts at the second segment
-    for s, wx, wm in zip(starts, w.x, w.m, strict=True):
-        n = min(16, (30 if s < 30 else 50) - s)
-        assert not wm[n:].any()  # no window crosses a reset
-        np.testing.assert_array_equal(wx[:n], x[s : s + n])
+from training.train_config import TrainConfig, config_from_args
+from training.windows import residuals
 
 
 def test_mirror_batch_is_a_reflection():
     cfg = FeatureConfig()
     t = np.arange(20) * 0.05
     p = np.stack([np.sin(t), 0.3 * t**2, 0 * t], 1)
-    base = T.residuals([Track("a", t, p)], cfg)[0]
-    mir = T.residuals([Track("a", t, p * [1, -1, 1])], cfg)[0]
+    base = residuals([Track("a", t, p)], cfg)[0]
+    mir = residuals([Track("a", t, p * [1, -1, 1])], cfg)[0]
     x, y = T.mirror_batch(
         torch.from_numpy(base[0][None]),
         torch.from_numpy(np.nan_to_num(base[1])[None]).float(),
@@ -62,7 +31,7 @@ def test_mirror_batch_is_a_reflection():
 
 def test_train_end_to_end_writes_loadable_checkpoint(tmp_path):
     out = tmp_path / "m.pt"
-    cfg = T.config_from_args(
+    cfg = config_from_args(
         [
             "--out",
             str(out),
@@ -119,22 +88,13 @@ def test_training_is_seeded(tmp_path):
         "--window",
         "24",
     ]
-    a = T.train(T.config_from_args([*args, "--out", str(tmp_path / "a.pt")]), progress=False)
-    b = T.train(T.config_from_args([*args, "--out", str(tmp_path / "b.pt")]), progress=False)
+    a = T.train(config_from_args([*args, "--out", str(tmp_path / "a.pt")]), progress=False)
+    b = T.train(config_from_args([*args, "--out", str(tmp_path / "b.pt")]), progress=False)
     for (ka, va), (kb, vb) in zip(
         a["model"].state_dict().items(), b["model"].state_dict().items(), strict=True
     ):
         assert ka == kb
         torch.testing.assert_close(va, vb)
-
-
-def test_preset_and_flag_override(tmp_path):
-    preset = tmp_path / "p.toml"
-    preset.write_text("[train]\nhidden = 32\nepochs = 7\nhorizons = [0.2, 0.4]\n")
-    cfg = T.config_from_args(["--preset", str(preset), "--epochs", "3"])
-    assert cfg.hidden == 32 and cfg.epochs == 3 and cfg.horizons == (0.2, 0.4)
-    shipped = T.config_from_args(["--preset", "shipped"])
-    assert shipped.out.endswith("avatar_gru.pt")
 
 
 def test_source_weights_share_the_batches():
@@ -147,7 +107,7 @@ def test_source_weights_share_the_batches():
 
 
 def test_synthetic_rooms_are_separate_worlds(monkeypatch):
-    cfg = T.TrainConfig(
+    cfg = TrainConfig(
         synthetic_avatars=6,
         synthetic_rooms=3,
         synthetic_duration=4,

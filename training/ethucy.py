@@ -25,7 +25,10 @@ from server.core import features as F
 from server.core.features import FeatureConfig
 from training import datasets as D
 from training.datasets import Track
-from training.train import TrainConfig, Windows, fit, residual_scale, residuals
+from training.track_ops import corrupt
+from training.train import fit
+from training.train_config import TrainConfig
+from training.windows import Windows, residual_scale, residuals
 
 SCENES = ("eth", "hotel", "univ", "zara1", "zara2")
 OBS, PRED, STEP = 8, 12, 0.4
@@ -131,7 +134,7 @@ def run_fold(scene: str, cfg: TrainConfig) -> dict:
     for wins in train_w.values():
         clean = list(wins)
         for _ in range(cfg.noisy_copies):
-            wins += [D.corrupt(w, noise=rng.uniform(0, cfg.noise_max), rng=rng) for w in clean]
+            wins += [corrupt(w, noise=rng.uniform(0, cfg.noise_max), rng=rng) for w in clean]
     train_res = {s: residuals(w, fcfg) for s, w in train_w.items() if w}
     scale_t = residual_scale([r for v in train_res.values() for r in v])
     fcfg = dataclasses.replace(fcfg, out_scale=scale_t)

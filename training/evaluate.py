@@ -38,22 +38,21 @@ from server.core import features as F
 from server.core.blend import BlendConfig
 from server.core.model import LoadedModel
 from training import baselines as B
-from training import datasets as D
 from training import realmotion as RM
+from training.data_specs import load_scenes
 from training.datasets import Track
+from training.eval_plots import plot
+from training.eval_tables import predictor_stats, print_table, ratios
+from training.imm import IMM
 from training.realmotion import Scene
-from training.render import NetworkConfig, received_stream, render_errors, summarise
-
-PATH_PREDICTORS = ("hold", "cv", "cv_window", "kalman", "imm", "gru")
-RENDER_METHODS = ("hold", "interp", "cv", "cv_window", "kalman", "imm", "gru")
-CLASSICAL = ("hold", "interp", "cv", "cv_window", "kalman", "imm")
-CLASSICAL_PATHS = ("hold", "cv", "cv_window", "kalman", "imm")
+from training.render import NetworkConfig, received_stream, render_errors
+from training.track_ops import corrupt
 
 
 class _ManyTracks:
     """A path predictor with a batched `paths_many` (the IMM) in the place of a model."""
 
-    def __init__(self, predictor: B.IMM) -> None:
+    def __init__(self, predictor: IMM) -> None:
         self.predictor = predictor
 
     def scene(self, streams, horizons) -> list[np.ndarray]:
@@ -133,59 +132,6 @@ class GRUPredictor:
         return [o.p[:, None, :] + off for o, (off, _) in zip(sf.out, served, strict=True)]
 
 
-def load_scenes(spec: str) -> list[Scene]:
-    """Scenes for a `--data` spec (see the module docstring). Raises ValueError/FileNotFoundError."""
-    if spec.startswith("synthetic"):
-        from training.simulate import simulate
-
-        parts = spec.split(":")[1:]
-        n = int(parts[0]) if parts else 40
-        seed = int(parts[1]) if len(parts) > 1 else 777
-        dur = float(parts[2]) if len(parts) > 2 else 60.0
-        if seed == 10_000 or (seed % 1000 == 0 and seed < 10_000):
-            raise ValueError("seeds 0, 1000, …, 9000 and 10000 are the training/validation users")
-        return [Scene(f"synthetic/{seed}", simulate(n, dur, seed=seed))]
-    if spec.startswith("ethucy"):
-        parts = spec.split(":")[1:]
-        split = parts[0] if parts else "val"
-        if len(parts) > 1:
-            if parts[1] not in D.ETHUCY_SCENES:
-                raise ValueError(f"unknown ETH/UCY scene {parts[1]!r}")
-            stems = D.ETHUCY_SCENES[parts[1]]
-        else:
-            stems = [s for v in D.ETHUCY_SCENES.values() for s in v]
-            if split != "all":
-                stems += D.ETHUCY_TRAIN_ONLY
-        return [Scene(f"ethucy/{s}", D.load_ethucy_scene_files(split, [s])) for s in stems]
-    if spec.startswith("real:"):
-        parts = spec.split(":")[1:]
-        return RM.load_scenes(parts[0], parts[1] if len(parts) > 1 else "test")
-    return [Scene(Path(spec).stem, D.load_tracks(spec))]
-
-
-def load_data(spec: str) -> list[Track]:
-    """All tracks of a `--data` spec (scenes flattened)."""
-    return [tr for sc in load_scenes(spec) for tr in sc.tracks]
-
-
-def _stats(errs: dict[str, list[np.ndarray]], rerr: dict[str, list[np.ndarray]], h) -> dict:
-    out: dict = {}
-    for name, arrs in errs.items():
-        e = np.concatenate(arrs) if arrs else np.zeros((0, len(h)))
-        with np.errstate(all="ignore"):
-            by_h = np.nanmean(e, axis=0) if len(e) else np.full(len(h), np.nan)
-            ade = float(np.nanmean(e)) if len(e) else float("nan")
-        out[name] = {
-            "ade": ade,
-            "ade_by_horizon": {f"{hh:g}": float(v) for hh, v in zip(h, by_h, strict=True)},
-        }
-    for k, st in summarise(rerr).items():
-        out.setdefault(k, {})
-        out[k]["render_mean"] = st["mean"]
-        out[k]["render_p95"] = st["p95"]
-    return out
-
-
 def evaluate(
     scenes: list[Scene] | list[Track],
     lm: LoadedModel,
@@ -195,7 +141,7 @@ def evaluate(
     net: NetworkConfig | None = None,
     seed: int = 0,
     kalman: B.KalmanCV | None = None,
-    imm: B.IMM | None = None,
+    imm: IMM | None = None,
     tick: float = 0.05,
     extra: dict | None = None,
     served_blend: BlendConfig | None = BlendConfig(),  # noqa: B008 (frozen)
@@ -218,9 +164,7 @@ def evaluate(
     h = np.asarray(lm.features.horizons)
     obs_scenes = [
         RM.thin_to_ticks(
-            Scene(
-                sc.name, [D.corrupt(tr, noise=noise, jitter=jitter, rng=rng) for tr in sc.tracks]
-            ),
+            Scene(sc.name, [corrupt(tr, noise=noise, jitter=jitter, rng=rng) for tr in sc.tracks]),
             tick,
         )
         for sc in scenes
@@ -231,7 +175,7 @@ def evaluate(
     if kalman is None:
         kalman = B.KalmanCV.tune(sub, h)
     if imm is None:
-        imm = B.IMM.tune(sub, h)
+        imm = IMM.tune(sub, h)
     preds = {"hold": B.hold, "cv": B.cv_last, "cv_window": B.cv_window, "kalman": kalman}
     models = {
         "imm": _ManyTracks(imm),
@@ -273,12 +217,12 @@ def evaluate(
         per_scene.append((sc, errs, rerr))
     pooled_e = {k: [a for _, e, _ in per_scene for a in e[k]] for k in names}
     pooled_r = {k: [a for _, _, r in per_scene for a in r[k]] for k in render_names}
-    result: dict = {"predictors": _stats(pooled_e, pooled_r, h)}
+    result: dict = {"predictors": predictor_stats(pooled_e, pooled_r, h)}
     result["recordings"] = {
         sc.name: {
             "tracks": len(sc.tracks),
             "samples": int(sum(len(o) for o in sc.tracks)),
-            "predictors": _stats(e, r, h),
+            "predictors": predictor_stats(e, r, h),
         }
         for sc, e, r in per_scene
     }
@@ -300,140 +244,6 @@ def _fixed(paths: np.ndarray):
         return paths
 
     return predict
-
-
-def best_classical(table: dict) -> dict:
-    """Names of the best classical predictor: for render mean, p95 and per horizon."""
-    hs = list(table["cv"]["ade_by_horizon"])
-    return {
-        "render_mean": min(CLASSICAL, key=lambda k: table[k]["render_mean"]),
-        "render_p95": min(CLASSICAL, key=lambda k: table[k]["render_p95"]),
-        "horizon": {
-            s: min(CLASSICAL_PATHS, key=lambda k: table[k]["ade_by_horizon"][s]) for s in hs
-        },
-    }
-
-
-def ratios(table: dict, name: str = "gru") -> dict:
-    """`name` / best classical: render mean and p95, error at the last horizon, and the
-    error at every horizon against that horizon's best classical path predictor.
-
-    `table` is `result["predictors"]` (or a recording's); a result dict is accepted too.
-    """
-    p = table.get("predictors", table)
-    hs = list(p["cv"]["ade_by_horizon"])
-    best = best_classical(p)
-    by_h = {
-        s: p[name]["ade_by_horizon"][s] / p[best["horizon"][s]]["ade_by_horizon"][s] for s in hs
-    }
-    return {
-        "render_mean_vs_best_classical": p[name]["render_mean"]
-        / p[best["render_mean"]]["render_mean"],
-        "render_p95_vs_best_classical": p[name]["render_p95"] / p[best["render_p95"]]["render_p95"],
-        "last_horizon_vs_best_classical": by_h[hs[-1]],
-        "by_horizon_vs_best_classical": by_h,
-        "worst_horizon_vs_best_classical": max(by_h.values()),
-        "last_horizon_vs_cv": p[name]["ade_by_horizon"][hs[-1]] / p["cv"]["ade_by_horizon"][hs[-1]],
-        "ade_vs_cv": p[name]["ade"] / p["cv"]["ade"],
-        "best_classical": best,
-    }
-
-
-def print_table(table: dict, title: str = "") -> None:
-    """One table: every predictor's error at three horizons and render error, then the
-    learned models against the best classical predictor (named) at every horizon."""
-    p = table.get("predictors", table)
-    hs = list(p["cv"]["ade_by_horizon"])
-    show = [hs[0], hs[len(hs) // 2 - 1], hs[-1]]
-    if title:
-        print(f"-- {title}")
-    head = f"{'predictor':<11} {'ADE':>7} " + " ".join(f"{'@' + s + 's':>7}" for s in show)
-    print(head + f" {'render':>7} {'p95':>7}")
-    names = [k for k in RENDER_METHODS if k != "gru" and k in p]
-    names += [k for k in p if k not in RENDER_METHODS] + ["gru"]
-    for k in names:
-        r = p[k]
-        cells = [f"{r['ade']:7.4f}" if "ade" in r else f"{'-':>7}"]
-        cells += [f"{r['ade_by_horizon'][s]:7.4f}" if "ade" in r else f"{'-':>7}" for s in show]
-        rm = f"{r['render_mean']:7.4f} {r['render_p95']:7.4f}" if "render_mean" in r else ""
-        print(f"{k:<11} " + " ".join(cells) + f" {rm}")
-    best = best_classical(p)
-    print(
-        f"best classical: render mean {best['render_mean']}, p95 {best['render_p95']}, "
-        f"at 1 s {best['horizon'][hs[-1]]}"
-    )
-    for k in [k for k in p if k not in CLASSICAL]:
-        rt = ratios(p, k)
-        per_h = " ".join(f"{v:.2f}" for v in rt["by_horizon_vs_best_classical"].values())
-        print(
-            f"{k} vs best classical: render mean x{rt['render_mean_vs_best_classical']:.3f}, "
-            f"p95 x{rt['render_p95_vs_best_classical']:.3f}, "
-            f"last horizon x{rt['last_horizon_vs_best_classical']:.3f}; by horizon {per_h}"
-        )
-    if "gru" in p:
-        rt = ratios(p)
-        print(
-            "GRU vs CV: ADE x{:.3f}, last horizon x{:.3f}".format(
-                rt["ade_vs_cv"], rt["last_horizon_vs_cv"]
-            )
-        )
-
-
-def plot(result: dict, horizons: np.ndarray, out_dir: Path) -> list[Path]:
-    """Error vs horizon, render-error CDF, example tracks. Returns the PNG paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = []
-
-    def save(fig, name: str, ax=None) -> None:
-        if ax is not None:
-            ax.legend()
-            ax.grid(alpha=0.3)
-        files.append(out_dir / name)
-        fig.tight_layout()
-        fig.savefig(files[-1], dpi=110)
-        plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for k in PATH_PREDICTORS:
-        by_h = result["predictors"][k]["ade_by_horizon"]
-        ax.plot(horizons, list(by_h.values()), marker="o", label=k)
-    ax.set(xlabel="horizon (s)", ylabel="mean error (m)", title="Error vs horizon")
-    save(fig, "error_vs_horizon.png", ax)
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for k in RENDER_METHODS:
-        e = np.sort(np.concatenate(result["_render"][k]))
-        if e.size:
-            ax.plot(e, np.linspace(0, 1, e.size), label=k)
-    ax.set(xlabel="render error (m)", ylabel="fraction of frames", title="Render error CDF")
-    ax.set_xlim(0, np.percentile(np.concatenate(result["_render"]["hold"]), 99))
-    save(fig, "render_error_cdf.png", ax)
-
-    obs, paths = result["_obs"], result["_gru_paths"]
-    longest = np.argsort([-len(o) for o in obs])[:3]
-    fig, axes = plt.subplots(1, len(longest), figsize=(5 * len(longest), 5))
-    for ax, i in zip(np.atleast_1d(axes), longest, strict=False):
-        o = obs[i]
-        n = min(len(o), 400)
-        tt = np.linspace(o.t[0], o.t[n - 1], 4 * n)
-        truth = o.truth_at(tt)
-        ax.plot(truth[:, 0], truth[:, 1], "k-", lw=1, label="truth")
-        ax.plot(o.p[:n, 0], o.p[:n, 1], ".", ms=2, color="grey", label="observed")
-        cv = B.cv_last(o.t[:n], o.p[:n], horizons)
-        for k in range(0, n, max(1, n // 12)):
-            ax.plot(*np.r_[o.p[k : k + 1], cv[k]][:, :2].T, "-", color="tab:orange", lw=1)
-            ax.plot(*np.r_[o.p[k : k + 1], paths[i][k]][:, :2].T, "-", color="tab:blue", lw=1.5)
-        ax.plot([], [], "-", color="tab:orange", label="CV path")
-        ax.plot([], [], "-", color="tab:blue", label="GRU path")
-        ax.set(title=o.user, aspect="equal")
-        ax.legend(fontsize=7)
-    save(fig, "example_tracks.png")
-    return files
 
 
 def public(result: dict) -> dict:

@@ -27,6 +27,7 @@ import numpy as np
 
 from training import datasets as D
 from training.datasets import Track
+from training.track_ops import base_user
 
 REAL_SETS: tuple[str, ...] = ("juelich", "soccer", "sdd")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -68,7 +69,7 @@ def realmotion_root() -> Path:
 def recording_of(set_name: str, user: str) -> str:
     """The recording a track id belongs to: a Jülich run (`uo-100-180-180_17` ->
     `uo-100-180-180`), an SDD scene (`bookstore_0_100` -> `bookstore_0`), the match."""
-    base = D.base_user(user)
+    base = base_user(user)
     if set_name in ("juelich", "sdd"):
         return base.rsplit("_", 1)[0]
     return "match"

@@ -19,10 +19,10 @@ be compared with where it came from. It is deliberately naive, and that is the p
   restarts the window. Until `obs` samples of the current segment exist, the predictor
   holds the last position (``paths[k, i] = p[k]``); such samples are not trained on.
 
-`--data` accepts what `training.evaluate.load_data` accepts (a CSV/ETH file or directory,
+`--data` accepts what `training.data_specs.load_data` accepts (a CSV/ETH file or directory,
 ``ethucy:SPLIT[:SCENE]``, ``synthetic:N[:SEED[:SECONDS]]``), repeatable; default
 ``ethucy:train`` plus ``synthetic:160:1:90``. Validation is a 10 % split by user
-(`training.datasets.split_by_user`). The checkpoint (a plain dict, loadable with
+(`training.track_ops.split_by_user`). The checkpoint (a plain dict, loadable with
 ``torch.load(weights_only=True)``) is written atomically; training is deterministic for a
 given seed on one machine (single-threaded by default).
 
@@ -48,7 +48,9 @@ from server import cli
 from server.core.layout import DEFAULT_HORIZONS
 from server.core.model import atomic_torch_save
 from training.baselines import out_of_reach, segment_ids
-from training.datasets import Track, split_by_user
+from training.data_specs import load_data
+from training.datasets import Track
+from training.track_ops import split_by_user
 
 FORMAT = "seed-lstm"
 VERSION = 1
@@ -294,9 +296,7 @@ def _evaluate_mse(model: SeedLSTM, x, y, m, batch: int = 8192) -> float:
 
 
 def load_sources(specs: Sequence[str]) -> list[Track]:
-    """Concatenated tracks of `--data` specs, via `training.evaluate.load_data`."""
-    from training.evaluate import load_data  # here: evaluate may import this module
-
+    """Concatenated tracks of `--data` specs, via `training.data_specs.load_data`."""
     return [tr for spec in specs for tr in load_data(spec)]
 
 

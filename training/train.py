@@ -3,10 +3,11 @@
     python -m training.train --preset shipped          # reproduces server/models/avatar_gru.pt
     python -m training.train --data my_logs.csv --no-ethucy --real none --synthetic-avatars 0 --out m.pt
 
-Reads top to bottom: configuration -> data (scenes: tracks on one clock, replayed tick by
-tick through `server.core.features.scene_features` exactly as the engine serves them, with
-each avatar's Kalman prior and neighbours; residual targets over the prior at the
-horizons) -> windows -> model -> loop (AdamW, validation every epoch, early stopping,
+Reads top to bottom: configuration (`TrainConfig`, presets and flags: `training.train_config`)
+-> data (scenes: tracks on one clock, replayed tick by tick through
+`server.core.features.scene_features` exactly as the engine serves them, with each avatar's
+Kalman prior and neighbours; residual targets over the prior at the horizons) -> windows
+(`training.windows`) -> model -> loop (AdamW, validation every epoch, early stopping,
 best checkpoint written atomically). Seeded: the same command on the same machine gives
 the same checkpoint.
 
@@ -21,15 +22,11 @@ batches, whatever its size; a pool smaller than its share repeats):
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import itertools
 import json
 import math
 import sys
 import time
-import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,145 +34,19 @@ import torch
 from tqdm import tqdm
 
 from server import cli
-from server.core import features as F
 from server.core import model_cli
 from server.core.features import FeatureConfig
-from server.core.layout import DEFAULT_HORIZONS
 from server.core.model import ModelConfig, MotionGRU, resolve_device, save_checkpoint
 from training import datasets as D
 from training import realmotion as RM
-from training.baselines import KalmanCV, out_of_reach
-from training.datasets import Track
+from training.baselines import KalmanCV
 from training.realmotion import Scene
-
-PRESETS = Path(__file__).parent / "presets"
-
-# -----------------------------------------------------------------------------------------
-# configuration
-
-
-@dataclass
-class TrainConfig:
-    out: str = "runs/model.pt"
-    name: str = "gru"
-    # data
-    synthetic_avatars: int = 160  # simulated training avatars (0 = none)
-    synthetic_duration: float = 90.0  # seconds each
-    synthetic_val_avatars: int = 40  # held-out simulated avatars (other seed)
-    synthetic_rooms: int = 1  # training avatars split over this many simulated worlds (rooms)
-    ethucy: bool = True  # ETH/UCY train parts for training, val parts for validation
-    real: list[str] = field(default_factory=lambda: list(RM.REAL_SETS))  # realmotion sets
-    data: list[str] = field(default_factory=list)  # own CSV/ETH files or dirs (90/10 by user)
-    noisy_copies: int = 1  # corrupted copies of every training track
-    noisy_ethucy: bool = True  # also corrupt copies of the ETH/UCY tracks
-    noise_max: float = 0.03  # m, position noise std drawn per copy from U(0, noise_max)
-    jitter_max: float = 0.025  # s, timestamp jitter std drawn per copy from U(0, jitter_max)
-    mirror: bool = True  # random y -> -y per window
-    balance: bool = False  # same number of batches from every data pool per epoch
-    weights: str = ""  # with balance: "synthetic=2,sdd=0.5" (share per source; others 1)
-    pool_per_recording: bool = False  # one data pool per ETH/UCY recording (with balance)
-    horizons: tuple[float, ...] = DEFAULT_HORIZONS
-    tick: float = 0.05  # s; the server's tick: scenes are replayed (and thinned) at it
-    neighbours: int = 4  # k nearest avatars as model input (0 = none)
-    nb_radius: float = 8.0  # m; neighbours farther away are not seen (also the grid cell)
-    nb_cell_cap: int = 8  # neighbour candidates read per grid cell
-    kalman_q: float = 0.0  # the prior's q (m^2/s^3); 0 = tune on the training data
-    kalman_r: float = 0.0  # the prior's r (m); 0 = tune on the training data
-    window: int = 96  # steps per training window
-    burn_in: int = 16  # steps without loss when a window starts mid-segment
-    # model
-    hidden: int = 64
-    layers: int = 1
-    head_hidden: int = 64
-    cell: str = "gru"  # gru | lstm
-    gate: bool = True  # per-horizon gate on the residual
-    # optimisation
-    epochs: int = 30
-    batch: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    patience: int = 5
-    clip: float = 1.0
-    max_batches: int = 0  # per epoch, 0 = all
-    seed: int = 0
-    device: str = "auto"
-    threads: int = 0  # torch threads, 0 = torch's default
-
+from training.track_ops import corrupt, split_by_user
+from training.train_config import TrainConfig, config_from_args
+from training.windows import Windows, cv_error_by_horizon, make_windows, residual_scale, residuals
 
 # -----------------------------------------------------------------------------------------
-# data: tracks -> features and residual targets -> windows
-
-
-@dataclass
-class Windows:
-    """Training windows: inputs, normalised residual targets and the loss mask."""
-
-    x: np.ndarray  # (W, L, F) float32
-    y: np.ndarray  # (W, L, H, 3) float32, 0 where masked
-    m: np.ndarray  # (W, L, H) bool
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-
-def residuals(tracks: list[Track], fcfg: FeatureConfig, *, scene: bool = False, tick=0.05):
-    """Per track: model inputs (N, F), raw residual targets in metres (N, H, 3), resets (N,).
-
-    `scene=True` replays the tracks together as one room (`F.scene_features`: neighbours);
-    otherwise each track is alone (`F.sequence_features`).
-    """
-    unit = dataclasses.replace(fcfg, out_scale=())
-    ts, ps = [tr.t for tr in tracks], [tr.p for tr in tracks]
-    sf = F.scene_features(ts, ps, unit, tick=tick) if scene else F.sequence_features(ts, ps, unit)
-    h = np.asarray(fcfg.horizons)
-    out = []
-    for tr, x, o in zip(tracks, sf.x, sf.out, strict=True):
-        truth = tr.truth_at((tr.t[:, None] + h[None, :]).ravel()).reshape(len(tr.t), len(h), 3)
-        # A future beyond physical reach (a teleport ahead) is not a target: mask it.
-        truth[out_of_reach(truth, o.p[:, None, :], h, fcfg.max_speed)] = np.nan
-        out.append((x, F.encode_targets(truth, o, unit), o.reset))
-    return out
-
-
-def residual_scale(res: list[tuple]) -> tuple[float, ...]:
-    """RMS horizontal residual of the CV prior per horizon (the target normalisation)."""
-    r = np.concatenate([y for _, y, _ in res])[..., :2]
-    rms = np.sqrt(np.nanmean((r**2).sum(-1), axis=0) / 2.0)
-    return tuple(float(max(s, 1e-3)) for s in rms)
-
-
-def make_windows(res: list[tuple], scale: np.ndarray, length: int, burn_in: int) -> Windows:
-    """Cut each reset-delimited segment into windows of `length` steps (zero state at start)."""
-    xs, ys, ms = [], [], []
-    stride = max(1, length - burn_in)
-    for x, y, reset in res:
-        starts = [*np.flatnonzero(reset).tolist(), len(x)]
-        for a, b in itertools.pairwise(starts):
-            for s in range(a, max(a + 1, b - burn_in), stride):
-                e = min(s + length, b)
-                n = e - s
-                xw = np.zeros((length, x.shape[1]), np.float32)
-                yw = np.zeros((length, *y.shape[1:]), np.float32)
-                mw = np.zeros((length, y.shape[1]), bool)
-                xw[:n] = x[s:e]
-                yn = y[s:e] / scale[None, :, None]
-                valid = np.isfinite(yn).all(-1)
-                if s > a:
-                    valid[: min(burn_in, n)] = False
-                yw[:n] = np.where(valid[..., None], yn, 0.0)
-                mw[:n] = valid
-                if mw.any():
-                    xs.append(xw)
-                    ys.append(yw)
-                    ms.append(mw)
-    if not xs:
-        H = len(scale)
-        return Windows(
-            np.zeros((0, length, res[0][0].shape[1] if res else F.N_FEATURES), np.float32),
-            np.zeros((0, length, H, 3), np.float32),
-            np.zeros((0, length, H), bool),
-        )
-    return Windows(np.stack(xs), np.stack(ys), np.stack(ms))
+# data: sources -> scenes (windows: training.windows)
 
 
 def augment_noisy(scenes: list[Scene], cfg: TrainConfig, rng: np.random.Generator) -> list[Scene]:
@@ -186,7 +57,7 @@ def augment_noisy(scenes: list[Scene], cfg: TrainConfig, rng: np.random.Generato
         for sc in scenes:
             noise = rng.uniform(0, cfg.noise_max)
             jitter = rng.uniform(0, cfg.jitter_max)
-            trs = [D.corrupt(tr, noise=noise, jitter=jitter, rng=rng) for tr in sc.tracks]
+            trs = [corrupt(tr, noise=noise, jitter=jitter, rng=rng) for tr in sc.tracks]
             out.append(Scene(sc.name + "~", trs))
     return out
 
@@ -222,7 +93,7 @@ def load_sources(cfg: TrainConfig) -> tuple[dict[str, list[Scene]], dict[str, li
         train[name] = RM.load_scenes(name, "train")
         val[name] = RM.load_scenes(name, "val")
     for i, path in enumerate(cfg.data):
-        tr, va, _ = D.split_by_user(D.load_tracks(path), val_frac=0.1, test_frac=0.0, seed=cfg.seed)
+        tr, va, _ = split_by_user(D.load_tracks(path), val_frac=0.1, test_frac=0.0, seed=cfg.seed)
         train[f"data{i}"], val[f"data{i}"] = [Scene(f"data{i}", tr)], [Scene(f"data{i}", va)]
     if not train:
         raise SystemExit("no training data: enable --synthetic-avatars, --ethucy, --real or --data")
@@ -279,12 +150,6 @@ def displacement(
     if weight is not None:
         d = d * weight
     return (d * m).sum() / m.sum().clamp(min=1)
-
-
-def cv_error_by_horizon(w: Windows, scale: np.ndarray) -> np.ndarray:
-    """Mean CV error (m) per horizon over a pool's supervised entries, shape (H,)."""
-    d = np.sqrt(((w.y * scale[None, None, :, None]) ** 2).sum(-1))  # (W, L, H)
-    return (d * w.m).sum((0, 1)) / np.maximum(w.m.sum((0, 1)), 1)
 
 
 @torch.no_grad()
@@ -517,56 +382,6 @@ def fit(
 
 # -----------------------------------------------------------------------------------------
 # CLI
-
-
-def load_preset(name_or_path: str) -> dict:
-    """Read a TOML preset (a name under training/presets or a path). Raises FileNotFoundError."""
-    p = Path(name_or_path)
-    if not p.exists():
-        p = PRESETS / f"{name_or_path}.toml"
-    with open(p, "rb") as f:
-        return tomllib.load(f).get("train", {})
-
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="python -m training.train",
-        description="Train the avatar motion GRU; writes the best checkpoint atomically.",
-    )
-    ap.add_argument("--preset", help="TOML preset name (training/presets) or path")
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool",):
-            ap.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
-        elif f.name == "data":
-            ap.add_argument(flag, action="append", default=None, help="CSV/ETH file or dir")
-        elif f.name == "real":
-            ap.add_argument(
-                flag,
-                type=lambda s: [v for v in s.split(",") if v],
-                default=None,
-                help=f"comma-separated realmotion sets ({','.join(RM.REAL_SETS)}) or none",
-            )
-        elif f.name == "horizons":
-            ap.add_argument(
-                flag, type=lambda s: tuple(float(v) for v in s.split(",")), default=None
-            )
-        else:
-            typ = {"int": int, "float": float, "str": str}[str(f.type)]
-            ap.add_argument(flag, type=typ, default=None, help=f"default {f.default}")
-    return ap
-
-
-def config_from_args(argv: list[str] | None = None) -> TrainConfig:
-    args = build_parser().parse_args(argv)
-    values = load_preset(args.preset) if args.preset else {}
-    for f in dataclasses.fields(TrainConfig):
-        v = getattr(args, f.name)
-        if v is not None:
-            values[f.name] = v
-    if "horizons" in values:
-        values["horizons"] = tuple(values["horizons"])
-    return TrainConfig(**values)
 
 
 @cli.command("python -m training.train")
