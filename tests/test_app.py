@@ -419,8 +419,9 @@ async def test_extra_routes():
 
 
 def test_step_cost_is_measured_and_leaves_the_engine_clean():
-    from server.serve.app import build_engine, step_cost
+    from server.serve.app import build_engine
     from server.serve.config import Config
+    from server.serve.steps import step_cost
 
     eng = build_engine(Config(predictor="cv", threads=1))
     cost = step_cost(eng, n=64, repeats=2)

@@ -20,8 +20,9 @@ from websockets.asyncio.client import connect
 from server.core import protocol as P
 from server.core.engine import TickEngine
 from server.core.model import load_checkpoint
-from server.serve import stepper as S
-from server.serve.stepper import Stepper, StepWorker, StepWorkerGone
+from server.serve import steps
+from server.serve.stepper import StepWorker, StepWorkerGone
+from server.serve.steps import StepRunner
 from tests.benches import load
 from tests.servers import running
 from tests.test_engine import make_model
@@ -208,7 +209,7 @@ def test_the_worker_steps_like_the_engine_behind_a_busy_main_thread(worker):
 
 def test_stepper_starts_at_min_batch_and_drops_a_worker_that_does_not_answer():
     eng = TickEngine(make_model(), device="cpu")
-    stepper = Stepper(eng, min_batch=2, timeout=0.5)
+    stepper = StepRunner(eng, min_batch=2, timeout=0.5, cost=1.0)
     eng.join("a"), eng.join("b")
     stepper.between_ticks(1)
     assert stepper.worker is None  # under min_batch: nothing started
@@ -222,13 +223,13 @@ def test_stepper_starts_at_min_batch_and_drops_a_worker_that_does_not_answer():
     assert stepper.active and eng.worker is worker
     for k in range(3):
         eng.submit("a", k * 0.05, (0.1 * k, 0, 0)), eng.submit("b", k * 0.05, (0, 0.1 * k, 0))
-        assert len(stepper.step()) == 2
+        assert len(stepper.step_in_worker()) == 2
     os.kill(worker.pid, signal.SIGSTOP)  # alive but silent
     try:
         eng.submit("a", 0.2, (0.3, 0, 0))
         t0 = time.monotonic()
         with pytest.raises(StepWorkerGone):
-            stepper.step()
+            stepper.step_in_worker()
         assert time.monotonic() - t0 < 5.0  # the stepper's timeout (0.5 s)
     finally:
         if not gone(worker.pid):
@@ -244,7 +245,7 @@ async def test_served_predictions_from_the_worker_equal_the_engine_and_shutdown_
     monkeypatch,
 ):
     # one client is enough to move the step out (every step leaves the loop at 0 ms)
-    monkeypatch.setattr(S, "MIN_BATCH", 1)
+    monkeypatch.setattr(steps, "MIN_BATCH", 1)
     ref = TickEngine(load_checkpoint(), device="cpu")
     ref.join("me")
     pids = []
@@ -264,7 +265,7 @@ async def test_served_predictions_from_the_worker_equal_the_engine_and_shutdown_
             ref.submit("me", t, p, k)
             expect = ref.tick()
             np.testing.assert_allclose(st.offsets[0], expect.offsets[0], atol=5.1e-4)
-            stepper = srv._stepper
+            stepper = srv.steps
             if stepper.active:
                 pids.append(stepper.worker.pid)
                 if len(pids) == 10:
@@ -275,7 +276,7 @@ async def test_served_predictions_from_the_worker_equal_the_engine_and_shutdown_
 
 
 async def test_a_server_whose_worker_dies_keeps_serving_in_process(monkeypatch):
-    monkeypatch.setattr(S, "MIN_BATCH", 1)
+    monkeypatch.setattr(steps, "MIN_BATCH", 1)
     async with running(inline_step_ms=0.0) as srv, connect(srv.url) as ws:
         await ws.send(P.encode_client(P.Hello(room="r", avatar="me", v=1)))
         assert isinstance(P.decode_server(await ws.recv()), P.Welcome)
@@ -284,7 +285,7 @@ async def test_a_server_whose_worker_dies_keeps_serving_in_process(monkeypatch):
         for k in range(600):  # bounded
             await ws.send(P.encode_client(P.Pos(seq=k, t=0.05 * k, p=(0.05 * k, 0.0, 0.0))))
             st = P.decode_server(await ws.recv())
-            stepper = srv._stepper
+            stepper = srv.steps
             if killed is None and stepper.active:
                 killed = stepper.worker.pid
                 os.kill(killed, signal.SIGKILL)

@@ -25,14 +25,7 @@ and the app read it as before:
     result = engine.tick()                   # the step runs in the child
     worker.close()                           # stop; killed by PID after `timeout`
 
-`Stepper` is the server's policy around it (`AvatarServer._tick`): the worker takes the
-place of the thread. It starts the first time a CPU step of at least `MIN_BATCH` avatars
-is predicted to take longer than `--inline-step-ms` (shorter steps run on the loop, as
-before; small servers and the tests stay in-process; CUDA engines always do), the engine
-moves to it between two ticks once it is ready (until then the thread serves), every
-step runs there from then on, and a worker that fails or does not answer within the
-timeout is dropped for good: the engine steps in-process again, from a reset state, and
-the failure is logged.
+When the server uses it is `server.serve.steps.StepRunner`'s decision.
 """
 
 from __future__ import annotations
@@ -49,7 +42,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import time
 import traceback
 import weakref
 
@@ -59,8 +51,6 @@ from server.core.blend import EXPERTS
 
 log = logging.getLogger("avatar_stream")
 
-MIN_BATCH = 256  # avatars in one tick's batch before the server starts a step worker
-START_TIMEOUT = 120.0  # seconds a starting worker may take (torch's import) before it is dropped
 _HEADER = struct.Struct("!Q")
 
 
@@ -379,72 +369,6 @@ def _kill(proc: subprocess.Popen, sock: socket.socket) -> None:
 
 
 # -- the server's policy ----------------------------------------------------------------------
-
-
-class Stepper:
-    """When and how `AvatarServer` runs the step in a worker (see the module docstring)."""
-
-    def __init__(
-        self, engine, *, threads: int = 1, timeout: float = 10.0, min_batch: int | None = None
-    ) -> None:
-        self.engine = engine
-        self.threads = threads
-        self.timeout = timeout  # seconds a step may take in the worker before it is dropped
-        self.min_batch = MIN_BATCH if min_batch is None else min_batch
-        self.worker: StepWorker | None = None
-        self.failed = False  # a worker failed: in-process for the rest of this server's life
-        self._started_at = 0.0
-
-    @property
-    def active(self) -> bool:
-        """The engine steps in the worker."""
-        return self.engine.worker is not None
-
-    def between_ticks(self, pending: int, off_loop: bool = True) -> None:
-        """Call before each tick's step (loop thread): starts the worker when a step of
-        `pending` avatars is to leave the loop (`off_loop`: it would go to a thread) and
-        `pending` reaches `min_batch`; hands the engine over once the worker is ready.
-        Never blocks for long (a process start, a pickled engine); a failure is logged,
-        not raised."""
-        if self.failed or self.active or self.engine.device.type != "cpu":
-            return
-        try:
-            if self.worker is None:
-                if off_loop and pending >= self.min_batch:
-                    self.worker = StepWorker(self.threads, reply_timeout=self.timeout)
-                    self._started_at = time.monotonic()
-                    log.info("step worker starting (pid %d)", self.worker.pid)
-                return
-            if not self.worker.ready():
-                if time.monotonic() - self._started_at > START_TIMEOUT:
-                    raise StepWorkerGone(f"the step worker did not start in {START_TIMEOUT:g} s")
-                return
-            self.engine.attach_worker(self.worker)
-        except Exception as e:
-            self._fail(e)
-            return
-        log.info("model step runs in the step worker (pid %d)", self.worker.pid)
-
-    def step(self):
-        """One tick's step in the worker (call only while `active`): blocks until it
-        answers, at most `timeout` s. Raises what the step raised; a failed worker is
-        dropped (the engine steps in-process from the next tick on)."""
-        try:
-            return self.engine.tick()  # start_tick + finish_tick: the answer is waited for
-        except Exception as e:
-            self._fail(e)
-            raise
-
-    def _fail(self, e: BaseException) -> None:
-        self.failed = True
-        if self.worker is not None:
-            self.worker.discard()
-        log.error("step worker dropped, the model step runs in-process from now on: %s", e)
-
-    def close(self, timeout: float = 2.0) -> None:
-        """Stop the worker (by PID after `timeout`); idempotent."""
-        if self.worker is not None:
-            self.worker.close(timeout)
 
 
 # -- the child ----------------------------------------------------------------------------------
