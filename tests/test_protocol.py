@@ -1,4 +1,4 @@
-"""Wire protocol v1 (server/core/protocol.py): round trips, sizes, every rejection, and fuzzing.
+"""Wire protocol (server/core/protocol.py): round trips, sizes, every rejection, and fuzzing.
 
 Pure and fast: no sockets, no torch.
 """
@@ -412,18 +412,11 @@ def test_too_large():
     rejects(frame, "too_large", max_size=4095)
 
 
-def test_every_error_code_has_a_websocket_close_code():
-    assert set(P.ERROR_CODES.values()) <= {1003, 1008, 1009, 1011, 1013, 4001}
-    assert P.ERROR_CODES["internal_error"] == 1011
-    assert [k for k, v in P.ERROR_CODES.items() if v >= 4000] == ["moved"]  # application range
-    assert {"room_full", "server_full"} <= {k for k, v in P.ERROR_CODES.items() if v == 1013}
-    for code, close in P.ERROR_CODES.items():
-        e = P.ProtocolError(code, "m")
-        assert (e.code, e.close_code, str(e)) == (code, close, "m")
+def test_every_error_code_round_trips_in_an_error_frame():
+    for code in P.ERROR_CODES:
         assert P.decode_server(P.encode_error(code, "m")) == P.Error(code, "m")
     moved = P.encode_error("moved", "elsewhere", url="ws://10.0.0.2:8702/")
     assert P.decode_server(moved) == P.Error("moved", "elsewhere", "ws://10.0.0.2:8702/")
-    assert P.ProtocolError("moved", "m", url="ws://h:1/").url == "ws://h:1/"
 
 
 def test_bad_server_frames():

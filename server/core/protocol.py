@@ -21,169 +21,99 @@ client gets every avatar of its view in every tick's `state`. A v2 client gets d
 dead reckoning: an avatar's record only when its path changed (``welcome.dr``), on a
 heartbeat, or when it enters the view; between records it keeps drawing along the last
 path, and a tick with nothing new may bring no `state` at all.
+
+This module is the codec and the one module clients import: the vocabulary (versions,
+codes, limits, message types, `ProtocolError`) is `server.core.messages`, re-exported
+here; the checks of untrusted fields are `server.core.field_checks`.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 import numpy as np
 
-VERSION = 2  # what this module's clients speak
-VERSIONS = (1, 2)  # what the server accepts
+from server.core import field_checks as C
+from server.core.messages import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL,
+    CLOSE_MOVED,
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    CLOSE_TOO_BIG,
+    CLOSE_TRY_AGAIN,
+    CLOSE_UNSUPPORTED,
+    ERROR_CODES,
+    MAX_COORD,
+    MAX_NAME,
+    MAX_SEQ,
+    VERSION,
+    VERSIONS,
+    Bye,
+    ClientMessage,
+    Error,
+    Hello,
+    Join,
+    Leave,
+    Ping,
+    Pong,
+    Pos,
+    ProtocolError,
+    ServerMessage,
+    State,
+    View,
+    Welcome,
+)
 
-# Close codes (RFC 6455 section 7.4.1).
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001  # server shutdown
-CLOSE_UNSUPPORTED = 1003  # text frame, bytes that are not msgpack
-CLOSE_POLICY = 1008  # a valid frame with a wrong message, too slow, refused
-CLOSE_TOO_BIG = 1009  # frame over the limit
-CLOSE_INTERNAL = 1011  # a server bug while handling this connection
-CLOSE_TRY_AGAIN = 1013  # server or room full
-CLOSE_MOVED = 4001  # the room is served by another worker: look it up again and reconnect
+# The public face of the protocol: the vocabulary of `server.core.messages`, re-exported so
+# that clients and the server import one module, and the codec defined here.
+__all__ = [
+    "CLOSE_GOING_AWAY",
+    "CLOSE_INTERNAL",
+    "CLOSE_MOVED",
+    "CLOSE_NORMAL",
+    "CLOSE_POLICY",
+    "CLOSE_TOO_BIG",
+    "CLOSE_TRY_AGAIN",
+    "CLOSE_UNSUPPORTED",
+    "ERROR_CODES",
+    "MAX_COORD",
+    "MAX_NAME",
+    "MAX_SEQ",
+    "VERSION",
+    "VERSIONS",
+    "Bye",
+    "ClientMessage",
+    "Error",
+    "Hello",
+    "Join",
+    "Leave",
+    "Ping",
+    "Pong",
+    "Pos",
+    "ProtocolError",
+    "ServerMessage",
+    "State",
+    "StateFramer",
+    "View",
+    "Welcome",
+    "decode_client",
+    "decode_server",
+    "encode_client",
+    "encode_error",
+    "encode_join",
+    "encode_leave",
+    "encode_pong",
+    "encode_state",
+    "encode_welcome",
+    "pack_records",
+    "quantise_age",
+    "quantise_offsets",
+    "record_dtype",
+]
 
-# error code -> close code. The table in docs/protocol.md mirrors this one.
-ERROR_CODES: dict[str, int] = {
-    "text_frame": CLOSE_UNSUPPORTED,  # a text frame; v1 is binary only
-    "bad_msgpack": CLOSE_UNSUPPORTED,  # not one well-formed msgpack value
-    "bad_message": CLOSE_POLICY,  # not a map, or no string "type"
-    "unknown_type": CLOSE_POLICY,  # a type this side does not accept
-    "bad_field": CLOSE_POLICY,  # a fixed key missing or of the wrong type
-    "non_finite": CLOSE_POLICY,  # NaN or infinity in a number
-    "out_of_range": CLOSE_POLICY,  # a number or string outside its documented range
-    "bad_version": CLOSE_POLICY,  # hello "v" is not 1 or 2
-    "expected_hello": CLOSE_POLICY,  # first message was not hello, or a second hello
-    "hello_timeout": CLOSE_POLICY,  # no hello in time
-    "not_a_player": CLOSE_POLICY,  # a spectator sent pos
-    "unauthorized": CLOSE_POLICY,  # hello token missing, invalid or expired (server.auth)
-    "too_slow": CLOSE_POLICY,  # the client did not read its frames
-    "rate_limited": CLOSE_POLICY,  # messages sent faster than the limit, sustained
-    "idle_timeout": CLOSE_POLICY,  # no message or pong for too long
-    "replaced": CLOSE_POLICY,  # another connection took over this avatar
-    "internal_error": CLOSE_INTERNAL,  # a server bug while handling this connection
-    "too_large": CLOSE_TOO_BIG,  # frame over the size limit
-    "room_full": CLOSE_TRY_AGAIN,
-    "server_full": CLOSE_TRY_AGAIN,
-    "moved": CLOSE_MOVED,  # the room lives on another worker (url), or this one is draining
-}
-
-MAX_NAME = 64  # characters in an avatar id or room name
-MAX_COORD = 1e6  # metres; the same bound as the engine's
-MAX_SEQ = 2**32 - 1
 _LIMITS = dict(max_str_len=4096, max_bin_len=4096, max_array_len=64, max_map_len=64, max_ext_len=64)
-
-
-class ProtocolError(Exception):
-    """A frame that breaks the protocol. ``code`` names the rule, ``close_code`` the close;
-    ``url`` (``moved`` only) where the room is served."""
-
-    def __init__(self, code: str, message: str, url: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.close_code = ERROR_CODES[code]
-        self.url = url
-
-
-# -- messages ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Hello:
-    room: str
-    avatar: str | None = None  # None: a spectator
-    v: int = VERSION
-    token: str | None = None
-    resume: str | None = None
-    region: tuple[float, float, float, float] | None = None  # spectators: x0, y0, x1, y1
-
-
-@dataclass(frozen=True, slots=True)
-class Pos:
-    seq: int
-    t: float  # client clock, seconds
-    p: tuple[float, float, float]  # metres, z up
-    yaw: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Bye:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class View:
-    """A spectator changes its region (None: the whole room)."""
-
-    region: tuple[float, float, float, float] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Ping:
-    t: float  # echoed back in pong
-
-
-@dataclass(frozen=True, slots=True)
-class Welcome:
-    avatar: str | None
-    room: str
-    tick_hz: float
-    horizons: tuple[float, ...]
-    model: str
-    server_time: float
-    resume: str
-    handle: int | None = None  # the client's own handle in `state` (None for spectators)
-    v: int = VERSION
-    # v2: the downlink dead-reckoning rule, {"threshold": m, "heartbeat": s} (None for v1)
-    dr: dict[str, float] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Join:
-    avatars: tuple[str, ...]
-    handles: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Leave:
-    avatars: tuple[str, ...]
-    handles: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Error:
-    code: str
-    message: str
-    url: str | None = None  # `moved`: the WebSocket URL of the worker that serves the room
-
-
-@dataclass(frozen=True, slots=True)
-class Pong:
-    t: float
-    server_time: float
-
-
-@dataclass(slots=True)
-class State:
-    """Decoded `state` frame: one row per avatar in view (arrays, not objects)."""
-
-    tick: int
-    server_time: float
-    handle: np.ndarray  # (n,) uint16
-    age: np.ndarray  # (n,) float64 seconds: server_time minus the sample's time (server clock)
-    seq: np.ndarray  # (n,) uint32 seq of the sample the prediction came from
-    pos: np.ndarray  # (n, 3) float32 the sample's position
-    offsets: np.ndarray  # (n, H, 3) float32 metres, predicted position minus pos
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.handle)
-
-
-ClientMessage = Hello | Pos | Bye | View | Ping
-ServerMessage = Welcome | State | Join | Leave | Error | Pong
 
 
 # -- the packed state record --------------------------------------------------------------
@@ -284,6 +214,7 @@ _SMALL_INTS = [msgpack.packb(i) for i in range(1025)]
 
 
 def encode_welcome(w: Welcome) -> bytes:
+    """The `welcome` frame (``dr`` only for a v2 client: `w.dr` not None)."""
     d = {
         "type": "welcome",
         "v": w.v,
@@ -302,14 +233,17 @@ def encode_welcome(w: Welcome) -> bytes:
 
 
 def encode_join(avatars: list[str], handles: list[int]) -> bytes:
+    """The `join` frame: avatars that entered the view, with their handles (same length)."""
     return _pack({"type": "join", "avatars": list(avatars), "handles": list(handles)})
 
 
 def encode_leave(avatars: list[str], handles: list[int]) -> bytes:
+    """The `leave` frame: avatars that left the view, with their handles (same length)."""
     return _pack({"type": "leave", "avatars": list(avatars), "handles": list(handles)})
 
 
 def encode_error(code: str, message: str, url: str | None = None) -> bytes:
+    """The `error` frame; `code` one of `ERROR_CODES`, `url` only for ``moved``."""
     d = {"type": "error", "code": code, "message": message}
     if url is not None:
         d["url"] = url
@@ -317,6 +251,7 @@ def encode_error(code: str, message: str, url: str | None = None) -> bytes:
 
 
 def encode_pong(t: float, server_time: float) -> bytes:
+    """The `pong` frame: the ping's `t` echoed, with the server's clock."""
     return _pack({"type": "pong", "t": t, "server_time": server_time})
 
 
@@ -349,93 +284,6 @@ def encode_client(msg: ClientMessage) -> bytes:
 # -- decoding -----------------------------------------------------------------------------
 
 
-def _unpack(data: Any, limits: dict[str, int]) -> dict:
-    if isinstance(data, str):
-        raise ProtocolError("text_frame", "text frames are not accepted; send binary msgpack")
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise ProtocolError("bad_msgpack", "frame is not bytes")
-    try:
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, **limits)
-    except Exception as e:  # msgpack raises many kinds (ValueError, FormatError, StackError, ...)
-        raise ProtocolError("bad_msgpack", f"not one msgpack value: {type(e).__name__}") from None
-    if not isinstance(obj, dict):
-        raise ProtocolError("bad_message", "a message is a msgpack map")
-    if not isinstance(obj.get("type"), str):
-        raise ProtocolError("bad_message", 'a message needs a string "type"')
-    return obj
-
-
-def _number(d: dict, key: str, *, bound: float | None = None) -> float:
-    x = d.get(key)
-    if isinstance(x, bool) or not isinstance(x, int | float):
-        raise ProtocolError("bad_field", f'"{key}" must be a number')
-    if isinstance(x, int) and abs(x) > 2**53:
-        raise ProtocolError("out_of_range", f'"{key}" is too large')
-    x = float(x)
-    if not math.isfinite(x):
-        raise ProtocolError("non_finite", f'"{key}" must be finite')
-    if bound is not None and abs(x) > bound:
-        raise ProtocolError("out_of_range", f'"{key}" must be within +-{bound:g}')
-    return x
-
-
-def _int(d: dict, key: str, lo: int, hi: int) -> int:
-    x = d.get(key)
-    if isinstance(x, bool) or not isinstance(x, int):
-        raise ProtocolError("bad_field", f'"{key}" must be an integer')
-    if not lo <= x <= hi:
-        raise ProtocolError("out_of_range", f'"{key}" must be in [{lo}, {hi}]')
-    return x
-
-
-def _name(d: dict, key: str, *, required: bool) -> str | None:
-    x = d.get(key)
-    if x is None and not required:
-        return None
-    if not isinstance(x, str):
-        raise ProtocolError("bad_field", f'"{key}" must be a string')
-    if not 1 <= len(x) <= MAX_NAME or not x.isprintable():
-        raise ProtocolError("out_of_range", f'"{key}" must be 1..{MAX_NAME} printable characters')
-    return x
-
-
-def _opt_str(d: dict, key: str) -> str | None:
-    x = d.get(key)
-    if x is None:
-        return None
-    if not isinstance(x, str) or len(x) > 1024:
-        raise ProtocolError("bad_field", f'"{key}" must be a string of at most 1024 characters')
-    return x
-
-
-def _vector(d: dict, key: str, sizes: tuple[int, ...]) -> tuple[float, ...]:
-    x = d.get(key)
-    if not isinstance(x, list) or len(x) not in sizes:
-        raise ProtocolError(
-            "bad_field", f'"{key}" must be an array of {" or ".join(map(str, sizes))} numbers'
-        )
-    out = []
-    for v in x:
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            raise ProtocolError("bad_field", f'"{key}" must hold numbers')
-        if isinstance(v, int) and abs(v) > MAX_COORD:
-            raise ProtocolError("out_of_range", f'"{key}" must be within +-{MAX_COORD:g} m')
-        v = float(v)
-        if not math.isfinite(v):
-            raise ProtocolError("non_finite", f'"{key}" must be finite')
-        if abs(v) > MAX_COORD:
-            raise ProtocolError("out_of_range", f'"{key}" must be within +-{MAX_COORD:g} m')
-        out.append(v)
-    return tuple(out)
-
-
-def _region(d: dict) -> tuple[float, float, float, float] | None:
-    if d.get("region") is None:
-        return None
-    x0, y0, x1, y1 = _vector(d, "region", (4,))
-    return (x0, y0, x1, y1)
-
-
 def decode_client(data: Any, *, max_size: int | None = None) -> ClientMessage:
     """Decode and validate one client->server frame.
 
@@ -445,14 +293,14 @@ def decode_client(data: Any, *, max_size: int | None = None) -> ClientMessage:
     sized = isinstance(data, str | bytes | bytearray | memoryview)
     if max_size is not None and sized and len(data) > max_size:
         raise ProtocolError("too_large", f"frame of {len(data)} bytes; the limit is {max_size}")
-    d = _unpack(data, _LIMITS)
+    d = C.unpack_map(data, _LIMITS)
     kind = d["type"]
     if kind == "pos":
-        p = _vector(d, "p", (2, 3))
-        yaw = None if d.get("yaw") is None else _number(d, "yaw", bound=1e3)
+        p = C.vector(d, "p", (2, 3))
+        yaw = None if d.get("yaw") is None else C.number(d, "yaw", bound=1e3)
         return Pos(
-            seq=_int(d, "seq", 0, MAX_SEQ),
-            t=_number(d, "t", bound=1e12),
+            seq=C.integer(d, "seq", 0, MAX_SEQ),
+            t=C.number(d, "t", bound=1e12),
             p=(p[0], p[1], p[2] if len(p) == 3 else 0.0),
             yaw=yaw,
         )
@@ -464,18 +312,18 @@ def decode_client(data: Any, *, max_size: int | None = None) -> ClientMessage:
             raise ProtocolError("bad_version", f"protocol version {v} is not supported; use 1 or 2")
         return Hello(
             v=v,
-            room=_name(d, "room", required=True),
-            avatar=_name(d, "avatar", required=False),
-            token=_opt_str(d, "token"),
-            resume=_opt_str(d, "resume"),
-            region=_region(d),
+            room=C.name(d, "room", required=True),
+            avatar=C.name(d, "avatar", required=False),
+            token=C.optional_str(d, "token"),
+            resume=C.optional_str(d, "resume"),
+            region=C.region(d),
         )
     if kind == "bye":
         return Bye()
     if kind == "view":
-        return View(region=_region(d))
+        return View(region=C.region(d))
     if kind == "ping":
-        return Ping(t=_number(d, "t"))
+        return Ping(t=C.number(d, "t"))
     raise ProtocolError("unknown_type", f'unknown message type "{kind[:32]}"')
 
 
@@ -486,7 +334,7 @@ def decode_server(data: Any) -> ServerMessage:
     larger than client ones (a spectator's state or join), so msgpack's own limits apply
     here: each is bounded by the frame's length.
     """
-    d = _unpack(data, {})
+    d = C.unpack_map(data, {})
     kind = d["type"]
     try:
         if kind == "state":
