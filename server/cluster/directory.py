@@ -19,21 +19,8 @@ the server's internals and is meant to be driven by it:
 - when a room empties it calls :meth:`RoomDirectory.release`; on SIGTERM it calls
   :meth:`RoomDirectory.drain` and then :meth:`RoomDirectory.stop` before closing clients.
 
-Keys (``prefix`` defaults to ``avatar``), all on one Redis (no Cluster: the scripts touch
-keys they compute):
-
-- ``{prefix}:process:{process_id}``: hash ``url, host, port, capacity, load, clients,
-  rooms, tick_p99_ms, draining, started_at, updated_at``; TTL ``ttl``, refreshed by
-  each heartbeat. A process is *alive* exactly while this key exists.
-- ``{prefix}:processes``: sorted set, process id → load. Draining processes leave it;
-  entries whose process key has expired are pruned by the claim script.
-- ``{prefix}:room:{name}``: hash ``process_id, url, updated_at``; TTL ``ttl``,
-  refreshed by the owner's heartbeat. A room key whose owner is not alive counts as
-  unowned.
-- ``{prefix}:rooms``: hash, room name → owner's process id: the index of the room keys
-  that :meth:`RoomDirectory.rooms` reads with one ``HGETALL`` instead of a ``SCAN``. Set
-  with the room key (claim, heartbeat), removed with it (release); an entry whose room
-  key has gone or whose owner is not alive is dropped by the next :meth:`rooms`.
+The keys and the Lua scripts that change them atomically are `server.cluster.directory_scripts`;
+what the directory returns and raises, `server.cluster.directory_results`.
 
 ``process_id`` is ``host:port:nonce`` with a random nonce per :class:`RoomDirectory`
 (one per process start), so a restarted process is never taken for its predecessor.
@@ -47,9 +34,8 @@ import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from typing import TypeVar
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -57,6 +43,23 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from server.cli import UserError, first_line
+from server.cluster.directory_results import (
+    DirectoryError,
+    DirectoryUnavailable,
+    Heartbeat,
+    NoProcessAvailable,
+    Owner,
+    redact,
+)
+from server.cluster.directory_scripts import (
+    CLAIM_LUA,
+    HEARTBEAT_LUA,
+    LOOKUP_LUA,
+    RELEASE_LUA,
+    ROOMS_LUA,
+    heartbeat_args,
+    redis_number,
+)
 
 T = TypeVar("T")
 
@@ -70,219 +73,11 @@ __all__ = [
 ]
 
 
-class DirectoryError(Exception):
-    """Base class of the errors raised by :class:`RoomDirectory`."""
-
-
-class DirectoryUnavailable(DirectoryError, ConnectionError):
-    """Redis could not be reached (or timed out). Retryable; also an ``OSError``."""
-
-
-class NoProcessAvailable(DirectoryError):
-    """No live, non-draining, non-overloaded process can take a new room. Retryable."""
-
-
-@dataclass(frozen=True)
-class Owner:
-    """The process that owns a room: its id and the WebSocket URL clients connect to.
-
-    ``placed`` is True when this very call placed the room (it was unowned before); it
-    does not take part in equality.
-    """
-
-    process_id: str
-    url: str
-    placed: bool = field(default=False, compare=False)
-
-
-@dataclass(frozen=True)
-class Heartbeat:
-    """What one heartbeat found.
-
-    ``reregistered``: the process key had expired (Redis restarted or lost our keys, or
-    we missed heartbeats for a whole TTL) and was written afresh. ``lost``: rooms passed
-    in that another live process owns now; the caller must close their clients (1012 with
-    ``moved``), since a room never lives on two processes. ``reclaimed``: rooms passed in
-    whose key had gone (or whose owner was dead) and that now point at this process again.
-    """
-
-    reregistered: bool
-    lost: frozenset[str]
-    reclaimed: frozenset[str]
-
-
-# KEYS[1] room key, KEYS[2] processes sorted set, KEYS[3] rooms index.
-# ARGV[1] process key prefix, ARGV[2] TTL in ms, ARGV[3] now (unix s), ARGV[4] the caller's
-# process id ("" for none), ARGV[5] "1" to place an unowned room on the caller if it can
-# take rooms, ARGV[6] tick p99 limit in ms ("" for none), ARGV[7] the room's name.
-# Returns {owner, url, placed (0/1)} or false when no process can take the room.
-CLAIM_LUA = """
-local room, zset, pp = KEYS[1], KEYS[2], ARGV[1]
-local ttl, now, me, here = tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
-local limit = tonumber(ARGV[6])
-local owner = redis.call('HGET', room, 'process_id')
-if owner and redis.call('EXISTS', pp .. owner) == 1 then
-  if owner == me then
-    redis.call('HSET', room, 'updated_at', now)
-    redis.call('PEXPIRE', room, ttl)
-  end
-  return {owner, redis.call('HGET', room, 'url'), 0}
-end
-local function url_if_usable(id)
-  local p = redis.call('HMGET', pp .. id, 'url', 'draining', 'tick_p99_ms')
-  if not p[1] or p[2] == '1' then return false end
-  local p99 = p[3] and tonumber(p[3])
-  if limit and p99 and p99 > limit then return false end
-  return p[1]
-end
-local pick, url = false, false
-if here == '1' and me ~= '' then
-  url = url_if_usable(me)
-  if url then pick = me end
-end
-if not pick then
-  for _, id in ipairs(redis.call('ZRANGE', zset, 0, -1)) do
-    if redis.call('EXISTS', pp .. id) == 0 then
-      redis.call('ZREM', zset, id)
-    else
-      url = url_if_usable(id)
-      if url then
-        pick = id
-        break
-      end
-    end
-  end
-end
-if not pick then return false end
-redis.call('DEL', room)
-redis.call('HSET', room, 'process_id', pick, 'url', url, 'updated_at', now)
-redis.call('PEXPIRE', room, ttl)
-redis.call('HSET', KEYS[3], ARGV[7], pick)
-local cap = tonumber(redis.call('HGET', pp .. pick, 'capacity'))
-if cap and cap > 0 then
-  redis.call('ZADD', zset, 'XX', 'INCR', tostring(1 / cap), pick)
-end
-return {pick, url, 1}
-"""
-
-# KEYS[1] this process's key, KEYS[2] processes sorted set, KEYS[3] rooms index.
-# ARGV[1] process key prefix, ARGV[2] room key prefix, ARGV[3] TTL in ms, ARGV[4] process
-# id, ARGV[5] url, ARGV[6] load, ARGV[7] "1" if draining, ARGV[8] now, ARGV[9] n, then n
-# field/value pairs for the process hash, then the names of the rooms this process serves.
-# Returns {existed (0/1), lost rooms, reclaimed rooms}.
-HEARTBEAT_LUA = """
-local pkey, zset = KEYS[1], KEYS[2]
-local pp, rp, ttl, me, url = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
-local load, draining, now, n = ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
-local existed = redis.call('EXISTS', pkey)
-local was_draining = redis.call('HGET', pkey, 'draining') == '1'
-local fields = {}
-for i = 10, 9 + 2 * n do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', pkey, unpack(fields))
-redis.call('PEXPIRE', pkey, ttl)
-if draining == '1' or was_draining then
-  -- sticky: a heartbeat built before drain() but run after it must not undo it
-  redis.call('HSET', pkey, 'draining', '1')
-  redis.call('ZREM', zset, me)
-else
-  redis.call('ZADD', zset, load, me)
-end
-local lost, reclaimed = {}, {}
-for i = 10 + 2 * n, #ARGV do
-  local name = ARGV[i]
-  local room = rp .. name
-  local owner = redis.call('HGET', room, 'process_id')
-  if owner == me then
-    redis.call('HSET', room, 'updated_at', now)
-    redis.call('PEXPIRE', room, ttl)
-    redis.call('HSET', KEYS[3], name, me)
-  elseif owner and redis.call('EXISTS', pp .. owner) == 1 then
-    lost[#lost + 1] = name
-  else
-    redis.call('DEL', room)
-    redis.call('HSET', room, 'process_id', me, 'url', url, 'updated_at', now)
-    redis.call('PEXPIRE', room, ttl)
-    redis.call('HSET', KEYS[3], name, me)
-    reclaimed[#reclaimed + 1] = name
-  end
-end
-return {existed, lost, reclaimed}
-"""
-
-# KEYS[1] rooms index, then room keys; ARGV[1] process id, ARGV[2] room key prefix.
-# Deletes the rooms this process owns (compare and delete) and their index entries;
-# returns how many it deleted.
-RELEASE_LUA = """
-local n = 0
-for i = 2, #KEYS do
-  local room = KEYS[i]
-  if redis.call('HGET', room, 'process_id') == ARGV[1] then
-    redis.call('DEL', room)
-    redis.call('HDEL', KEYS[1], string.sub(room, #ARGV[2] + 1))
-    n = n + 1
-  end
-end
-return n
-"""
-
-# KEYS[1] room key; ARGV[1] process key prefix. Returns {owner, url} if the owner is alive.
-LOOKUP_LUA = """
-local owner = redis.call('HGET', KEYS[1], 'process_id')
-if owner and redis.call('EXISTS', ARGV[1] .. owner) == 1 then
-  return {owner, redis.call('HGET', KEYS[1], 'url')}
-end
-return false
-"""
-
-# KEYS[1] rooms index; ARGV[1] process key prefix, ARGV[2] room key prefix.
-# Returns {name, owner, url, ...} for every indexed room whose owner is alive; drops the
-# entries whose room key has gone or whose owner is dead (and follows a room key that
-# names another owner than its entry).
-ROOMS_LUA = """
-local index, pp, rp = KEYS[1], ARGV[1], ARGV[2]
-local alive, out = {}, {}
-local entries = redis.call('HGETALL', index)
-for i = 1, #entries, 2 do
-  local name, id = entries[i], entries[i + 1]
-  local r = redis.call('HMGET', rp .. name, 'process_id', 'url')
-  local owner = r[1]
-  if owner and alive[owner] == nil then
-    alive[owner] = redis.call('EXISTS', pp .. owner) == 1
-  end
-  if owner and r[2] and alive[owner] then
-    if owner ~= id then redis.call('HSET', index, name, owner) end
-    out[#out + 1] = name
-    out[#out + 1] = owner
-    out[#out + 1] = r[2]
-  else
-    redis.call('HDEL', index, name)
-  end
-end
-return out
-"""
-
 _UNAVAILABLE = (
     redis.exceptions.ConnectionError,  # includes BusyLoadingError, AuthenticationError
     redis.exceptions.TimeoutError,
     OSError,  # includes TimeoutError / asyncio.TimeoutError
 )
-
-
-def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for messages and logs)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def _num(x: float) -> str:
-    return repr(float(x))
 
 
 class RoomDirectory:
@@ -432,29 +227,18 @@ class RoomDirectory:
             "host": self._host,
             "port": str(self._port),
             "capacity": str(self._capacity),
-            "load": _num(load),
+            "load": redis_number(load),
             "clients": str(int(clients)),
             "rooms": str(len(rooms)),
-            "tick_p99_ms": "" if tick_p99_ms is None else _num(tick_p99_ms),
+            "tick_p99_ms": "" if tick_p99_ms is None else redis_number(tick_p99_ms),
             "draining": "1" if self.draining else "0",
-            "started_at": _num(self._started_at),
-            "updated_at": _num(now),
+            "started_at": redis_number(self._started_at),
+            "updated_at": redis_number(now),
         }
         pid = self.process_id
-        args: list[Any] = [
-            f"{self.prefix}:process:",
-            f"{self.prefix}:room:",
-            self.ttl_ms,
-            pid,
-            self._ws_url,
-            _num(load),
-            "1" if self.draining else "0",
-            _num(now),
-            len(fields),
-        ]
-        for k, v in fields.items():
-            args += [k, v]
-        args += rooms
+        args = heartbeat_args(
+            self.prefix, self.ttl_ms, pid, self._ws_url, load, self.draining, now, fields, rooms
+        )
         existed, lost, reclaimed = await self._do(
             "heartbeat",
             self._heartbeat(
@@ -574,10 +358,10 @@ class RoomDirectory:
                 args=[
                     f"{self.prefix}:process:",
                     self.ttl_ms,
-                    _num(time.time()),
+                    redis_number(time.time()),
                     me or "",
                     "1" if here and me else "0",
-                    "" if self.max_tick_p99_ms is None else _num(self.max_tick_p99_ms),
+                    "" if self.max_tick_p99_ms is None else redis_number(self.max_tick_p99_ms),
                     room,
                 ],
             ),
