@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if config.redis:
-            from server.cluster.directory import check_redis
+            from server.cluster.directory_cli import check_redis
 
             check_redis(config.redis)  # first: one clear line, before torch is loaded
         model_cli.check_device(config.device)  # before the server: a message that says what to do

@@ -19,7 +19,7 @@ This module is the bottom of every package's imports: it imports no other module
 project. Errors of `client_demo` and `training` are recognised by module and class name
 (`FOREIGN`), without importing them; the checks that need the model or the room
 directory live with them and raise `UserError`: `server.core.model_cli.check_device` and
-`load_model`, `server.cluster.directory.check_redis`.
+`load_model`, `server.cluster.directory_cli.check_redis`.
 """
 
 from __future__ import annotations

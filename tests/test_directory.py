@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 import pytest
 import redis.asyncio as aioredis
 
-from server.cli import UserError
 from server.cluster.directory import (
     DirectoryError,
     DirectoryUnavailable,
@@ -21,7 +20,6 @@ from server.cluster.directory import (
     NoProcessAvailable,
     Owner,
     RoomDirectory,
-    check_redis,
 )
 from tests.redis_server import free_port
 
@@ -276,15 +274,6 @@ async def test_unreachable_redis_at_start_is_a_clear_error():
         assert d.errors == 2
     finally:
         assert await d.stop()  # nothing was registered, so nothing is left behind
-
-
-def test_check_redis_is_a_user_error_naming_the_url_without_its_password(redis_url):
-    check_redis(redis_url)  # answers: nothing to say
-    port = free_port()  # nothing listens there
-    with pytest.raises(UserError) as err:
-        check_redis(f"redis://:hunter2@127.0.0.1:{port}/0")
-    assert f"redis://:***@127.0.0.1:{port}/0" in err.value.message
-    assert "hunter2" not in str(err.value) and "--redis" in err.value.hint
 
 
 async def test_redis_restart_while_running_reregisters(make, redis_server, raw):

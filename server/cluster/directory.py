@@ -42,7 +42,6 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from server.cli import UserError, first_line
 from server.cluster.directory_results import (
     DirectoryError,
     DirectoryUnavailable,
@@ -62,15 +61,6 @@ from server.cluster.directory_scripts import (
 )
 
 T = TypeVar("T")
-
-__all__ = [
-    "DirectoryError",
-    "DirectoryUnavailable",
-    "Heartbeat",
-    "NoProcessAvailable",
-    "Owner",
-    "RoomDirectory",
-]
 
 
 _UNAVAILABLE = (
@@ -503,23 +493,3 @@ class RoomDirectory:
             with contextlib.suppress(Exception):
                 await self._redis.aclose()
         return ok
-
-
-def check_redis(url: str) -> None:
-    """Raise `server.cli.UserError` (naming the URL, password hidden) unless the Redis of
-    the room directory at `url` answers PING within a few seconds. For a command line,
-    before serving: call it outside any running event loop (it runs its own)."""
-
-    async def ping() -> None:
-        d = RoomDirectory(url, timeout=3.0)
-        try:
-            await d.ping()
-        finally:
-            await d.stop()
-
-    try:
-        asyncio.run(ping())
-    except DirectoryError as e:
-        raise UserError(
-            first_line(e), "is redis-server running there? check --redis (AVATAR_REDIS)"
-        ) from None
