@@ -9,17 +9,8 @@ import numpy as np
 import pytest
 
 from training.datasets import Track
-from training.simulate import (
-    BEHAVIOURS,
-    TELEPORT,
-    SimConfig,
-    main,
-    simulate,
-    write_csv,
-)
-
-KEYBOARD, IDLE = BEHAVIOURS.index("keyboard"), BEHAVIOURS.index("idle")
-DT = 1 / 120
+from training.sim_config import BEHAVIOURS, TELEPORT, SimConfig
+from training.simulate import main, simulate, write_csv
 
 
 @pytest.fixture(scope="module")

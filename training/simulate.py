@@ -2,12 +2,13 @@
 
 All avatars are simulated together at a fixed base rate (vectorised over avatars per step) so
 that followers can read their leader's state. Each avatar runs a small state machine of
-behaviour segments (see `training.sim_config.BEHAVIOURS`); position and velocity are continuous except at
-teleports. Every behaviour drives one game-engine style character controller
-(`training.sim_world._controller`, after Unreal Engine's ``UCharacterMovementComponent::CalcVelocity`` in walking
-mode): an input direction with an analog magnitude accelerates the velocity at a constant
-rate up to a speed cap, friction turns the velocity toward the input direction, and releasing
-the input brakes it (friction plus a constant deceleration) to exactly zero. Inputs come from:
+behaviour segments (see `training.sim_config.BEHAVIOURS`); position and velocity are
+continuous except at teleports. Every behaviour drives one game-engine style character
+controller (`training.sim_world._controller`, after Unreal Engine's
+``UCharacterMovementComponent::CalcVelocity`` in walking mode): an input direction with an
+analog magnitude accelerates the velocity at a constant rate up to a speed cap, friction
+turns the velocity toward the input direction, and releasing the input brakes it (friction
+plus a constant deceleration) to exactly zero. Inputs come from:
 
 - *steering* (``poi``, ``run``, ``circle``, ``follow``): a heading turned toward a goal under a
   turn-rate limit (``min(max_turn_rate, max_lateral_accel / speed)``) and a requested speed
