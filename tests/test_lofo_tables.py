@@ -73,5 +73,3 @@ def test_family_table_and_summary():
     assert md[0].startswith("| family |") and md[1].startswith("|---|")
     assert md[2].startswith("| football | `real:soccer:test` | x0.900 |")
     assert md[-1] == "note"
-
-

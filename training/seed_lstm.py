@@ -55,7 +55,7 @@ from training.track_ops import split_by_user
 FORMAT = "seed-lstm"
 VERSION = 1
 DEFAULT_DATA: tuple[str, ...] = ("ethucy:train", "synthetic:160:1:90")
-DEFAULT_EPOCHS = 12  # the documented default run stays under 5 minutes on one CPU thread
+DEFAULT_EPOCHS = 12  # the documented default run (docs/performance.md has its time)
 
 
 @dataclass
