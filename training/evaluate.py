@@ -247,6 +247,7 @@ def _fixed(paths: np.ndarray):
 
 
 def public(result: dict) -> dict:
+    """`result` without its private (`_`-prefixed) entries: what the JSON holds."""
     return {k: v for k, v in result.items() if not k.startswith("_")}
 
 
