@@ -85,6 +85,7 @@ TRAINING_CODE = (
     "training/sim_world.py",
     "training/baselines.py",
     "server/core/features.py",
+    "server/core/layout.py",
     "server/core/model.py",
 )
 
