@@ -17,8 +17,8 @@ paths of `client_demo.kalman_paths.KalmanPaths` (a constant-velocity Kalman filt
 remote avatar, run on the received samples), it draws the classical Kalman dead
 reckoning the same way.
 
-The clock mapping is `client_demo.clock.ClockMap` (importable from here too, as
-`client_demo.client` imports it); when to send ``pos`` is `client_demo.send_policy`.
+The clock mapping is `client_demo.clock.ClockMap`; when to send ``pos`` is
+`client_demo.send_policy`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from collections.abc import Hashable, Iterable, Sequence
 
 import numpy as np
 
-from client_demo.clock import ClockMap
 from client_demo.paths import (
     CV_MAX_GAP,
     PredictedPath,
@@ -39,8 +38,6 @@ from client_demo.paths import (
     check_horizons,
     check_nonneg,
 )
-
-__all__ = ["ClockMap", "DeadReckoner"]
 
 
 def _smoothstep(u: float) -> float:
