@@ -67,7 +67,7 @@ class Probe:
                 conn = m.transport
                 if conn is not None and conn.is_open:
                     self.max_buffered = max(self.max_buffered, conn.buffered())
-                size = sum(map(len, m.controls)) + len(m.state or b"")
+                size = sum(map(len, m.outbox.controls)) + len(m.outbox.state or b"")
                 self.max_tick_frames = max(self.max_tick_frames, size)
             self.ticks += 1
             self._notify()

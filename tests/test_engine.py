@@ -490,7 +490,7 @@ def test_group_ids_are_reused_when_rooms_empty():
     eng.join("x", "lobby")
     eng.join("y", "other")
     eng.join("z", "lobby")
-    g = {a: int(eng._group[eng.slot(a)]) for a in "xyz"}
+    g = {a: int(eng.table.group[eng.slot(a)]) for a in "xyz"}
     assert g["x"] == g["z"] != g["y"] and max(g.values()) <= 1
 
 

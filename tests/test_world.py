@@ -17,14 +17,14 @@ def make_world(**kw) -> World:
 
 def tick(world: World, server_time: float) -> dict:
     world.begin_tick()
-    result = world.step()
+    result = world.engine.tick()
     members = world.fan_out(result, server_time)
     out = {}
     for m in members:
-        msgs = [P.decode_server(f) for f in m.controls]
-        msgs += [P.decode_server(m.state)] if m.state is not None else []
-        m.controls.clear()
-        m.state = None
+        msgs = [P.decode_server(f) for f in m.outbox.controls]
+        msgs += [P.decode_server(m.outbox.state)] if m.outbox.state is not None else []
+        m.outbox.controls.clear()
+        m.outbox.state = None
         out[m.avatar or f"spectator{m.uid}"] = msgs
     return out
 
@@ -312,8 +312,11 @@ def test_v2_resends_a_record_only_off_its_path_or_on_heartbeat():
     assert any(r == {} for r in got2)
     # the resent records are the mover's newest sample at that tick
     assert got2[21]["mover"][0] == 21
-    assert w.records_sent[1] == 90 and w.records_sent[2] == sum(map(len, got2)) + mover_got
-    assert w.dr_resends >= 3 + 2 and w.frames_skipped > 0
+    assert (
+        w.fanout.records_sent[1] == 90
+        and w.fanout.records_sent[2] == sum(map(len, got2)) + mover_got
+    )
+    assert w.fanout.dr_resends >= 3 + 2 and w.fanout.frames_skipped > 0
 
 
 def test_v2_avatar_entering_a_view_brings_its_last_sent_path():

@@ -404,3 +404,24 @@ def replay_many(
         off_all[rows, k] = off
         w_all[rows, k] = w
     return [(off_all[i, : lengths[i]], w_all[i, : lengths[i]]) for i in range(m)]
+
+
+def serve(
+    state: BlendState,
+    cfg: BlendConfig,
+    slots: np.ndarray,
+    t: np.ndarray,
+    p: np.ndarray,
+    out,
+    net: np.ndarray,
+    groups: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One tick of the blend for `slots`: the filters updated, the experts' offsets (the
+    network's `net` among them), scored and weighted. `out` is the tick's
+    `features.StepOutput`, `groups` each row's room id. Returns the served offsets
+    (n, H, 3) float32 and each row's expert weights averaged over the horizons (n, E)."""
+    horizons = state.horizons
+    filt = update_filters(state, slots, t, p, out.prior_v, out.reset, horizons, cfg)
+    ex = expert_offsets(net, out.v, out.prior_dp, out.prior_v, filt, horizons)
+    off, w = step(state, slots, t, p, out.reset, ex, horizons, cfg, groups)
+    return off.astype(np.float32), w.mean(axis=2)

@@ -1,44 +1,35 @@
 """TickEngine: every avatar's GRU state in one device tensor, one batched step per tick.
 
-No asyncio, no sockets. The caller (the app's tick loop) does, per tick:
+No asyncio, no sockets. The caller (the server's tick loop, a benchmark, a replay) does:
 
-    engine.submit(avatar, t, p, seq)   # any number of times between ticks; latest wins
-    result = engine.tick()             # one batched model step for avatars with new samples
+    slot = engine.join(avatar, room)   # a zeroed slot (`server.core.slots`)
+    engine.submit(avatar, t, p, seq)   # checked; or `stage` for samples checked already
+    result = engine.tick()             # one batched step for the avatars with new samples
 
-Avatars get a slot in a pool of hidden states (`HiddenStatePool`); the pool grows by
-doubling, a join gets a zeroed slot and a leave frees it. Per tick the hot path is
-array code only: features for all pending slots at once (each avatar's Kalman prior and,
-when the model takes them, its nearest neighbours in the same room from this tick's
-state), one host->device copy in, `index_select` the states, one model step,
-`index_copy_` them back, the decode (prior + gated residual) on the device, one
-device->host copy out, then (by default) the online blend of the network with the
-classical experts (`server.core.blend`, per slot, vectorised on the host: each avatar is
-served whatever has been predicting it best). With no model (`model=None`) the engine
-serves last-interval constant-velocity dead reckoning through the same path, which is
-the "model off" comparison.
+Per tick the hot path is array code only: features for every pending slot at once (each
+avatar's Kalman prior and, when the model takes them, its nearest neighbours in the same
+room), the network's step on the device (`server.core.network_step`), then (by default)
+the online blend of the network with the classical experts (`server.core.blend`: each
+avatar is served whatever has been predicting it best). With no model (`model=None`) the
+engine serves last-interval constant-velocity dead reckoning through the same path (the
+"model off" comparison). A `TickResult` carries the tick's rows and a read-only view of
+every slot's latest prediction (`server.core.tick_io`), which is what fan-out reads.
 
 `swap_model` replaces the model between two ticks (hot reload), keeping avatars and, when
-the state shape matches, their hidden states. A model step whose new hidden state or
-prediction is not finite for some rows resets those rows (zero state, CV prediction) and
-counts them in `nonfinite_resets`. On the CPU the hot path pays one finiteness check per
-tick; on CUDA the repair always runs on the device, so a tick keeps its single host sync.
+the state shape matches, their hidden states.
 
 **Step worker.** `attach_worker` hands the compute (feature state, hidden states, model)
-to a `server.serve.stepper.StepWorker`, a child process holding a copy of this engine; this
-object keeps the membership, the pending samples and the last predictions, so callers
-see no difference. `tick()` is `finish_tick(start_tick())`: `start_tick` ships the batch
-and returns at once, `finish_tick` waits for the worker's answer (without the GIL); a
-caller may do other work in between (the server does not: see `server.serve.stepper`). Joins
-and leaves go to the worker as a journal with the next request (the slots come out the
-same: both sides run the same allocation; the worker checks). A worker that dies or
-fails is dropped (`finish_tick` raises); the engine then steps in-process again from a
-reset state (hidden states zero, every avatar's next sample starts a new segment).
+to a `server.serve.stepper.StepWorker`, a child process holding a copy of this engine;
+this object keeps the membership, the pending samples and the last predictions, so
+callers see no difference. `tick()` is `finish_tick(start_tick())`: `start_tick` takes the
+batch (and ships it to a worker) and returns at once, `finish_tick` computes it or waits
+for the worker's answer. Joins and leaves reach the worker as a journal with the next
+request (both sides allocate slots the same way; the worker checks). A worker that dies
+or fails is dropped (`finish_tick` raises); the engine then steps in-process again from
+a reset state (hidden states zero, every avatar's next sample starts a new segment).
 """
 
 from __future__ import annotations
-
-import heapq
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -48,91 +39,11 @@ from server.core import features as F
 from server.core.blend import BlendConfig, BlendState
 from server.core.features import FeatureConfig, FeatureState
 from server.core.model import LoadedModel, resolve_device
+from server.core.network_step import NetworkStep, check_model, state_shape
+from server.core.slots import HiddenStatePool, SlotTable
+from server.core.tick_io import Predictions, StepBatch, TickResult
 
 MAX_COORD = 1e6  # metres; positions beyond are rejected as corrupt
-
-
-def _state_shape(model: LoadedModel | None) -> tuple[int, int]:
-    """(layers, state size) of a model's recurrent state; CV keeps a (1, 1) placeholder."""
-    if model is None:
-        return 1, 1
-    return model.model.cfg.layers, model.model.cfg.state_size
-
-
-def _check_model(model: LoadedModel) -> None:
-    """Raise ValueError unless the network fits the feature pipeline it is served with."""
-    cfg = model.model.cfg
-    fc = model.features
-    if cfg.n_features != fc.n_features or cfg.n_horizons != fc.n_horizons:
-        raise ValueError(
-            f"model {model.version!r}: {cfg.n_features} features / {cfg.n_horizons} horizons, "
-            f"the pipeline has {fc.n_features} / {fc.n_horizons}"
-        )
-
-
-class HiddenStatePool:
-    """Hidden states (layers, capacity, hidden) on the device, addressed by slot."""
-
-    def __init__(self, layers: int, hidden: int, capacity: int, device: torch.device) -> None:
-        self.layers, self.hidden, self.device = layers, hidden, device
-        self.h = torch.zeros(layers, capacity, hidden, device=device)
-
-    @property
-    def capacity(self) -> int:
-        return self.h.shape[1]
-
-    def grow(self, capacity: int) -> None:
-        if capacity <= self.capacity:
-            return
-        h = torch.zeros(self.layers, capacity, self.hidden, device=self.device)
-        h[:, : self.capacity] = self.h
-        self.h = h
-
-    def zero(self, slot: int) -> None:
-        self.h[:, slot] = 0.0
-
-    def gather(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.h.index_select(1, idx)
-
-    def scatter(self, idx: torch.Tensor, h: torch.Tensor) -> None:
-        self.h.index_copy_(1, idx, h)
-
-
-@dataclass
-class TickResult:
-    """Predictions made this tick, one row per avatar that had a new sample."""
-
-    tick: int
-    slots: np.ndarray  # (n,) int64
-    avatars: np.ndarray  # (n,) object: avatar ids
-    t: np.ndarray  # (n,) sample time the predictions are anchored at
-    pos: np.ndarray  # (n, 3) float64 the sample's position
-    offsets: np.ndarray  # (n, H, 3) float32 predicted position minus `pos` at t + horizons
-    seq: np.ndarray  # (n,) int64 seq of the sample
-    reset: np.ndarray  # (n,) bool: the avatar's state was reset (join, gap, teleport)
-
-    def __len__(self) -> int:
-        return len(self.slots)
-
-    @property
-    def pred(self) -> np.ndarray:
-        """Predicted absolute positions (n, H, 3) float64."""
-        return self.pos[:, None, :] + self.offsets
-
-
-@dataclass
-class StepBatch:
-    """One tick's input, taken by `TickEngine.start_tick` (rows in slot order)."""
-
-    tick: int
-    slots: np.ndarray  # (n,) int64, ascending
-    t: np.ndarray  # (n,) the samples' times (the clients' clocks)
-    p: np.ndarray  # (n, 3) float64 positions
-    seq: np.ndarray  # (n,) int64
-    clock: np.ndarray  # (n,) the samples' times on the shared clock (neighbours)
-
-    def __len__(self) -> int:
-        return len(self.slots)
 
 
 class TickEngine:
@@ -160,7 +71,7 @@ class TickEngine:
         if num_threads is not None:
             torch.set_num_threads(num_threads)
         if model is not None:
-            _check_model(model)
+            check_model(model)
             self.device = resolve_device(device) if device != "auto" else model.device
             model.model.to(self.device).eval()
             model.device = self.device
@@ -171,9 +82,7 @@ class TickEngine:
         self.model = model
         self.version = model.version if model is not None else "cv"
         # model-step rows whose hidden state / prediction was not finite (see nonfinite_resets)
-        self._nonfinite = 0
-        self._nonfinite_dev: torch.Tensor | None = None  # CUDA: counted on the device
-        layers, hidden = _state_shape(model)
+        layers, hidden = state_shape(model)
         self.horizons = np.asarray(self.cfg.horizons)
         H = len(self.horizons)
         capacity = max(1, int(capacity))
@@ -186,15 +95,7 @@ class TickEngine:
         self.bstate = BlendState(capacity, self.horizons, bc.lane_dt, bc.max_lanes)
         # each slot's expert weights at its last step, averaged over the horizons (E,)
         self.last_weights = np.zeros((capacity, len(BL.EXPERTS)))
-        self._ids = np.empty(capacity, dtype=object)
-        self._slot_of: dict[str, int] = {}
-        self._live = np.zeros(capacity, dtype=bool)  # joined slots (neighbour candidates)
-        self._group = np.zeros(capacity, dtype=np.int64)  # room of each slot, as an int
-        self._group_ids: dict[object, int] = {}  # group -> id, while it has avatars
-        self._group_size: dict[int, int] = {}
-        self._free_groups: list[int] = []  # ids of emptied groups, reused (ids stay small)
-        self._group_of_id: dict[int, object] = {}
-        self._free = list(range(capacity))  # min-heap: lowest free slot first
+        self.table = SlotTable(capacity)  # who holds which slot, in which room
         # Pending newest sample per slot (latest wins).
         self._pending = np.zeros(capacity, dtype=bool)
         self._pt = np.zeros(capacity)
@@ -207,18 +108,12 @@ class TickEngine:
         self.last_pos = np.zeros((capacity, 3))
         self.last_off = np.zeros((capacity, H, 3), dtype=np.float32)
         self.last_seq = np.full(capacity, -1, dtype=np.int64)
+        self.last_clock = np.zeros(capacity)  # the last stepped sample's server-clock time
         self.ticks = 0
         self.last_features = np.zeros((0, self.cfg.n_features), np.float32)
-        self._pinned = self.device.type == "cuda"
         self.worker = None  # a server.stepper.StepWorker running the steps (attach_worker)
         self._journal: list[tuple] = []  # joins/leaves the worker has not been told of yet
-        self._h = torch.tensor(self.horizons, dtype=torch.float32, device=self.device)
-        self._set_scale()
-        self._alloc_host_buffers(capacity)
-
-    def _set_scale(self) -> None:
-        self._scale = torch.tensor(self.cfg.scales(), dtype=torch.float32, device=self.device)
-        self._nf = self.cfg.n_features
+        self.net = NetworkStep(self.device, self.horizons, self.cfg, capacity)
 
     # -- model --------------------------------------------------------------------------
 
@@ -248,7 +143,7 @@ class TickEngine:
         engine unchanged.
         """
         if model is not None:
-            _check_model(model)
+            check_model(model)
             if tuple(model.features.horizons) != tuple(self.cfg.horizons):
                 raise ValueError(
                     f"model {model.version!r} predicts horizons {model.features.horizons}, "
@@ -264,7 +159,7 @@ class TickEngine:
         keep = (
             model is not None
             and self.model is not None
-            and _state_shape(model) == _state_shape(self.model)
+            and state_shape(model) == state_shape(self.model)
             and model.features == self.cfg
         ) or (model is None and self.model is None)
         self.model = model
@@ -273,10 +168,9 @@ class TickEngine:
         self.bstate.clear_rooms(slice(None))
         if model is not None:
             self.cfg = model.features
-            self._set_scale()
-            self._alloc_host_buffers(self.capacity)
+            self.net.configure(self.cfg, self.capacity)
         if not keep:
-            layers, hidden = _state_shape(model)
+            layers, hidden = state_shape(model)
             self.pool = HiddenStatePool(layers, hidden, self.capacity, self.device)
         return keep
 
@@ -284,10 +178,10 @@ class TickEngine:
 
     @property
     def capacity(self) -> int:
-        return len(self._ids)
+        return self.table.capacity
 
     def __len__(self) -> int:
-        return len(self._slot_of)
+        return len(self.table.slot_of)
 
     @property
     def pending(self) -> int:
@@ -296,14 +190,14 @@ class TickEngine:
 
     def live_slots(self) -> np.ndarray:
         """Slots of the joined avatars that have been stepped at least once."""
-        return np.flatnonzero(self._live & ~np.isnan(self.last_t))
+        return np.flatnonzero(self.table.live & ~np.isnan(self.last_t))
 
     def __contains__(self, avatar: str) -> bool:
-        return avatar in self._slot_of
+        return avatar in self.table.slot_of
 
     def slot(self, avatar: str) -> int:
         """Slot of a joined avatar. Raises KeyError if it has not joined."""
-        return self._slot_of[avatar]
+        return self.table.slot_of[avatar]
 
     def join(self, avatar: str, group: object = None) -> int:
         """Give `avatar` a zeroed slot and return it. Raises KeyError if already joined.
@@ -311,22 +205,13 @@ class TickEngine:
         `group` (any hashable, e.g. the room name) scopes neighbours: an avatar's
         neighbours are the joined avatars of the same group.
         """
-        if avatar in self._slot_of:
+        if avatar in self.table.slot_of:
             raise KeyError(f"avatar {avatar!r} already joined")
-        if not self._free:
+        if self.table.full:
             self._grow(2 * self.capacity)
-        slot = heapq.heappop(self._free)
-        self._slot_of[avatar] = slot
-        self._ids[slot] = avatar
-        self._live[slot] = True
-        gid = self._group_ids.get(group)
-        if gid is None:
-            gid = self._free_groups.pop() if self._free_groups else len(self._group_ids)
-            self._group_ids[group] = gid
-            self._group_of_id[gid] = group
-            self.bstate.clear_rooms(gid)  # a new room: its blend prior starts over
-        self._group_size[gid] = self._group_size.get(gid, 0) + 1
-        self._group[slot] = gid
+        slot, new_group = self.table.join(avatar, group)
+        if new_group:  # a new room: its blend prior starts over
+            self.bstate.clear_rooms(int(self.table.group[slot]))
         if self.worker is not None:
             self._journal.append(("join", avatar, group, slot))
         self.pool.zero(slot)
@@ -338,21 +223,14 @@ class TickEngine:
         self.last_pos[slot] = 0.0
         self.last_off[slot] = 0.0
         self.last_seq[slot] = -1
+        self.last_clock[slot] = 0.0
         return slot
 
     def leave(self, avatar: str) -> None:
         """Free `avatar`'s slot. Raises KeyError if it has not joined."""
-        slot = self._slot_of.pop(avatar)
-        self._ids[slot] = None
-        self._live[slot] = False
-        gid = int(self._group[slot])
-        self._group_size[gid] -= 1
-        if not self._group_size[gid]:  # the group emptied: its id is free again
-            del self._group_size[gid], self._group_ids[self._group_of_id.pop(gid)]
-            self._free_groups.append(gid)
+        slot = self.table.leave(avatar)
         self._pending[slot] = False
         self.last_t[slot] = np.nan
-        heapq.heappush(self._free, slot)
         if self.worker is not None:
             self._journal.append(("leave", avatar))
 
@@ -363,9 +241,6 @@ class TickEngine:
         self.bstate.grow(capacity)
         extra = capacity - old
         self.last_weights = np.concatenate([self.last_weights, np.zeros((extra, len(BL.EXPERTS)))])
-        self._ids = np.concatenate([self._ids, np.empty(extra, dtype=object)])
-        self._live = np.concatenate([self._live, np.zeros(extra, dtype=bool)])
-        self._group = np.concatenate([self._group, np.zeros(extra, dtype=np.int64)])
         self._pending = np.concatenate([self._pending, np.zeros(extra, dtype=bool)])
         self._pt = np.concatenate([self._pt, np.zeros(extra)])
         self._pp = np.concatenate([self._pp, np.zeros((extra, 3))])
@@ -378,16 +253,9 @@ class TickEngine:
             [self.last_off, np.zeros((extra, *self.last_off.shape[1:]), dtype=np.float32)]
         )
         self.last_seq = np.concatenate([self.last_seq, np.full(extra, -1, dtype=np.int64)])
-        for s in range(old, capacity):
-            heapq.heappush(self._free, s)
-        self._alloc_host_buffers(capacity)
-
-    def _alloc_host_buffers(self, capacity: int) -> None:
-        # Input: features | slot index | prior dp (3) | prior v (3) | heading (2), so a
-        # tick needs exactly one host->device copy (slots < 2**24 are exact in float32).
-        n_out = len(self.horizons) * 3
-        self._xbuf = torch.zeros(capacity, self._nf + 9, pin_memory=self._pinned)
-        self._ybuf = torch.zeros(capacity, n_out, pin_memory=self._pinned)
+        self.last_clock = np.concatenate([self.last_clock, np.zeros(extra)])
+        self.table.grow(capacity)
+        self.net.grow(capacity)
 
     # -- input --------------------------------------------------------------------------
 
@@ -398,7 +266,7 @@ class TickEngine:
         is not finite, out of bounds, or not newer than the avatar's newest one.
         Raises KeyError if the avatar has not joined.
         """
-        slot = self._slot_of[avatar]
+        slot = self.table.slot_of[avatar]
         return self.submit_slot(slot, t, p, seq)
 
     def submit_slot(self, slot: int, t: float, p, seq: int = 0) -> bool:
@@ -436,6 +304,20 @@ class TickEngine:
         self._pseq[kept] = np.asarray(seq, dtype=np.int64)[ok]
         self._pclock[kept] = (t if clock is None else np.asarray(clock, dtype=np.float64))[ok]
         return ok
+
+    def stage(self, slot: int, t: float, p: tuple[float, ...], seq: int, clock: float) -> None:
+        """Queue one sample the caller has checked: `t` and `p` ((x, y) or (x, y, z))
+        finite, within +-MAX_COORD, `t` newer than the slot's newest (the server's path:
+        the protocol checks the fields, `World` the order). The newest per slot wins.
+        `clock`: its time on the server clock. May run while `finish_tick` runs in another
+        thread (not `start_tick`)."""
+        self._pending[slot] = True
+        self._pt[slot] = t
+        pp = self._pp[slot]
+        pp[0], pp[1] = p[0], p[1]
+        pp[2] = p[2] if len(p) > 2 else 0.0
+        self._pseq[slot] = seq
+        self._pclock[slot] = clock
 
     # -- the tick -----------------------------------------------------------------------
 
@@ -476,6 +358,7 @@ class TickEngine:
             return TickResult(
                 batch.tick, slots, np.empty(0, dtype=object), np.empty(0), np.empty((0, 3)),
                 np.empty((0, H, 3)), np.empty(0, dtype=np.int64), np.empty(0, dtype=bool),
+                self.predictions(),
             )  # fmt: skip
         if self.worker is not None:
             try:
@@ -495,19 +378,24 @@ class TickEngine:
                 t,
                 p,
                 self.cfg,
-                live=self._live,
-                group=self._group,
+                live=self.table.live,
+                group=self.table.group,
                 clock=self._clock,
             )
-            off = self._model_step(slots, out)
+            off = self.net.run(self.model, self.pool, slots, out)
             if self.blend is not None:
-                off = self._blend(slots, t, p, out, off)
+                groups = self.table.group[slots]
+                off, w = BL.serve(self.bstate, self.blend, slots, t, p, out, off, groups)
+                self.last_weights[slots] = w
             self.last_features, reset = out.x, out.reset  # model input of this tick's rows
         self.last_t[slots] = t
         self.last_pos[slots] = p
         self.last_off[slots] = off
         self.last_seq[slots] = seq
-        return TickResult(batch.tick, slots, self._ids[slots], t, p, off, seq, reset)
+        self.last_clock[slots] = batch.clock
+        return TickResult(
+            batch.tick, slots, self.table.ids[slots], t, p, off, seq, reset, self.predictions()
+        )
 
     # -- the step worker ----------------------------------------------------------------
 
@@ -541,7 +429,7 @@ class TickEngine:
         self._journal = []
         if worker is None:
             return
-        self._nonfinite = worker.nonfinite  # its count so far (it started from ours)
+        self.net.nonfinite = worker.nonfinite  # its count so far (it started from ours)
         self.fstate.clear(slice(None))  # every avatar's next sample starts a new segment
         self.bstate.clear(slice(None))
         self.bstate.clear_rooms(slice(None))
@@ -561,91 +449,28 @@ class TickEngine:
         """Queue `batch`, taken by `start_tick` of an engine this one is a copy of (a step
         worker's), as the next tick's samples. They were checked there, once."""
         s = batch.slots
-        if not self._live[s].all() or self._pending[s].any():
+        if not self.table.live[s].all() or self._pending[s].any():
             raise RuntimeError("a batch for slots that are not joined: the engines diverged")
         self._pending[s] = True
         self._pt[s], self._pp[s], self._pseq[s], self._pclock[s] = (
             batch.t, batch.p, batch.seq, batch.clock,
         )  # fmt: skip
 
-    @torch.inference_mode()
-    def _model_step(self, slots: np.ndarray, out: F.StepOutput) -> np.ndarray:
-        n, nf = len(slots), self._nf
-        xb = self._xbuf[:n]
-        xn = xb.numpy()
-        xn[:, :nf] = out.x
-        xn[:, nf] = slots
-        xn[:, nf + 1 : nf + 4] = out.prior_dp
-        xn[:, nf + 4 : nf + 7] = out.prior_v
-        xn[:, nf + 7 : nf + 9] = out.head
-        xd = xb.to(self.device, non_blocking=self._pinned)  # the one host->device copy
-        x = xd[:, :nf].contiguous()  # the GRU kernel is slower on a strided input
-        idx = xd[:, nf].long()
-        h = self.pool.gather(idx)  # (L, n, hidden)
-        h = h * (1.0 - x[:, F.RESET])[None, :, None]  # reset rows start from a zero state
-        y, h = self.model.model.step(x, h)  # y (n, H, 3) gated residual, heading frame
-        # Decode on the device: the prior's path plus the residual rotated to the world.
-        dp, v, hd = xd[:, nf + 1 : nf + 4], xd[:, nf + 4 : nf + 7], xd[:, nf + 7 : nf + 9]
-        off = F.decode_offsets(y, dp, v, hd, self._h, self._scale)
-        if self.device.type == "cpu":  # one check on the whole batch; rows only on failure
-            if not bool(torch.isfinite(h).all() & torch.isfinite(off).all()):
-                h, off = self._reset_nonfinite(h, off, dp, v)
-        else:  # a check would be a second host sync per tick: repair on the device always
-            h, off = self._reset_nonfinite(h, off, dp, v)
-        self.pool.scatter(idx, h)  # never stores NaN/inf
-        yb = self._ybuf[:n]
-        if self._pinned:
-            yb.copy_(off.reshape(n, -1), non_blocking=True)  # the one device->host copy
-            torch.cuda.current_stream(self.device).synchronize()
-        else:
-            yb.copy_(off.reshape(n, -1))
-        return yb.numpy().reshape(n, -1, 3).copy()
-
-    def _blend(self, slots, t, p, out: F.StepOutput, net: np.ndarray) -> np.ndarray:
-        """The served offsets: the network blended with the classical experts (float32)."""
-        cfg = self.blend
-        filt = BL.update_filters(
-            self.bstate, slots, t, p, out.prior_v, out.reset, self.horizons, cfg
-        )
-        ex = BL.expert_offsets(net, out.v, out.prior_dp, out.prior_v, filt, self.horizons)
-        off, w = BL.step(
-            self.bstate, slots, t, p, out.reset, ex, self.horizons, cfg, self._group[slots]
-        )
-        self.last_weights[slots] = w.mean(axis=2)
-        return off.astype(np.float32)
-
-    def _reset_nonfinite(
-        self, h: torch.Tensor, off: torch.Tensor, dp: torch.Tensor, v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows with a NaN/inf hidden state or prediction: zero state, the prior's path.
-
-        The model predicts a residual over the Kalman prior, so the honest fallback is
-        the prior alone (a zero residual); the prior comes from finite, bounded samples,
-        but a non-finite one falls back to zero offsets. Counts the rows in
-        `nonfinite_resets`.
-        """
-        bad = ~(torch.isfinite(h).all(dim=2).all(dim=0) & torch.isfinite(off).flatten(1).all(1))
-        h = h.masked_fill(bad[None, :, None], 0.0)
-        prior = dp[:, None, :] + v[:, None, :] * self._h[None, :, None]  # (n, H, 3)
-        prior = prior.masked_fill(~torch.isfinite(prior).flatten(1).all(1)[:, None, None], 0.0)
-        off = torch.where(bad[:, None, None], prior, off)
-        if self.device.type == "cpu":
-            self._nonfinite += int(bad.sum())
-        elif self._nonfinite_dev is None:
-            self._nonfinite_dev = bad.sum()
-        else:
-            self._nonfinite_dev += bad.sum()  # read (one sync) only when asked
-        return h, off
-
     @property
     def nonfinite_resets(self) -> int:
         """Model-step rows reset because their hidden state or prediction was not finite."""
         if self.worker is not None:
             return self.worker.nonfinite  # as of its last step (it started from our count)
-        dev = 0 if self._nonfinite_dev is None else int(self._nonfinite_dev.item())
-        return self._nonfinite + dev
+        return self.net.nonfinite
 
     # -- reading ------------------------------------------------------------------------
+
+    def predictions(self) -> Predictions:
+        """Every slot's latest prediction, read-only (see `Predictions`)."""
+        return Predictions.of(
+            t=self.last_t, clock=self.last_clock, pos=self.last_pos, off=self.last_off,
+            seq=self.last_seq, weights=self.last_weights,
+        )  # fmt: skip
 
     def snapshot(self) -> TickResult:
         """Latest prediction of every joined avatar that has one (for fan-out / resume)."""
@@ -653,17 +478,18 @@ class TickEngine:
         return TickResult(
             self.ticks,
             slots,
-            self._ids[slots],
+            self.table.ids[slots],
             self.last_t[slots],
             self.last_pos[slots],
             self.last_off[slots],
             self.last_seq[slots],
             np.zeros(len(slots), dtype=bool),
+            self.predictions(),
         )
 
     def hidden(self, avatar: str) -> torch.Tensor:
         """Copy of an avatar's hidden state (layers, hidden). Raises KeyError if unknown."""
-        slot = self._slot_of[avatar]
+        slot = self.table.slot_of[avatar]
         if self.worker is not None:  # asks the worker (between two ticks only)
             return self.worker.hidden(self._take_journal(), slot)
         return self.pool.h[:, slot].detach().cpu().clone()

@@ -6,13 +6,15 @@
     world.receive_pos(member, pos, now)      # any number of times; the newest sample wins
     world.remove(member)                     # on disconnect
     # each tick, in this order:
-    world.begin_tick()                       # loop thread: joins/leaves and samples into the engine
-    result = world.step()                    # worker thread allowed: the batched model step
-    world.fan_out(result, server_time)       # loop thread: member.controls / member.state filled
+    world.begin_tick()                       # loop thread: joins/leaves into the engine
+    result = engine.tick()                   # or start_tick on the loop, finish_tick anywhere
+    world.fan_out(result, server_time)       # loop thread: every member.outbox filled
 
-Only `begin_tick`, `step` and `fan_out` touch the engine, and the app never runs them
-concurrently; the other calls only touch the world's own tables, so they are safe while
-`step` runs in a worker thread. Times passed in (`now`, `server_time`) are the server clock.
+One input path: the protocol checks a `pos`'s fields, `receive_pos` its order (newest
+wins) and stages it in the engine at once (`TickEngine.stage`); nothing else buffers it.
+Joins and leaves wait for `begin_tick`, so while a step's second half (`finish_tick`)
+runs in a thread the loop may go on receiving. Fan-out (`server.core.fanout`) reads only
+the tick's `TickResult`. Times passed in (`now`, `server_time`) are the server clock.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ import numpy as np
 
 from server.core import protocol as P
 from server.core.downlink import DownlinkReckoner
-from server.core.engine import TickEngine, TickResult
-from server.core.interest import InterestGrid, in_region
+from server.core.engine import TickEngine
+from server.core.fanout import FanOut
+from server.core.interest import InterestGrid
+from server.core.tick_io import TickResult
 
 Region = tuple[float, float, float, float]
 
@@ -61,6 +65,15 @@ class ClockOffset:
         return 0.0 if self.base is None else self.base - 0.5 * self.rtt
 
 
+@dataclass(slots=True)
+class Outbox:
+    """One member's frames for this tick, filled by fan-out and emptied by the writer:
+    join/leave control frames in order, then its newest state frame (if any)."""
+
+    controls: list[bytes] = field(default_factory=list)
+    state: bytes | None = None
+
+
 @dataclass(eq=False)
 class Member:
     """One connection admitted by `World.admit`: a player (avatar) or a spectator."""
@@ -73,15 +86,13 @@ class Member:
     resume: str = ""
     clock: ClockOffset = field(default_factory=ClockOffset)
     slot: int = -1  # engine slot once joined there (players)
-    # Newest sample received before the engine gave this avatar a slot (then it is
-    # written to the world's per-slot input arrays instead).
+    # Newest sample (t, p, seq, server-clock time) received before the engine gave this
+    # avatar a slot (then samples are staged in the engine as they arrive).
     pending: tuple[float, tuple[float, float, float], int, float] | None = None
     newest_t: float = float("-inf")
     seen: dict[int, tuple[int, str]] = field(default_factory=dict)  # uid -> (handle, id) in view
     view_sig: int = -1  # hash of the uids in view last tick (a changed view changes it)
-    # Outbox, filled by fan_out, emptied by the app: join/leave in order, then the newest state.
-    controls: list[bytes] = field(default_factory=list)
-    state: bytes | None = None
+    outbox: Outbox = field(default_factory=lambda: Outbox())  # this tick's frames
     dropped: int = 0  # consecutive state frames dropped (slow socket)
     version: int = P.VERSION  # protocol version of the connection (hello.v)
     last_state: float = float("-inf")  # server time of its last state frame
@@ -141,24 +152,14 @@ class World:
         if aoi_refresh < 1:
             raise ValueError("aoi_refresh must be >= 1")
         self.engine = engine
-        self.grid = InterestGrid(aoi_radius, aoi_cap)
-        self.aoi_refresh = aoi_refresh
         self.spectator_cap = spectator_cap
         self.max_room_avatars = min(max_room_avatars, 65535)
         self.tick_hz = tick_hz
         self.horizons = tuple(float(h) for h in engine.horizons)
         self.rooms: dict[str, Room] = {}
         self._uids = itertools.count(1)
-        # Newest sample per engine slot since the last tick (latest wins), with the clock
-        # offset that anchors it on the server clock; flushed to the engine in one call.
-        self._in_has = np.zeros(engine.capacity, dtype=bool)
-        self._in_t = np.zeros(engine.capacity)
-        self._in_p = np.zeros((engine.capacity, 3))
-        self._in_seq = np.zeros(engine.capacity, dtype=np.int64)
-        self._in_off = np.zeros(engine.capacity)
         self._to_join: dict[int, Member] = {}
         self._to_leave: list[str] = []
-        self._anchor = np.zeros(engine.capacity)  # server-clock time of each slot's sample
         self.n_players = 0  # players in rooms, detached ones included
         self.n_spectators = 0
         self.n_detached = 0
@@ -166,9 +167,9 @@ class World:
         self.downlink = DownlinkReckoner(
             engine.capacity, self.horizons, dr_threshold, dr_heartbeat, dr_lookahead
         )
-        self.records_sent: dict[int, int] = {}  # protocol version -> records in state frames
-        self.frames_skipped = 0  # v2 members given no state frame on a tick
-        self.dr_resends = 0  # records due by the downlink rule
+        self.fanout = FanOut(
+            self.downlink, InterestGrid(aoi_radius, aoi_cap), aoi_refresh, spectator_cap
+        )
 
     # -- membership (loop thread, any time) ---------------------------------------------------
 
@@ -222,8 +223,7 @@ class World:
         m.transport = m.session = None
         m.seen.clear()  # the new connection knows no handles: joins for its whole view
         m.view_sig = -1
-        m.controls = []
-        m.state = None
+        m.outbox = Outbox()
         m.dropped = 0
         m.last_state = float("-inf")
         m.resync = False
@@ -279,8 +279,6 @@ class World:
                 m.detached_at = None
             del room.players[m.avatar]
             room.give_handle(m.handle)
-            if m.slot >= 0:
-                self._in_has[m.slot] = False  # the slot may be reused before the next flush
             if self._to_join.pop(m.uid, None) is None:
                 self._to_leave.append(self._key(m))
             m.slot = -1
@@ -314,18 +312,12 @@ class World:
         m.newest_t = pos.t
         m.clock.rtt = rtt
         m.clock.update(pos.t, now)
+        anchor = pos.t + m.clock.offset  # the sample's time on the server clock
         if m.slot < 0:  # joins the engine at the next tick
-            m.pending = (pos.t, pos.p, pos.seq, m.clock.offset)
-        else:
-            self._store(m.slot, pos.t, pos.p, pos.seq, m.clock.offset)
+            m.pending = (pos.t, pos.p, pos.seq, anchor)
+        else:  # the protocol checked the fields, this the order: staged as it is
+            self.engine.stage(m.slot, pos.t, pos.p, pos.seq, anchor)
         return True
-
-    def _store(self, slot: int, t: float, p, seq: int, offset: float) -> None:
-        self._in_has[slot] = True
-        self._in_t[slot] = t
-        self._in_p[slot] = p
-        self._in_seq[slot] = seq
-        self._in_off[slot] = offset
 
     def set_view(self, m: Member, region: Region | None) -> None:
         """A spectator's region (None: whole room). Players' views follow their avatar; ignored."""
@@ -335,217 +327,23 @@ class World:
     # -- the tick -----------------------------------------------------------------------------
 
     def begin_tick(self) -> None:
-        """Apply queued joins/leaves to the engine and hand it every pending sample."""
+        """Apply queued joins/leaves to the engine and stage the first samples of the
+        avatars that joined (the others' samples are staged as they arrive)."""
         eng = self.engine
         for key in self._to_leave:
             eng.leave(key)
         self._to_leave.clear()
         for m in self._to_join.values():
             m.slot = eng.join(self._key(m), m.room.name)
-        if len(self._anchor) < eng.capacity:  # joins grew the engine
-            extra = eng.capacity - len(self._anchor)
-            self._anchor = np.concatenate([self._anchor, np.zeros(extra)])
-            self._in_has = np.concatenate([self._in_has, np.zeros(extra, dtype=bool)])
-            self._in_t = np.concatenate([self._in_t, np.zeros(extra)])
-            self._in_p = np.concatenate([self._in_p, np.zeros((extra, 3))])
-            self._in_seq = np.concatenate([self._in_seq, np.zeros(extra, dtype=np.int64)])
-            self._in_off = np.concatenate([self._in_off, np.zeros(extra)])
         self.downlink.grow(eng.capacity)
         self.downlink.forget([m.slot for m in self._to_join.values()])
         for m in self._to_join.values():
             if m.pending is not None:
-                self._store(m.slot, *m.pending)
+                eng.stage(m.slot, *m.pending)
                 m.pending = None
         self._to_join.clear()
-        slots = np.flatnonzero(self._in_has)
-        if not len(slots):
-            return
-        self._in_has[slots] = False
-        t = self._in_t[slots]
-        anchor = t + self._in_off[slots]  # the samples' times on the server clock
-        ok = eng.submit_many(slots, t, self._in_p[slots], self._in_seq[slots], clock=anchor)
-        self._anchor[slots[ok]] = anchor[ok]
-
-    def step(self) -> TickResult:
-        """The batched model step (may run in a worker thread; see the module docstring)."""
-        return self.engine.tick()
 
     def fan_out(self, result: TickResult, server_time: float) -> list[Member]:
-        """Fill every member's outbox for this tick; returns the members with output.
-
-        v1 members get every avatar of their view with its newest prediction. v2 members
-        get only the records that are due by the downlink rule (`DownlinkReckoner`: off
-        the path last sent, heartbeat, first path), plus the path last sent of every avatar
-        that enters their view (all of it after a dropped frame: `Member.resync`), and no
-        state frame when nothing is due, except one empty frame per heartbeat (a clock).
-        """
-        eng = self.engine
-        H = len(self.horizons)
-        dr = self.downlink
-        out: list[Member] = []
-        for room in self.rooms.values():
-            players = [m for m in room.players.values() if m.slot >= 0]
-            slots = np.fromiter((m.slot for m in players), dtype=np.int64, count=len(players))
-            live = ~np.isnan(eng.last_t[slots])  # players with a prediction are visible
-            vis = [m for m, ok in zip(players, live, strict=True) if ok]
-            vslots = slots[live]
-            pos, anchor = eng.last_pos[vslots], self._anchor[vslots]
-            off, seq = eng.last_off[vslots], eng.last_seq[vslots]
-            due = dr.due(vslots, anchor, pos, server_time, off)
-            dr.commit(vslots[due], anchor[due], pos[due], off[due], seq[due], server_time)
-            self.dr_resends += int(due.sum())
-            sent_off = dr.off[vslots]
-            dims = 3 if (np.abs(off[..., 2]) >= 5e-4).any() else 2
-            if dims == 2 and (np.abs(sent_off[..., 2]) >= 5e-4).any():
-                dims = 3
-            handles = np.fromiter((m.handle for m in vis), dtype=np.int64, count=len(vis))
-            versions = {m.version for m in players} | {m.version for m in room.spectators}
-            rec1 = rec2 = None
-            if 1 in versions:  # the newest prediction of everyone
-                rec1 = P.pack_records(handles, server_time - anchor, seq, pos, off, dims)
-            if 2 in versions:  # the path each viewer was last sent
-                rec2 = P.pack_records(
-                    handles,
-                    server_time - dr.anchor[vslots],
-                    dr.seq[vslots],
-                    dr.pos[vslots],
-                    sent_off,
-                    dims,
-                )
-            framer = P.StateFramer(result.tick, server_time, H, dims)
-            uids = np.fromiter((m.uid for m in vis), dtype=np.int64, count=len(vis))
-            indptr, indices = self._views(room, pos, uids, result.tick)
-            # One gather for every viewer of the room (raw bytes: a structured gather is
-            # slower); each viewer's frame takes a slice of it. v2: only the due rows.
-            size = P.record_dtype(H, dims).itemsize
-            bounds = indptr.tolist()
-            if rec1 is not None:
-                all1 = memoryview(rec1.view(f"V{size}")[indices].tobytes())
-            if rec2 is not None:
-                due_flat = due[indices]
-                all2 = memoryview(rec2.view(f"V{size}")[indices[due_flat]].tobytes())
-                cum_due = np.zeros(len(indices) + 1, dtype=np.int64)
-                np.cumsum(due_flat, out=cum_due[1:])
-                due_bounds = cum_due[indptr].tolist()
-            view_uids = uids[indices]
-            # A view that did not change since the last tick needs no join/leave diff: one
-            # signature per viewer (a sum of hashed uids) tells which did.
-            cum = np.zeros(len(indices) + 1, dtype=np.uint64)
-            np.cumsum(_mix(view_uids), out=cum[1:])
-            sigs = (cum[indptr[1:]] - cum[indptr[:-1]]).tolist()
-            row_of_viewer = {m.uid: i for i, m in enumerate(vis)}  # every visible one views
-            for m in players:
-                if m.detached_at is not None:  # no connection: visible to others only
-                    continue
-                i = row_of_viewer.get(m.uid)
-                if i is None:  # no position yet: an empty view
-                    if m.seen:
-                        self._diff(m, [], [], vis)
-                    m.view_sig = -1
-                    self._frame(m, framer, 0, b"", server_time)
-                else:
-                    a, b = bounds[i], bounds[i + 1]
-                    entered: list[int] = []
-                    if sigs[i] != m.view_sig or b - a != len(m.seen):
-                        entered = self._diff(m, view_uids[a:b].tolist(), indices[a:b].tolist(), vis)
-                        m.view_sig = sigs[i]
-                    if m.version == 1:
-                        self._frame(m, framer, b - a, all1[a * size : b * size], server_time)
-                    elif entered or m.resync:
-                        rows = self._v2_rows(m, indices[a:b], due, entered)
-                        self._frame(m, framer, len(rows), rec2[rows].tobytes(), server_time)
-                    else:
-                        c, d = due_bounds[i], due_bounds[i + 1]
-                        self._frame(m, framer, d - c, all2[c * size : d * size], server_time)
-                if m.state is not None or m.controls:
-                    out.append(m)
-            for m in room.spectators:
-                idx = in_region(pos, m.region, self.spectator_cap)
-                entered = self._diff(m, uids[idx].tolist(), idx.tolist(), vis)
-                if m.version == 1:
-                    self._frame(m, framer, len(idx), rec1[idx].tobytes(), server_time)
-                else:
-                    rows = self._v2_rows(m, idx, due, entered)
-                    self._frame(m, framer, len(rows), rec2[rows].tobytes(), server_time)
-                if m.state is not None or m.controls:
-                    out.append(m)
-        return out
-
-    @staticmethod
-    def _v2_rows(m: Member, view: np.ndarray, due: np.ndarray, entered: list[int]) -> np.ndarray:
-        """The rows of `view` a v2 member gets: the due ones and those that just entered
-        (every one after a dropped frame)."""
-        if m.resync:
-            m.resync = False
-            return view
-        pick = due[view]
-        if entered:
-            pick |= np.isin(view, entered)
-        return view[pick]
-
-    def _frame(
-        self, m: Member, framer: P.StateFramer, n: int, records: bytes | memoryview, now: float
-    ) -> None:
-        """Queue the state frame of `n` records for `m`; for a v2 member an empty one only
-        once per heartbeat (the rest are skipped, and counted)."""
-        if n == 0 and m.version >= 2 and now - m.last_state < self.downlink.heartbeat - 1e-9:
-            self.frames_skipped += 1
-            return
-        m.state = framer.frame(n, records)
-        m.last_state = now
-        self.records_sent[m.version] = self.records_sent.get(m.version, 0) + n
-
-    def _views(
-        self, room: Room, pos: np.ndarray, uids: np.ndarray, tick: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """CSR views of every visible player (rows of `pos`). With aoi_refresh k > 1 each
-        view is recomputed every k-th tick, a k-th of the rows per tick (so no tick pays
-        for all); a change in who is visible recomputes every row at once."""
-        k, n = self.aoi_refresh, len(uids)
-        key = uids.tobytes()
-        if k == 1 or n == 0 or room.aoi_key != key:
-            indptr, indices = self.grid.query(pos)
-            if k > 1:
-                room.aoi_key = key
-                room.aoi_views = np.split(indices, indptr[1:-1])
-            return indptr, indices
-        views = room.aoi_views
-        rows = np.arange(tick % k, n, k)
-        if len(rows):
-            sub_ptr, sub_idx = self.grid.query(pos, rows)
-            for r, view in zip(rows.tolist(), np.split(sub_idx, sub_ptr[1:-1]), strict=True):
-                views[r] = view
-        indptr = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(np.fromiter(map(len, views), np.int64, n), out=indptr[1:])
-        return indptr, np.concatenate(views)
-
-    @staticmethod
-    def _diff(m: Member, now_uids: list[int], rows: list[int], vis: list[Member]) -> list[int]:
-        """Queue leave / join frames so `m.seen` becomes `now_uids` (rows index `vis`);
-        returns the rows that joined."""
-        seen = m.seen
-        current = set(now_uids)
-        entered: list[int] = []
-        if current != seen.keys():
-            gone = [u for u in seen if u not in current]
-            if gone:
-                m.controls.append(
-                    P.encode_leave([seen[u][1] for u in gone], [seen[u][0] for u in gone])
-                )
-                for u in gone:
-                    del seen[u]
-            entered = [i for i, u in zip(rows, now_uids, strict=True) if u not in seen]
-            if entered:
-                new = [vis[i] for i in entered]
-                for a in new:
-                    seen[a.uid] = (a.handle, a.avatar)
-                m.controls.append(P.encode_join([a.avatar for a in new], [a.handle for a in new]))
-        return entered
-
-
-def _mix(uids: np.ndarray) -> np.ndarray:
-    """A 64-bit hash of each uid (splitmix64's finaliser), for order-free view signatures."""
-    z = uids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+        """Fill every member's outbox for this tick (`server.core.fanout.FanOut`); returns
+        the members with output."""
+        return self.fanout.run(self.rooms.values(), result, server_time)

@@ -112,10 +112,10 @@ class HttpRoutes:
         out: dict = {"experts": list(EXPERTS), "avatars": {}}
         r = w.rooms.get(room) if w is not None else None
         if r is not None and w.engine.blend is not None and w.engine.model is not None:
-            eng = w.engine
+            latest = w.engine.predictions()
             for avatar, m in r.players.items():
-                if m.slot >= 0 and not np.isnan(eng.last_t[m.slot]):
-                    out["avatars"][avatar] = np.round(eng.last_weights[m.slot], 3).tolist()
+                if m.slot >= 0 and not np.isnan(latest.t[m.slot]):
+                    out["avatars"][avatar] = np.round(latest.weights[m.slot], 3).tolist()
         body = json.dumps(out).encode()
         return HttpReply(200, "application/json", body, _CORS)
 

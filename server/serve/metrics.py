@@ -51,11 +51,11 @@ def _expert_weights(engine: TickEngine) -> object:
 
     fam = GaugeHistogramMetricFamily(
         "avatar_expert_weight",
-        "Avatars by the weight the online blend gives each expert now (server.blend)",
+        "Avatars by the weight the online blend gives each expert now (server.core.blend)",
         labels=["expert"],
     )
     slots = engine.live_slots()
-    weights = engine.last_weights[slots]
+    weights = engine.predictions().weights[slots]
     for e, name in enumerate(EXPERTS):
         counts = np.searchsorted(np.sort(weights[:, e]), WEIGHT_BUCKETS, side="right")
         buckets = [(f"{b:g}", int(c)) for b, c in zip(WEIGHT_BUCKETS, counts, strict=True)]
@@ -104,17 +104,17 @@ class _StatsCollector:
             labels=["version"],
         )
         for v in P.VERSIONS:
-            records.add_metric([str(v)], w.records_sent.get(v, 0) if w else 0)
+            records.add_metric([str(v)], w.fanout.records_sent.get(v, 0) if w else 0)
         yield records
         yield CounterMetricFamily(
             "avatar_state_frames_skipped",
             "Ticks on which a v2 client got no state frame: nothing in its view was due",
-            value=w.frames_skipped if w else 0,
+            value=w.fanout.frames_skipped if w else 0,
         )
         yield CounterMetricFamily(
             "avatar_dr_resends",
             "Avatar records due by the downlink dead-reckoning rule (off path, heartbeat, new)",
-            value=w.dr_resends if w else 0,
+            value=w.fanout.dr_resends if w else 0,
         )
         conns = GaugeMetricFamily("avatar_connections", "Open connections by kind", labels=["kind"])
         n_players = w.n_players - w.n_detached if w else 0

@@ -423,7 +423,7 @@ def _request(engine, seg: _Segment, msg: tuple):
     """Apply the journal (joins and leaves since the last request, in order), then one
     request: tick (outputs into the segment; the answer is `nonfinite_resets`), swap (the
     keep flag) or hidden (a slot's state)."""
-    from server.core.engine import StepBatch
+    from server.core.tick_io import StepBatch
 
     kind, journal = msg[0], msg[1]
     for op in journal:

@@ -24,7 +24,8 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from server.core.engine import TickEngine, TickResult
+from server.core.engine import TickEngine
+from server.core.tick_io import TickResult
 from server.serve.stepper import StepWorker, StepWorkerGone
 
 log = logging.getLogger("avatar_stream")
@@ -105,8 +106,10 @@ class StepRunner:
             if n >= 64:  # keep the estimate true (a slower machine, a busier one)
                 self.cost = 0.9 * self.cost + 0.1 * dt / n
             return result, dt
+        # the batch is taken here, on the loop: samples staged meanwhile wait for the next
+        batch = self.engine.start_tick()
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self._executor, self.engine.tick)
+        result = await loop.run_in_executor(self._executor, self.engine.finish_tick, batch)
         return result, time.perf_counter() - t0
 
     def between_ticks(self, pending: int, off_loop: bool = True) -> None:

@@ -49,23 +49,24 @@ class Wire:
         stats = self.stats
         for m in members:
             conn: Connection | None = m.transport
+            box = m.outbox
             if conn is None or not conn.is_open:
-                m.controls.clear()
-                m.state = None
+                box.controls.clear()
+                box.state = None
                 continue
             if conn.buffered() > send_buffer:
                 m.dropped += 1
                 stats.dropped += 1
-                if m.state is not None:  # v1: the next frame replaces it; v2: carries it all
+                if box.state is not None:  # v1: the next frame replaces it; v2: carries it all
                     m.resync = True
-                m.state = None  # join/leave are kept
+                box.state = None  # join/leave are kept
                 if m.dropped == max_dropped:  # leaves others' views now, not after the close
                     too_slow(m)
                 continue
             m.dropped = 0
-            frames = m.controls
-            if m.state is not None:
-                frames.append(m.state)
+            frames = box.controls
+            if box.state is not None:
+                frames.append(box.state)
             self.send(conn, frames)
-            m.controls = []
-            m.state = None
+            box.controls = []
+            box.state = None
