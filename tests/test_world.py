@@ -3,7 +3,8 @@ import pytest
 
 from server.core import protocol as P
 from server.core.engine import TickEngine
-from server.core.world import ClockOffset, World
+from server.core.members import ClockOffset
+from server.core.world import World
 
 
 def hello(v: int = 1, **kw) -> P.Hello:

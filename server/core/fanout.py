@@ -18,17 +18,14 @@ view: every slot's newest prediction) and fills each member's `Outbox`, room by 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from server.core import protocol as P
 from server.core.downlink import DownlinkReckoner
 from server.core.interest import InterestGrid, in_region
+from server.core.members import Member, Room
 from server.core.tick_io import TickResult
-
-if TYPE_CHECKING:
-    from server.core.world import Member, Room
 
 
 class FanOut:

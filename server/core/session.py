@@ -31,8 +31,9 @@ from dataclasses import dataclass
 
 from server.core import protocol as P
 from server.core.auth import verify_token
+from server.core.members import Member
 from server.core.stats import Stats
-from server.core.world import Member, World
+from server.core.world import World
 
 log = logging.getLogger("avatar_stream")
 

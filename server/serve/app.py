@@ -36,9 +36,10 @@ from server.core import protocol as P
 from server.core import session as S
 from server.core.blend import BlendConfig
 from server.core.engine import TickEngine
+from server.core.members import Member
 from server.core.model import default_checkpoint_path, load_checkpoint
 from server.core.stats import Stats
-from server.core.world import Member, World
+from server.core.world import World
 from server.serve.config import Config
 from server.serve.http import HttpRoutes, RouteHandler
 from server.serve.metrics import Metrics

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from server.core.members import Member
 from server.core.stats import Stats
-from server.core.world import Member
 from server.serve.transports import Connection
 
 log = logging.getLogger("avatar_stream")
