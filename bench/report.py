@@ -1,4 +1,4 @@
-"""Turn the JSON written by bench/targets.sh into the README's results tables.
+"""Turn the JSON written by bench/targets.sh into the results tables of docs/results.md.
 
 python bench/report.py [runs/targets]
 """

@@ -1,6 +1,7 @@
 """Tests for training.evaluate: the GRU as a path predictor, `evaluate` and its CLI."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,3 +115,12 @@ def test_csv_input_and_training_seeds_refused(ckpt, tmp_path):
     assert res["tracks"] == 2
     with pytest.raises(SystemExit):  # the training users are refused on the command line too
         E.main(["--data", "synthetic:4:0", "--model", str(ckpt)])
+
+
+def test_data_with_nothing_to_score_is_one_line_not_a_traceback(capsys):
+    seed = Path(E.__file__).resolve().parent / "data" / "seed_example.csv"
+    with pytest.raises(SystemExit) as e:
+        E.main(["--data", str(seed)])
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nothing to score" in err[0]

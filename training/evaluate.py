@@ -170,6 +170,12 @@ def evaluate(
         for sc in scenes
     ]
     obs = [tr for sc in obs_scenes for tr in sc.tracks]
+    if not any((~np.isnan(B.truth_paths(tr, h))).any() for tr in obs):
+        raise cli.UserError(
+            "nothing to score: no sample has a recorded position at any predicted horizon "
+            f"({', '.join(f'{x:g}' for x in h)} s) after it",
+            "pass tracks sampled at least as often as the longest horizon",
+        )
     tune_rng = np.random.default_rng(seed + 1)
     sub = [obs[i] for i in tune_rng.permutation(len(obs))[:60]]
     if kalman is None:

@@ -29,7 +29,7 @@ from typing import Any
 
 import jwt
 
-from server.core.protocol import MAX_NAME, ProtocolError
+from server.core.messages import MAX_NAME, ProtocolError
 
 ALGORITHM = "HS256"
 ERROR_CODE = "unauthorized"  # the one error code for every refused token (close 1008)

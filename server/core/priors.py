@@ -1,5 +1,5 @@
 """The classical priors, vectorised over rows: a constant-velocity Kalman filter and an
-IMM (constant velocity + coordinated turn; `imm_step`, oracle `training.baselines.IMM`).
+IMM (constant velocity + coordinated turn; `imm_step`, oracle `training.imm.IMM`).
 
 Per row: position and velocity per axis (x, y, z independent) with one shared 2x2
 covariance (position variance, cross term, velocity variance) — the filter of

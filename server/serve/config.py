@@ -162,8 +162,8 @@ HELP = {
     "predictor": "gru (the model) or cv (constant-velocity dead reckoning, model off)",
     "blend": "serve the online blend of the network with the classical experts (two Kalman "
     "filters, constant velocity, a turning model, two IMMs), weighted per avatar and horizon "
-    "by how each one's earlier predictions turned out (server.blend); --no-blend: the "
-    "network alone (the blend costs about 4x the network's engine step: docs/performance.md)",
+    "by how each one's earlier predictions turned out (server.core.blend); --no-blend: the "
+    "network alone (what the blend costs: docs/performance.md)",
     "device": "auto, cpu, cuda or cuda:N for the model step",
     "threads": "torch CPU threads for the model step (1 leaves the other cores to I/O)",
     "aoi_radius": "area-of-interest radius in metres: players see avatars this close",
@@ -196,7 +196,7 @@ HELP = {
     "thread is not kept waiting behind socket I/O; Python's default is 0.005)",
     "inline_step_ms": "a CPU model step predicted (from a measured cost per avatar) to take "
     "at most this many ms runs on the event loop; a longer one runs in a thread, and from the "
-    "first long step of 256+ avatars in a step worker process (server.stepper); 0: never on "
+    "first long step of 256+ avatars in a step worker process (server.serve.stepper); 0: never on "
     "the loop",
     "compression": "offer permessage-deflate (costs CPU per frame; off by default)",
     "transport": "WebSocket library: picows (Cython framing, several times less CPU per "
