@@ -194,38 +194,6 @@ def test_two_element_position_means_z_zero():
     assert eng.tick().pos.tolist() == [[3.0, 4.0, 0.0]]
 
 
-def test_non_finite_hidden_state_is_never_stored():
-    lm = make_model()
-    eng = TickEngine(lm, device="cpu", blend=None)
-    eng.join("a")
-    eng.join("b")
-    eng.submit("a", 0.0, (0, 0, 0))
-    eng.submit("b", 0.0, (1, 0, 0))
-    eng.tick()
-    assert eng.nonfinite_resets == 0
-    with torch.no_grad():
-        lm.model.rnn.bias_hh_l0[0] = float("nan")  # a broken model poisons every row
-    eng.submit("a", 0.1, (0.1, 0, 0))
-    res = eng.tick()
-    assert torch.count_nonzero(eng.hidden("a")) == 0  # zeroed, not NaN
-    assert torch.count_nonzero(eng.hidden("b")) > 0  # untouched: no sample this tick
-    assert eng.nonfinite_resets == 1
-    prior = prior_engine()  # the fallback is the Kalman prior's path (a zero residual)
-    prior.join("a")
-    prior.submit("a", 0.0, (0, 0, 0))
-    prior.tick()
-    prior.submit("a", 0.1, (0.1, 0, 0))
-    np.testing.assert_allclose(res.offsets[0], prior.tick().offsets[0], rtol=0, atol=1e-6)
-
-
-def prior_engine(feats=FEATS) -> TickEngine:
-    """An engine serving an untrained model: exactly the Kalman prior."""
-    cfg = ModelConfig(hidden=4, n_horizons=feats.n_horizons, n_features=feats.n_features)
-    return TickEngine(
-        LoadedModel(MotionGRU(cfg), feats, "prior", torch.device("cpu"), {}), blend=None
-    )
-
-
 def test_pending_counts_the_next_batch():
     eng = TickEngine(None, device="cpu")
     for a in ("a", "b", "c"):
@@ -420,49 +388,6 @@ def test_swap_model_to_cv_and_back():
     # A CV engine takes a model too.
     assert cv.swap_model(old) is False and cv.version == "old"
     assert cv.hidden("a").shape == (1, 16)
-
-
-def test_nonfinite_step_rows_are_reset_and_counted(monkeypatch):
-    lm, twin_lm = make_model(seed=0), make_model(seed=0)
-    eng, twin = (
-        TickEngine(lm, device="cpu", blend=None),
-        TickEngine(twin_lm, device="cpu", blend=None),
-    )
-    cv = prior_engine()
-    tracks = {f"a{i}": track(8, i) for i in range(4)}
-    for e in (eng, twin, cv):
-        for av in tracks:
-            e.join(av)
-        run_ticks(e, tracks, range(4))
-    assert eng.nonfinite_resets == 0  # healthy ticks count nothing
-    step = lm.model.step
-
-    def poisoned(x, h):
-        y, h = step(x, h)
-        y, h = y.clone(), h.clone()
-        h[-1, 1, 3] = float("nan")  # row 1: hidden state
-        y[2, 4, 0] = float("inf")  # row 2: prediction only
-        return y, h
-
-    monkeypatch.setattr(lm.model, "step", poisoned)
-    for e in (eng, twin, cv):
-        for av, (t, p) in tracks.items():
-            e.submit(av, t[4], p[4], seq=4)
-    res, ref, ref_cv = eng.tick(), twin.tick(), cv.tick()
-    assert res.avatars.tolist() == ["a0", "a1", "a2", "a3"]
-    assert eng.nonfinite_resets == 2
-    assert np.isfinite(res.offsets).all()
-    np.testing.assert_array_equal(res.offsets[[0, 3]], ref.offsets[[0, 3]])
-    np.testing.assert_allclose(res.offsets[[1, 2]], ref_cv.offsets[[1, 2]], rtol=0, atol=1e-6)
-    for i in (1, 2):
-        assert torch.count_nonzero(eng.hidden(f"a{i}")) == 0
-    for i in (0, 3):
-        torch.testing.assert_close(eng.hidden(f"a{i}"), twin.hidden(f"a{i}"), rtol=0, atol=0)
-    np.testing.assert_array_equal(eng.snapshot().offsets[[1, 2]], res.offsets[[1, 2]])
-    monkeypatch.setattr(lm.model, "step", step)
-    run_ticks(eng, tracks, range(5, 8))
-    assert eng.nonfinite_resets == 2
-    assert torch.isfinite(eng.pool.h).all()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
