@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import socket
 import time
-import urllib.error
-import urllib.request
 
 import msgpack
 import numpy as np
@@ -17,15 +14,12 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from server.core import protocol as P
-from server.core.blend import EXPERTS
 from server.core.engine import TickEngine
 from server.core.model import load_checkpoint
-from server.serve.app import AvatarServer
 from server.serve.transports import TRANSPORTS
 from tests import servers
+from tests.app_helpers import Client, drain, expect_refusal, fetch
 from tests.servers import running
-
-MAX_FRAMES = 400  # every wait below is bounded by a frame count (and the test timeout)
 
 
 @pytest.fixture(autouse=True, params=TRANSPORTS)
@@ -33,75 +27,6 @@ def transport(request, monkeypatch) -> str:
     """Every test here runs once per transport: both must behave the same."""
     monkeypatch.setitem(servers.DEFAULTS, "transport", request.param)
     return request.param
-
-
-class Client:
-    """A test client: sends frames, decodes replies, tracks handle -> avatar from join/leave."""
-
-    def __init__(self, ws) -> None:
-        self.ws = ws
-        self.names: dict[int, str] = {}
-        self.joins: list[P.Join] = []
-        self.leaves: list[P.Leave] = []
-        self.welcome: P.Welcome | None = None
-
-    @classmethod
-    async def open(
-        cls, srv: AvatarServer, room: str = "lobby", avatar: str | None = "a", sock=None, **hello
-    ):
-        """v1 unless `v=2` is given: most tests here count on a state frame every tick."""
-        c = cls(await connect(srv.url, max_size=2**22, sock=sock))
-        hello.setdefault("v", 1)
-        await c.ws.send(P.encode_client(P.Hello(room=room, avatar=avatar, **hello)))
-        c.welcome = P.decode_server(await c.ws.recv())
-        assert isinstance(c.welcome, P.Welcome), c.welcome
-        return c
-
-    async def pos(self, seq: int, t: float, p) -> None:
-        await self.ws.send(P.encode_client(P.Pos(seq=seq, t=t, p=tuple(map(float, p)))))
-
-    async def state(self) -> P.State:
-        while True:
-            msg = P.decode_server(await self.ws.recv())
-            if isinstance(msg, P.Join):
-                self.joins.append(msg)
-                for a, h in zip(msg.avatars, msg.handles, strict=True):
-                    assert h not in self.names, "join for a handle still in view"
-                    self.names[h] = a
-            elif isinstance(msg, P.Leave):
-                self.leaves.append(msg)
-                for a, h in zip(msg.avatars, msg.handles, strict=True):
-                    assert self.names.pop(h) == a
-            elif isinstance(msg, P.State):
-                assert all(h in self.names for h in msg.handle.tolist()), "handle without join"
-                return msg
-            else:
-                raise AssertionError(f"unexpected {msg}")
-
-    async def state_where(self, pred) -> P.State:
-        for _ in range(MAX_FRAMES):
-            st = await self.state()
-            if pred(st):
-                return st
-        raise AssertionError("condition not met within the frame budget")
-
-    def visible(self, st: P.State) -> list[str]:
-        return [self.names[h] for h in st.handle.tolist()]
-
-    async def close(self) -> None:
-        await self.ws.close()
-
-
-async def expect_refusal(ws) -> tuple[P.Error | None, int]:
-    """Read until the server closes; return its error message (if any) and the close code."""
-    err = None
-    with contextlib.suppress(ConnectionClosed):
-        for _ in range(MAX_FRAMES):
-            msg = P.decode_server(await ws.recv())
-            if isinstance(msg, P.Error):
-                err = msg
-    await ws.wait_closed()
-    return err, ws.close_code
 
 
 @pytest.mark.parametrize("inline_step_ms", [0.0, 2.0])  # the step in a thread / on the loop
@@ -323,40 +248,6 @@ async def test_shutdown_sends_going_away():
         assert code == 1001 and time.perf_counter() - t0 < srv.config.shutdown_timeout + 1
 
 
-async def fetch(srv: AvatarServer, path: str) -> str:
-    def get():
-        with urllib.request.urlopen(f"http://127.0.0.1:{srv.port}{path}", timeout=5) as r:
-            return r.status, r.headers.get("Content-Type"), r.read().decode()
-
-    status, kind, body = await asyncio.to_thread(get)
-    assert status == 200
-    return body if path != "/" else kind + body
-
-
-async def test_http_endpoints_share_the_port():
-    async with running() as srv:
-        c = await Client.open(srv, avatar="a")
-        await c.pos(0, 1.0, (0, 0))
-        await c.state_where(lambda s: len(s) == 1)
-        assert (await fetch(srv, "/healthz")).strip() == "ok"
-        body = await fetch(srv, "/metrics")
-        for name in (
-            'avatar_connections{kind="player"} 1.0',
-            "avatar_avatars 1.0",
-            "avatar_tick_seconds_bucket",
-            "avatar_model_step_seconds_count",
-            "avatar_ticks_total",
-            "avatar_frames_out_total",
-            "avatar_bytes_in_total",
-            "avatar_tick_overruns_total",
-            "avatar_frames_dropped_total",
-            'avatar_server_info{device="cpu"',
-        ):
-            assert name in body, name
-        assert "avatar-stream" in await fetch(srv, "/")
-        await c.close()
-
-
 async def test_slow_client_is_dropped_then_closed_without_delaying_others():
     async with running(send_buffer=1024, max_dropped=5, aoi_radius=1000.0, tick_hz=100.0) as srv:
         crowd = [await Client.open(srv, avatar=f"c{i}") for i in range(40)]
@@ -385,37 +276,6 @@ async def test_slow_client_is_dropped_then_closed_without_delaying_others():
         for c in crowd:
             await c.close()
         await asyncio.gather(*drains)
-
-
-async def drain(ws) -> None:
-    with contextlib.suppress(ConnectionClosed):
-        async for _ in ws:
-            pass
-
-
-async def test_route_of_one_process_is_the_url_asked_and_readable_from_any_origin():
-    async with running() as srv:
-
-        def get():
-            url = f"http://127.0.0.1:{srv.port}/route?room=lobby"
-            with urllib.request.urlopen(url, timeout=5) as r:
-                return r.headers.get("Access-Control-Allow-Origin"), json.loads(r.read())
-
-        cors, body = await asyncio.to_thread(get)
-        assert body == {"url": None} and cors == "*"
-
-
-async def test_extra_routes():
-    async with running() as srv:
-        srv.add_route("/demo/echo", lambda p: (200, "text/plain", p.encode()))
-        srv.add_route("/demo/boom", lambda p: 1 / 0)
-        assert await fetch(srv, "/demo/echo?x=1") == "/demo/echo?x=1"
-        with pytest.raises(urllib.error.HTTPError) as e:
-            await fetch(srv, "/demo/boom")
-        assert e.value.code == 500
-        e.value.close()  # the error holds the HTTP connection open
-        with pytest.raises(ValueError):
-            srv.add_route("/metrics", lambda p: (200, "text/plain", b""))
 
 
 SECRET = "test-secret-0123456789abcdef-0123456789"
@@ -554,33 +414,3 @@ async def test_v2_client_gets_only_changed_records_while_v1_gets_every_tick():
         assert sorted(old.visible(st)) == ["old", "still"]
         await still.close()
         await old.close()
-
-
-async def test_metrics_show_the_blend_weights_per_expert():
-    """/metrics has a gauge histogram per expert of the weights the blend gives the avatars
-    now; every avatar counted once per expert, and the weights of one avatar sum to 1."""
-    async with running() as srv:
-        a = await Client.open(srv, avatar="a")
-        b = await Client.open(srv, avatar="b")
-        for k in range(8):
-            await a.pos(k, 0.05 * k, (0.1 * k, 0, 0))
-            await b.pos(k, 0.05 * k, (0, 0.1 * k, 0))
-        await a.state_where(lambda s: len(s) == 2 and (s.seq == 7).all())
-        body = await fetch(srv, "/metrics")
-        total = 0.0
-        for name in EXPERTS:
-            assert f'avatar_expert_weight_bucket{{expert="{name}",le="+Inf"}} 2.0' in body
-            line = next(
-                ln
-                for ln in body.splitlines()
-                if ln.startswith(f'avatar_expert_weight_gsum{{expert="{name}"}}')
-            )
-            total += float(line.split()[-1])
-        assert total == pytest.approx(2.0)  # two avatars, each's weights sum to one
-        got = json.loads(await fetch(srv, "/experts?room=lobby"))
-        assert got["experts"] == list(EXPERTS) and set(got["avatars"]) == {"a", "b"}
-        for w in got["avatars"].values():
-            assert len(w) == len(EXPERTS) and sum(w) == pytest.approx(1.0, abs=0.01)
-        assert json.loads(await fetch(srv, "/experts?room=nowhere"))["avatars"] == {}
-        await a.close()
-        await b.close()
