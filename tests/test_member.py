@@ -1,19 +1,15 @@
-"""Workers with a Redis room directory, end to end: a real redis-server (tests/redis_server.py),
-real servers on 127.0.0.1 port 0 (in this process, or `python -m server` subprocesses for
-a kill -9), real sockets. Waits are bounded by frame counts or deadlines, never sleeps."""
+"""A worker's cluster membership (server.cluster.member), end to end: a real redis-server
+(tests/redis_server.py), real servers on 127.0.0.1 port 0 (in this process, or a
+`python -m server` subprocess for a kill -9), real sockets. Waits are bounded by frame
+counts or deadlines, never sleeps."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
-import re
 import signal
-import subprocess
-import sys
 import time
-import urllib.request
 
 import pytest
 from websockets.asyncio.client import connect
@@ -21,51 +17,21 @@ from websockets.exceptions import ConnectionClosed
 
 from client_demo.client import AvatarClient
 from server.cluster.directory import RoomDirectory
-from server.cluster.member import advertised_url
-from server.cluster.supervisor import _worker_argv
+from server.cluster.member import advertised_url, process_id
 from server.core import protocol as P
 from server.serve.config import Config
-from tests.servers import running
-
-TTL = 0.8  # directory_ttl for these tests: a dead worker's rooms free within it
-
-
-def cluster(redis_url: str, **kw):
-    return running(redis=redis_url, directory_ttl=TTL, predictor="cv", **kw)
-
-
-async def get(srv, path: str) -> bytes:
-    """GET a path of an in-process server (in a thread: its loop must keep running)."""
-
-    def fetch() -> bytes:
-        with urllib.request.urlopen(f"http://127.0.0.1:{srv.port}{path}", timeout=5) as r:
-            return r.read()
-
-    return await asyncio.to_thread(fetch)
-
-
-async def route(srv, room: str) -> str | None:
-    return json.loads(await get(srv, f"/route?room={room}"))["url"]
-
-
-async def states(c: AvatarClient, n: int, budget: int = 600) -> int:
-    """Read until `n` state frames arrived (bounded); returns how many messages it took."""
-    got = 0
-    for k in range(budget):
-        msg = await c.recv()
-        got += isinstance(msg, P.State)
-        if got >= n:
-            return k + 1
-    raise AssertionError(f"{got} of {n} state frames within {budget} messages")
-
-
-async def stream(c: AvatarClient, stop: asyncio.Event, x: float = 0.0) -> None:
-    seq = 0
-    while not stop.is_set():
-        seq += 1
-        c.send_pos(seq, time.monotonic(), (x + 0.05 * seq, 0.0, 0.0))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 0.05)
+from tests.cluster_helpers import (
+    TTL,
+    beats,
+    cluster,
+    get,
+    hold,
+    metric,
+    route,
+    spawn_worker,
+    states,
+    stream,
+)
 
 
 async def test_rooms_are_placed_on_two_workers_and_a_wrong_worker_says_moved(redis_url):
@@ -137,23 +103,6 @@ async def test_a_crowd_joining_a_new_room_makes_one_claim_and_gets_one_route(red
         assert claims == 1
 
 
-async def hold(stack: contextlib.AsyncExitStack, w, rooms: list[str]) -> None:
-    """One client in each of `rooms`, connected straight to worker `w` (which places them)."""
-    for i, room in enumerate(rooms):
-        c = AvatarClient(w.url, room, f"p{i}", version=1)
-        c._route = lambda: asyncio.sleep(0, w.url)
-        await stack.enter_async_context(c)
-        assert c.served_by == w.url
-
-
-async def beats(*workers, n: int = 2) -> None:
-    """`n` heartbeat rounds of each worker; with n=2 one whole round began after now (the
-    round in flight may have read the directory before)."""
-    for w in workers:
-        for _ in range(n):
-            await w.cluster.next_beat()
-
-
 async def test_route_on_every_worker_answers_the_owner_within_one_heartbeat(redis_url):
     async with cluster(redis_url) as w0, cluster(redis_url) as w1:
         rooms = [f"held{k}" for k in range(4)]
@@ -189,11 +138,6 @@ async def test_route_treats_a_room_of_a_dead_worker_as_unowned(redis_url):
         await beats(w1)
         assert [pid for pid, _, _ in w1.cluster.peers] == [w1.cluster.directory.process_id]
         assert await route(w1, "doomed") == w1.url  # a suggestion, not the dead owner
-
-
-def metric(text: bytes, name: str) -> float | None:
-    m = re.search(rf"^{name} (\S+)$", text.decode(), re.M)
-    return float(m.group(1)) if m else None
 
 
 async def test_sigterm_drains_a_worker_and_its_clients_move(redis_url):
@@ -257,42 +201,8 @@ async def test_redis_lost_while_running_keeps_serving_and_registers_again(redis_
         await sender
 
 
-async def test_redis_down_at_start_is_one_clear_line_and_exit_1(tmp_path):
-    from tests.redis_server import free_port
-
-    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
-    for workers in ("1", "2"):
-        r = subprocess.run(
-            [sys.executable, "-m", "server", "--redis", url, "--port", "0" if workers == "1"
-             else str(free_port()), "--workers", workers, "--predictor", "cv"],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert r.returncode == 1, (workers, r.stderr[-2000:])
-        lines = [ln for ln in r.stderr.splitlines() if "127.0.0.1" in ln and "redis" in ln]
-        assert lines and "Traceback" not in r.stderr, r.stderr[-2000:]
-
-
-def _spawn_worker(redis_url: str) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "server", "--redis", redis_url, "--port", "0",
-           "--predictor", "cv", "--directory-ttl", str(TTL), "--tick-hz", "50"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        m = re.search(r"serving (ws://\S+)", line)
-        if m:
-            import threading
-
-            threading.Thread(target=proc.stderr.read, daemon=True).start()
-            return proc, m.group(1)
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise AssertionError("worker did not start")
-
-
 async def test_kill_9_of_a_worker_its_clients_come_back_on_another(redis_url):
-    proc, url = await asyncio.to_thread(_spawn_worker, redis_url)
+    proc, url = await asyncio.to_thread(spawn_worker, redis_url)
     try:
         async with cluster(redis_url) as live:
             c = AvatarClient(live.url, "doomed", "alice", backoff=(0.05, 0.2), version=1)
@@ -321,15 +231,14 @@ async def test_kill_9_of_a_worker_its_clients_come_back_on_another(redis_url):
             proc.wait()
 
 
-def test_worker_argv_and_advertised_url():
-    argv = ["--workers", "3", "--redis", "redis://h/0", "--port=8700", "--tick-hz", "30"]
-    assert _worker_argv(argv, 8702, "n1") == [
-        "--redis", "redis://h/0", "--tick-hz", "30", "--workers", "1", "--port", "8702",
-        "--cluster-nonce", "n1",
-    ]  # fmt: skip
+def test_advertised_url():
     assert advertised_url(Config(host="10.1.2.3"), 8702) == "ws://10.1.2.3:8702/"
     assert advertised_url(Config(advertise_url="wss://edge/a0/"), 1) == "wss://edge/a0/"
-    with pytest.raises(ValueError, match="needs --redis"):
-        Config(workers=2)
-    with pytest.raises(ValueError, match="fixed --port"):
-        Config(workers=2, redis="redis://h/0", port=0)
+
+
+def test_advertised_url_of_every_interface_is_the_host_name_and_process_id_its_host_port():
+    import socket
+
+    assert advertised_url(Config(host="0.0.0.0"), 8701) == f"ws://{socket.gethostname()}:8701/"
+    assert process_id(Config(host="10.1.2.3"), 8702, "n1") == "10.1.2.3:8702:n1"
+    assert process_id(Config(advertise_url="wss://edge:9443/a0/"), 1, "n2") == "edge:9443:n2"
