@@ -29,12 +29,13 @@ workers, the shipped model) and the clients. The four targets of docs/scaling.md
   a client's frames, and the time until the directory holds every room again.
 
 Each of kill, killttl, roll and redis runs on a fresh cluster.
-The clients of kill/roll/redis are this script's own (one asyncio loop, websockets,
-protocol v1 so that every tick brings a frame and a gap is a gap): each looks its room up
-(`client_demo.client.route_url` in a thread, as `AvatarClient` does, on the first of the
-workers' URLs it was given, the next one when that fails),
-connects, follows `moved` at once, and after a drop tries again after 0.1 s, doubling to
-at most 1 s (with jitter), as a game client with a list of entry points would.
+The clients of kill/roll/redis are this script's own (bench/cluster_swarm.py: one asyncio
+loop, websockets, protocol v1 so that every tick brings a frame and a gap is a gap, on the
+shared client core `client_demo.wsclient`): each looks its room up (GET /route in a
+thread, as `AvatarClient` does, on the first of the workers' URLs it was given, the next
+one when that fails), connects, follows `moved` at once, and after a drop tries again
+after 0.1 s, doubling to at most 1 s (with jitter), as a game client with a list of entry
+points would. The processes (redis-server aside) are bench/cluster_procs.py's.
 """
 
 from __future__ import annotations
@@ -42,358 +43,48 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import itertools
 import json
 import math
 import os
-import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from array import array
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, run as a script
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by path: its parts
+    sys.path.append(str(Path(__file__).resolve().parent))
+
+from cluster_procs import (
+    PREFIX,
+    Servers,
+    free_port_pair,
+    healthy,
+    serving,
+    start_cluster,
+    wait_until,
+    worker_pid,
+    workers_seen,
+)
+from cluster_swarm import (
+    Swarm,
+    close_codes_between,
+    errors_between,
+    frames_between,
+    longest_gap,
+    next_frame_after,
+    quantiles,
+)
 
 from client_demo import loadtest
-from client_demo.client import route_url
 from server import cli
-from server.core import protocol as P
 
-STATE_PREFIX = loadtest.STATE_PREFIX
-PREFIX = "bench"  # --cluster-prefix of the bench's cluster
 CHURN = ("kill", "killttl", "roll", "redis")
-
-
-# -- processes ------------------------------------------------------------------------------
-
-
-def free_port_pair() -> int:
-    """A port P on 127.0.0.1 with P and P + 1 free a moment ago."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            p = s.getsockname()[1]
-        if p >= 65535:
-            continue
-        with socket.socket() as s2:
-            try:
-                s2.bind(("127.0.0.1", p + 1))
-            except OSError:
-                continue
-        return p
-    raise OSError("no two free consecutive ports on 127.0.0.1")
-
-
-def healthy(port: int) -> bool:
-    import urllib.request
-
-    with (
-        contextlib.suppress(OSError),
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r,
-    ):
-        return r.status == 200
-    return False
-
-
-def wait_until(cond, timeout: float, what: str, step: float = 0.05) -> float:
-    """Poll `cond()` until true (bounded); returns the seconds it took. Raises TimeoutError."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if cond():
-            return time.monotonic() - t0
-        time.sleep(step)
-    raise TimeoutError(f"{what}: not within {timeout:g} s")
-
-
-class Servers:
-    """The server processes of one phase: started here, stopped by PID on exit."""
-
-    def __init__(self, log_dir: Path, cpus: set[int] | None = None) -> None:
-        self.log_dir = log_dir
-        self.cpus = cpus  # pin every server process (and the workers it starts) to these
-        self.procs: list[subprocess.Popen] = []
-
-    def start(self, args: list[str], name: str) -> subprocess.Popen:
-        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child holds it
-        cmd = [sys.executable, "-m", "server", "--log-level", "info", *args]
-        cpus = self.cpus
-        proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
-        )  # fmt: skip
-        log.close()
-        self.procs.append(proc)
-        return proc
-
-    def stop(self, grace: float = 20.0) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for p in self.procs:
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        self.procs.clear()
-
-
-def start_cluster(servers: Servers, redis_url: str, port: int, extra: list[str]) -> tuple:
-    """`--workers 2` on port, port + 1; returns (supervisor, [url0, url1]) once both answer."""
-    sup = servers.start(
-        ["--workers", "2", "--redis", redis_url, "--port", str(port), "--host", "127.0.0.1",
-         "--cluster-prefix", PREFIX, *extra],
-        "cluster",
-    )  # fmt: skip
-    wait_until(lambda: sup.poll() is not None or (healthy(port) and healthy(port + 1)), 180,
-               "the cluster's two workers")  # fmt: skip
-    if sup.poll() is not None:
-        raise cli.UserError(f"the cluster exited ({sup.returncode}); see {servers.log_dir}")
-    seeds = [f"ws://127.0.0.1:{port}/", f"ws://127.0.0.1:{port + 1}/"]
-    wait_until(lambda: all(workers_seen(u) == 2 for u in seeds), 30, "the workers to see both")
-    return sup, seeds
-
-
-def workers_seen(url: str) -> float | None:
-    """avatar_cluster_workers of the worker at `url` (None: no answer)."""
-    try:
-        text = loadtest.fetch_metrics(url, timeout=2)
-    except OSError:
-        return None
-    return loadtest._series(text, "avatar_cluster_workers")
-
-
-def serving(ports: list[int], procs: list[subprocess.Popen]) -> bool:
-    """All answer /healthz (or one exited: stop waiting)."""
-    return all(healthy(p) for p in ports) or any(x.poll() is not None for x in procs)
-
-
-def worker_pid(url: str) -> int | None:
-    return loadtest.find_server_pid(url)
-
-
-# -- the bench's clients --------------------------------------------------------------------
-
-
-@dataclass
-class Client:
-    i: int
-    room: str
-    seeds: list[str]
-    frames: array = field(default_factory=lambda: array("d"))  # state frame arrival times
-    events: list = field(default_factory=list)  # (time, kind, detail)
-    url: str | None = None  # the worker serving it now (None while not connected)
-
-    def log(self, kind: str, detail=None) -> None:
-        self.events.append((time.monotonic(), kind, detail))
-
-
-async def route(c: Client, k: int) -> tuple[str, str]:
-    """(where to connect, the seed that said so), trying the seeds from the k-th on."""
-    last: OSError | None = None
-    for j in range(len(c.seeds)):
-        base = c.seeds[(k + j) % len(c.seeds)]
-        try:
-            return await asyncio.to_thread(route_url, base, c.room, 2.0), base
-        except OSError as e:
-            last = e
-    raise last or OSError("no seed")
-
-
-async def run_client(c: Client, stop: asyncio.Event, rate: float) -> None:
-    from websockets.asyncio.client import connect
-    from websockets.exceptions import ConnectionClosed, InvalidHandshake
-
-    loop = asyncio.get_running_loop()
-    rng = random.Random(c.i)
-    delay, k, moved_to = 0.1, 0, None  # seeds[0] first, like a client with one entry URL
-    cx, cy = rng.uniform(0, 40), rng.uniform(0, 40)
-    seq = 0
-
-    async def backoff() -> None:
-        nonlocal delay, k
-        k += 1
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), delay * rng.uniform(0.5, 1.0))
-        delay = min(delay * 2, 1.0)
-
-    while not stop.is_set():
-        try:
-            if moved_to is not None:
-                targets, moved_to = [moved_to], None
-            else:
-                target, base = await route(c, k)
-                targets = [target] if target == base else [target, base]  # the claim decides
-            ws = None
-            for target in targets:
-                try:
-                    ws = await connect(target, open_timeout=5, compression=None, max_size=2**22)
-                    break
-                except (OSError, InvalidHandshake, TimeoutError) as e:
-                    c.log("connect_failed", f"{target}: {type(e).__name__}")
-            if ws is None:
-                await backoff()
-                continue
-        except OSError as e:
-            c.log("route_failed", str(e))
-            await backoff()
-            continue
-        sender = None
-        try:
-            await ws.send(P.encode_client(P.Hello(room=c.room, avatar=f"b{c.i:04d}", v=1)))
-            first = P.decode_server(await ws.recv())
-            if isinstance(first, P.Error):  # the reply to hello: AvatarClient follows a
-                c.log("hello_error", first.code)  # `moved` inside connect(), unseen by the app
-                if first.code == "moved":
-                    moved_to = first.url  # None: route again, at once
-                else:
-                    await backoff()
-                continue
-            if not isinstance(first, P.Welcome):
-                c.log("error", "no_welcome")
-                await backoff()
-                continue
-            c.url, delay = target, 0.1
-            c.log("connected", target)
-
-            async def send(ws) -> None:
-                nonlocal seq
-                phase = rng.uniform(0, 1 / rate)
-                t0 = loop.time() + phase
-                n = 0
-                while True:
-                    n += 1
-                    await asyncio.sleep(max(0.0, t0 + n / rate - loop.time()))
-                    seq += 1
-                    a = 0.3 * (loop.time() + c.i)
-                    p = (cx + 5 * math.cos(a), cy + 5 * math.sin(a), 0.0)
-                    await ws.send(P.encode_client(P.Pos(seq=seq, t=time.monotonic(), p=p)))
-
-            sender = asyncio.create_task(send(ws))
-            async for data in ws:
-                if data[1:12] == STATE_PREFIX:
-                    c.frames.append(time.monotonic())
-                    continue
-                msg = P.decode_server(data)
-                if isinstance(msg, P.Error):
-                    c.log("error", msg.code)
-                    if msg.code == "moved":
-                        moved_to = msg.url
-            c.log("closed", ws.close_code)
-        except ConnectionClosed as e:
-            c.log("closed", e.rcvd.code if e.rcvd else None)
-        except OSError as e:
-            c.log("closed", type(e).__name__)
-        finally:
-            c.url = None
-            if sender is not None:
-                sender.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await sender
-            if stop.is_set():
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(ws.close(), 2)
-        if moved_to is None and not stop.is_set():
-            await backoff()
-
-
-class Swarm:
-    """`n` bench clients over `rooms` rooms, in this process's loop."""
-
-    def __init__(self, seeds: list[str], n: int, rooms: int, rate: float) -> None:
-        self.clients = [Client(i, f"r{i % rooms}", seeds) for i in range(n)]
-        self.rate = rate
-        self.stop = asyncio.Event()
-        self.tasks: list[asyncio.Task] = []
-
-    async def start(self, ramp: float = 2.0) -> None:
-        for c in self.clients:
-            self.tasks.append(asyncio.create_task(run_client(c, self.stop, self.rate)))
-            await asyncio.sleep(ramp / len(self.clients))
-        await self.settled(60.0)
-
-    async def settled(self, timeout: float) -> float:
-        """Wait until every client got a state frame in the last 0.5 s; returns the wait."""
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            now = time.monotonic()
-            if all(c.url and c.frames and now - c.frames[-1] < 0.5 for c in self.clients):
-                return now - t0
-            await asyncio.sleep(0.1)
-        late = sum(not (c.frames and time.monotonic() - c.frames[-1] < 0.5) for c in self.clients)
-        raise TimeoutError(
-            f"{late} of {len(self.clients)} clients without frames after {timeout} s"
-        )
-
-    async def close(self) -> None:
-        self.stop.set()
-        _, late = await asyncio.wait(self.tasks, timeout=10)
-        for t in late:
-            t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-
-    def on(self, url: str) -> list[Client]:
-        return [c for c in self.clients if c.url == url]
-
-
-def next_frame_after(c: Client, t: float) -> float | None:
-    """Seconds from t to this client's first state frame after it (None: none came)."""
-    from bisect import bisect_right
-
-    j = bisect_right(c.frames, t)
-    return c.frames[j] - t if j < len(c.frames) else None
-
-
-def frames_between(c: Client, t0: float, t1: float) -> int:
-    from bisect import bisect_left
-
-    return bisect_left(c.frames, t1) - bisect_left(c.frames, t0)
-
-
-def quantiles(xs: list[float]) -> dict:
-    if not xs:
-        return {"n": 0, "p50": None, "p99": None, "max": None}
-    s = sorted(xs)
-
-    def q(p: float) -> float:
-        return round(s[min(len(s) - 1, math.ceil(p * len(s)) - 1)], 3)
-
-    return {"n": len(s), "p50": q(0.5), "p99": q(0.99), "max": round(s[-1], 3)}
-
-
-def errors_between(
-    clients: list[Client], t0: float, t1: float, kind_: str = "error"
-) -> dict[str, int]:
-    """Error messages by code in [t0, t1]: "error" those of a session (after its welcome),
-    "hello_error" the replies to a hello."""
-    out: dict[str, int] = {}
-    for c in clients:
-        for t, kind, detail in c.events:
-            if t0 <= t <= t1 and kind == kind_:
-                out[str(detail)] = out.get(str(detail), 0) + 1
-    return out
-
-
-def close_codes_between(clients: list[Client], t0: float, t1: float) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for c in clients:
-        for t, kind, detail in c.events:
-            if t0 <= t <= t1 and kind == "closed":
-                out[str(detail)] = out.get(str(detail), 0) + 1
-    return out
-
-
-async def sleep_till(t: float) -> None:
-    await asyncio.sleep(max(0.0, t - time.monotonic()))
 
 
 # -- the phases -----------------------------------------------------------------------------
@@ -509,14 +200,6 @@ async def phase_redis(swarm: Swarm, redis, rooms: int) -> dict:
         "directory_whole_after_s": None if whole is None else round(whole, 2),
         "longest_frame_gap_s": quantiles(stalls),
     }
-
-
-def longest_gap(c: Client, t0: float, t1: float) -> float:
-    """The longest time between two state frames of `c` (or a window edge) in [t0, t1]."""
-    from bisect import bisect_left
-
-    ts = [t0, *c.frames[bisect_left(c.frames, t0) : bisect_left(c.frames, t1)], t1]
-    return max(b - a for a, b in itertools.pairwise(ts))
 
 
 async def churn_phase(name: str, args, redis, log_dir: Path) -> dict:

@@ -16,28 +16,29 @@ each connection the client asks it where the room is served (`GET /route?room=`;
 without that route is used as it is) and connects there, and it follows a `moved` error
 (close 4001: the room is elsewhere, or the worker is draining) at once, without backoff.
 When the worker it was sent to cannot be reached (killed), it says hello at `url` itself.
+The look-up, the hello and the redirects are the client core's (`client_demo.wsclient`,
+shared with the load tool and bench/cluster.py); `route_url` is importable from here too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
-import json
 import logging
 import time
-import urllib.error
-import urllib.request
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from client_demo.reckoning import ClockMap
-from server import cli
+from client_demo import wsclient
+from client_demo.clock import ClockMap
+from client_demo.wsclient import MAX_MOVES, ROUTE_TIMEOUT, route_url
 from server.core import protocol as P
+
+__all__ = ["MAX_MOVES", "ROUTE_TIMEOUT", "AvatarClient", "Refused", "route_url"]
 
 log = logging.getLogger("avatar_stream.client")
 
@@ -50,38 +51,6 @@ class Refused(Exception):
     ) -> None:
         super().__init__(f"{code}: {message}")
         self.code, self.close_code, self.url = code, close_code, url
-
-
-MAX_MOVES = 4  # `moved` errors followed in a row before giving up (a routing loop)
-ROUTE_TIMEOUT = 5.0  # seconds for one GET /route
-
-
-def route_url(url: str, room: str, timeout: float = ROUTE_TIMEOUT) -> str:
-    """The WebSocket URL of the worker serving `room` (or suggested to place it), from
-    `GET /route?room=` on the host and port of `url` (blocking: call it in a thread from
-    a loop): `url` itself when the answer's url is null (one server) or the server has no
-    /route (HTTP 404, an older server).
-
-    Raises OSError: unreachable, timed out, another HTTP status, or not a route reply.
-    """
-    u = urlsplit(url)
-    where = f"{'https' if u.scheme == 'wss' else 'http'}://{u.netloc}/route?room={quote(room)}"
-    try:
-        with urllib.request.urlopen(where, timeout=timeout) as r:
-            got = json.loads(r.read())["url"]
-    except urllib.error.HTTPError as e:
-        if e.code == 404:
-            return url
-        raise OSError(f"GET {where}: HTTP {e.code}") from None
-    except (KeyError, ValueError, TypeError, http.client.HTTPException) as e:
-        raise OSError(f"GET {where}: not a route reply ({type(e).__name__}: {e})") from None
-    except urllib.error.URLError as e:  # an OSError already; name the URL
-        raise OSError(f"GET {where}: {cli.first_line(e.reason)}") from None
-    if got is None:
-        return url
-    if not isinstance(got, str) or urlsplit(got).scheme not in ("ws", "wss"):
-        raise OSError(f"GET {where}: not a route reply (url {got!r})")
-    return got
 
 
 class AvatarClient:
@@ -150,33 +119,27 @@ class AvatarClient:
         Raises Refused when the server answers with an error, OSError / InvalidHandshake
         when it cannot be reached (after `max_attempts` tries when reconnecting).
         """
-        delay, attempt, hops = self.backoff[0], 0, 0
+        delay, attempt, moves0 = self.backoff[0], 0, self.moves
         while True:
             attempt += 1
-            down = None  # a worker this attempt could not reach
+            target, self._moved_to = self._moved_to, None
+            hops = self.moves - moves0  # `moved` followed in this connect
             try:
-                target = self._moved_to or await self._route()
-                self._moved_to = None
-                try:
-                    return await self._open(target)
-                except (OSError, InvalidHandshake, TimeoutError):
-                    if target == self.url:
-                        raise
-                    # the worker it was sent to is down (killed: its rooms are free once
-                    # its entry expires): say hello at `url`, whose claim decides
-                    down = target
-                    return await self._open(self.url)
-            except Refused as e:
-                if e.code != "moved" or hops >= MAX_MOVES:
-                    raise
-                if e.url is None or e.url != down:
-                    hops += 1  # the room is elsewhere (or that worker drains): at once
-                    self.moves += 1
-                    self._moved_to = e.url
-                    continue
-                failed: Exception = e  # moved to the worker that is down: not expired yet
+                # a worker that cannot be reached (killed: its rooms are free once its entry
+                # expires) gets its hello said at `url` instead, whose claim decides
+                got = await wsclient.dial(self._open_hello, target, self._lookup,
+                                          fallback=self.url, moves=hops,
+                                          on_move=self._on_move)  # fmt: skip
             except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError) as e:
-                failed = e
+                failed: Exception = e
+            else:
+                if got.welcome is not None:
+                    return self._attach(got.conn, got.welcome, got.url)
+                failed = self._refused(got)
+                moved_to_down = got.down is not None and got.reply.url == got.down
+                if not (wsclient.is_moved(got.reply) and got.moves < MAX_MOVES and moved_to_down):
+                    raise failed
+                # moved to the worker that is down: its entry has not expired yet
             if not self.reconnect or (self.max_attempts and attempt >= self.max_attempts):
                 raise failed
             await asyncio.sleep(delay)
@@ -190,40 +153,31 @@ class AvatarClient:
         u = urlsplit(self.url)
         if u.scheme not in ("ws", "wss") or not u.hostname:
             raise ValueError(f"not a WebSocket URL: {self.url!r}")
-        error: OSError | None = None
-        for base in [self.url, *[w for w in reversed(self._workers) if w != self.url]]:
-            try:
-                return await asyncio.to_thread(route_url, base, self.room)
-            except OSError as e:
-                error = e
-        raise error
+        bases = [self.url, *[w for w in reversed(self._workers) if w != self.url]]
+        return (await wsclient.route(bases, self.room))[0]
 
-    async def _open(self, url: str) -> P.Welcome:
-        try:
-            ws = await connect(url, max_size=2**22, compression=None, open_timeout=10)
-        except InvalidURI as e:
-            raise ValueError(str(e)) from None
-        hello = P.Hello(
-            v=self.version,
-            room=self.room,
-            avatar=self.avatar,
-            token=self.token,
-            resume=self.resume,
-            region=self.region,
-        )
-        await ws.send(P.encode_client(hello))
-        try:
-            msg = P.decode_server(await ws.recv())
-        except ConnectionClosed as e:
-            raise Refused(
-                "closed", e.reason or "closed during hello", e.rcvd.code if e.rcvd else None
-            ) from None
-        if isinstance(msg, P.Error):
-            await ws.wait_closed()
-            raise Refused(msg.code, msg.message, ws.close_code, msg.url)
-        if not isinstance(msg, P.Welcome):
-            await ws.close()
-            raise Refused("bad_reply", f"expected welcome, got {type(msg).__name__}")
+    def _on_move(self, reply: P.Error) -> None:
+        self.moves += 1
+
+    async def _lookup(self) -> tuple[str, str]:
+        """`dial`'s look-up: the room's URL, falling back to `url`."""
+        return await self._route(), self.url
+
+    async def _open_hello(self, url: str):
+        hello = wsclient.hello_frame(self.room, self.avatar, v=self.version, token=self.token,
+                                     resume=self.resume, region=self.region)  # fmt: skip
+        return await wsclient.open_hello(url, hello)
+
+    @staticmethod
+    def _refused(got: wsclient.Dialed) -> Refused:
+        """The Refused for a hello `dial` did not get welcomed."""
+        reply = got.reply
+        if isinstance(reply, P.Error):
+            return Refused(reply.code, reply.message, got.close_code, reply.url)
+        return Refused("bad_reply", f"expected welcome, got {type(reply).__name__}")
+
+    def _attach(self, ws: ClientConnection, msg: P.Welcome, url: str) -> P.Welcome:
+        """Take the welcomed connection `ws` to `url`: start reading, writing and pinging."""
         self.ws, self.welcome, self.resume, self.served_by = ws, msg, msg.resume, url
         if url not in self._workers:
             self._workers = [*self._workers[-7:], url]
@@ -332,7 +286,7 @@ class AvatarClient:
                     self.names.pop(h, None)
             elif isinstance(msg, P.Error) and msg.code == "replaced":
                 self.reconnect = False  # another connection has this avatar: never fight it
-            elif isinstance(msg, P.Error) and msg.code == "moved":
+            elif wsclient.is_moved(msg):
                 self._moved_to = msg.url  # the reconnect after the close goes there (or routes)
                 self.moves += 1
             elif isinstance(msg, P.Pong):

@@ -1,6 +1,6 @@
-"""Stand-in load-tool workers for tests/test_loadtest.py: each gets the write end of its
-report pipe, as `client_demo.loadtest` workers do, and misbehaves in one way. Module-level,
-and light to import, so that a spawned process runs them quickly."""
+"""Stand-in load-tool workers for tests/test_loadtest_orchestrate.py: each gets the write end
+of its report pipe, as `client_demo.loadtest.worker` workers do, and misbehaves in one way.
+Module-level, and light to import, so that a spawned process runs them quickly."""
 
 from __future__ import annotations
 

@@ -1,14 +1,18 @@
-"""AvatarClient against a real server on 127.0.0.1 port 0."""
+"""AvatarClient against a real server on 127.0.0.1 port 0, and the client core it shares
+with the load tool and bench/cluster.py (`client_demo.wsclient`): GET /route, `dial`."""
 
 from __future__ import annotations
 
 import json
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 
-from client_demo.client import AvatarClient, Refused
+from client_demo import wsclient
+from client_demo.client import AvatarClient, Refused, route_url
 from server.core import protocol as P
 from tests.servers import running
 
@@ -116,3 +120,135 @@ async def test_client_sent_to_a_worker_that_is_down_says_hello_at_the_one_it_ask
         AvatarClient(entry.url, "r", "carol", max_attempts=1) as c,  # one try, no retry
     ):
         assert c.served_by == entry.url and entry.world.player("r", "carol") is not None
+
+
+# -- the client core: route_url, dial ----------------------------------------------------------
+
+
+def test_route_url_falls_back_to_the_url_asked_and_refuses_what_is_not_a_route():
+    asked = []
+    reply = {"status": 404, "body": b"not found\n"}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            asked.append(self.path)
+            self.send_response(reply["status"])
+            self.end_headers()
+            self.wfile.write(reply["body"])
+
+        def log_message(self, *args):
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Handler) as httpd:
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        try:
+            url = f"ws://127.0.0.1:{httpd.server_port}/"
+            assert route_url(url, "load 0") == url  # 404: a server without /route
+            assert asked == ["/route?room=load%200"]
+            reply.update(status=200, body=b'{"url": null}')  # one server: the URL asked
+            assert route_url(url, "load0") == url
+            reply["body"] = b'{"url": "ws://127.0.0.1:9/"}'
+            assert route_url(url, "load0") == "ws://127.0.0.1:9/"
+            for status, body in ((200, b"<html>"), (200, b'{"url": 3}'), (500, b"error")):
+                reply.update(status=status, body=body)
+                with pytest.raises(OSError, match="/route"):
+                    route_url(url, "load0")
+        finally:
+            httpd.shutdown()
+            thread.join(5)
+    with pytest.raises(OSError):
+        route_url("ws://127.0.0.1:1/", "load0")  # nobody listens
+
+
+def _replies(table: dict, down: set[str] = frozenset()):
+    """An open_hello that answers from `table` {url: reply} (and cannot reach `down`),
+    logging the URLs it was asked."""
+    asked: list[str] = []
+
+    async def open_hello(url: str):
+        asked.append(url)
+        if url in down:
+            raise ConnectionRefusedError(f"{url}: refused")
+        reply = table[url]
+        return f"conn to {url}", reply, None if isinstance(reply, P.Welcome) else 4001
+
+    return open_hello, asked
+
+
+WELCOME = P.Welcome(avatar="a", room="r", tick_hz=20.0, horizons=(0.1,), model="cv",
+                    server_time=1.0, resume="x")  # fmt: skip
+
+
+def moved(url: str | None) -> P.Error:
+    return P.Error("moved", "elsewhere", url)
+
+
+async def test_dial_follows_moved_at_once_and_stops_at_the_hop_limit():
+    open_hello, asked = _replies({"a": moved("b"), "b": moved("c"), "c": WELCOME})
+    hops: list[P.Error] = []
+    got = await wsclient.dial(open_hello, "a", on_move=hops.append)
+    assert got.welcome == WELCOME and got.conn == "conn to c" and got.url == "c"
+    assert asked == ["a", "b", "c"] and got.moves == 2 and [h.url for h in hops] == ["b", "c"]
+    # a loop: `max_moves` hops (counting the `moves` made before), then the `moved` is the reply
+    open_hello, asked = _replies({"a": moved("b"), "b": moved("a")})
+    got = await wsclient.dial(open_hello, "a", moves=1, max_moves=3)
+    assert asked == ["a", "b", "a"] and got.moves == 3 and got.welcome is None
+    assert got.conn is None and got.reply == moved("b") and got.close_code == 4001
+    # none followed at all: the first `moved` is the refusal
+    open_hello, asked = _replies({"a": moved("b")})
+    got = await wsclient.dial(open_hello, "a", max_moves=0)
+    assert asked == ["a"] and got.reply == moved("b") and got.moves == 0
+
+
+async def test_dial_looks_the_room_up_for_no_target_and_a_moved_without_url():
+    lookups = []
+
+    async def lookup():
+        lookups.append(1)
+        return "b", None
+
+    open_hello, asked = _replies({"a": moved(None), "b": WELCOME})
+    got = await wsclient.dial(open_hello, "a", lookup)
+    assert asked == ["a", "b"] and len(lookups) == 1 and got.welcome == WELCOME
+    got = await wsclient.dial(open_hello, None, lookup)
+    assert asked[-1] == "b" and len(lookups) == 2 and got.moves == 0
+    with pytest.raises(ValueError):
+        await wsclient.dial(open_hello, None)
+
+
+async def test_dial_says_hello_at_the_fallback_when_a_worker_is_down():
+    # the lookup's fallback (the server that answered) for a looked-up URL; `fallback` for
+    # the target and for the URLs a `moved` names
+    async def lookup():
+        return "dead", "entry"
+
+    open_hello, asked = _replies({"entry": WELCOME}, down={"dead"})
+    got = await wsclient.dial(open_hello, None, lookup)
+    assert asked == ["dead", "entry"] and got.url == "entry" and got.down == "dead"
+    assert got.welcome == WELCOME
+    open_hello, asked = _replies({"a": moved("dead"), "home": WELCOME}, down={"dead"})
+    got = await wsclient.dial(open_hello, "a", fallback="home")
+    assert asked == ["a", "dead", "home"] and got.welcome == WELCOME and got.moves == 1
+    # the fallback sends it back to the worker that is down (its entry has not expired):
+    # not followed, it is the refusal
+    open_hello, asked = _replies({"home": moved("dead")}, down={"dead"})
+    got = await wsclient.dial(open_hello, "dead", fallback="home")
+    assert asked == ["dead", "home"] and got.reply == moved("dead") and got.down == "dead"
+    # no fallback, or the fallback itself down: the error is raised
+    with pytest.raises(ConnectionRefusedError):
+        await wsclient.dial(_replies({}, down={"dead"})[0], "dead")
+    with pytest.raises(ConnectionRefusedError):
+        await wsclient.dial(_replies({}, down={"dead", "home"})[0], "dead", fallback="home")
+
+
+async def test_open_hello_gives_the_refusal_with_its_close_code():
+    async with running(max_room_avatars=1) as srv:
+        hello = wsclient.hello_frame("r", "x")
+        ws, welcome, code = await wsclient.open_hello(srv.url, hello)
+        assert isinstance(welcome, P.Welcome) and code is None and welcome.avatar == "x"
+        _, reply, code = await wsclient.open_hello(srv.url, wsclient.hello_frame("r", "y"))
+        assert isinstance(reply, P.Error) and reply.code == "room_full" and code == 1013
+        await ws.close()
+    with pytest.raises(ValueError):
+        await wsclient.open_hello("http://127.0.0.1:1/", hello)
