@@ -36,6 +36,7 @@ import torch
 
 from server.core import blend as BL
 from server.core import features as F
+from server.core import neighbours as NB
 from server.core.blend import BlendConfig, BlendState
 from server.core.features import FeatureConfig, FeatureState
 from server.core.model import LoadedModel, resolve_device
@@ -81,7 +82,6 @@ class TickEngine:
             self.cfg = features or FeatureConfig()
         self.model = model
         self.version = model.version if model is not None else "cv"
-        # model-step rows whose hidden state / prediction was not finite (see nonfinite_resets)
         layers, hidden = state_shape(model)
         self.horizons = np.asarray(self.cfg.horizons)
         H = len(self.horizons)
@@ -91,6 +91,8 @@ class TickEngine:
         self.blend = blend
         if blend is not None and model is not None:
             BL.warm_up(self.horizons)  # compiled now, not in the first tick
+        if model is not None and self.cfg.neighbours:
+            NB.warm_up()
         bc = blend or BlendConfig()
         self.bstate = BlendState(capacity, self.horizons, bc.lane_dt, bc.max_lanes)
         # each slot's expert weights at its last step, averaged over the horizons (E,)

@@ -11,15 +11,18 @@ more than `max_gap` apart in time is left out.
 
 The search is a uniform grid with cell side `nb_radius`: candidates are the avatars of
 the 3x3 cells around the avatar's, at most `nb_cell_cap` per cell (a denser cell keeps
-those nearest its centre), so the cost is bounded per avatar whatever the crowd. All of
-it is array code over the tick's rows (no per-avatar Python); serving and training call
-the same function through `server.core.features.tick_features`.
+those nearest its centre), so the cost is bounded per avatar whatever the crowd. The grid
+is array code over the tick's rows; each avatar's candidates, its k nearest and their
+features are one compiled loop (`server.core.neighbour_kernels`), with the array code's
+float32 arithmetic. Serving and training call the same function through
+`server.core.features.tick_features`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from server.core import neighbour_kernels as K
 from server.core.layout import FEATURE_CLIP, NB_ON, NB_VX, NB_WIDTH, FeatureConfig, FeatureState
 
 _OFF = 1 << 20  # grid coordinates are offset to stay positive inside the packed key
@@ -79,58 +82,32 @@ def neighbour_features(
     bounds = np.r_[first, len(skey)]
     lo_i = np.where(hit, bounds[np.minimum(lo, len(cells) - 1)], 0)
     cnt = np.where(hit, np.minimum(bounds[np.minimum(lo, len(cells) - 1) + 1] - lo_i, M), 0)
-    # Each avatar reads its own cell's block: the (avatar, candidate) pairs, flat.
+    # Each avatar reads its own cell's 3x3 block (compiled: `neighbour_kernels.nearest`).
     ex, ey = d[11, rows], d[12, rows]
     egx, egy = np.floor(ex / R), np.floor(ey / R)
     elx = (ex - egx * R).astype(np.float32)
     ely = (ey - egy * R).astype(np.float32)
     ekey = _keys(group[rows], egx.astype(np.int64), egy.astype(np.int64))
     ecell = np.minimum(np.searchsorted(cells, ekey), len(cells) - 1)
-    # An avatar that is not itself a candidate (not live) finds no cell: no neighbours.
-    cnt9 = np.where((cells[ecell] == ekey)[:, None], cnt[ecell], 0).ravel()  # (n * 9,)
-    total = int(cnt9.sum())
-    if total == 0:
-        return out
-    pair = np.repeat(np.arange(n * 9), cnt9)  # (total,) avatar * 9 + cell
-    first_of = np.cumsum(cnt9) - cnt9
-    within = np.arange(total) - first_of[pair]
-    col = within + (first_of - np.repeat(first_of[::9], 9))[pair]  # rank within the avatar
-    ego = pair // 9
-    c = tab[:, lo_i[ecell].ravel()[pair] + within]  # (6, total): one gather
-    age = (clock[rows] - c0).astype(np.float32)[ego] - c[4]
-    ok = (c[5] != rows[ego]) & (np.abs(age) <= cfg.max_gap)
-    np.clip(age, -cfg.max_gap, cfg.max_gap, out=age)
-    cell9 = pair % 9
-    rx = c[0] + (_DX[cell9] * R).astype(np.float32) + c[2] * age - elx[ego]
-    ry = c[1] + (_DY[cell9] * R).astype(np.float32) + c[3] * age - ely[ego]
-    d2 = rx * rx + ry * ry
-    ok &= d2 <= R * R
-    # Padded per avatar (width: the most candidates any avatar has) for the top-k.
-    W = int(col.max()) + 1
-    d2p = np.full((n, W), np.inf, dtype=np.float32)
-    d2p[ego[ok], col[ok]] = d2[ok]
-    at = np.full((n, W), total, dtype=np.int64)  # index into the flat arrays; total = none
-    at[ego, col] = np.arange(total)
-    on_all = np.r_[ok, False]
-    rx, ry = np.r_[rx, 0.0], np.r_[ry, 0.0]
-    cvx, cvy = np.r_[c[2], 0.0], np.r_[c[3], 0.0]
-    # The k nearest, nearest first.
-    kk = min(k, W)
-    part = np.argpartition(d2p, kk - 1, axis=1)[:, :kk] if kk < W else np.argsort(d2p, 1)
-    srt = np.argsort(np.take_along_axis(d2p, part, 1), axis=1, kind="stable")
-    sel = np.take_along_axis(at, np.take_along_axis(part, srt, 1), 1)  # (n, kk) flat index
-    on = on_all[sel]
-    px, py = rx[sel], ry[sel]
-    vx = cvx[sel] - d[14, rows][:, None]
-    vy = cvy[sel] - d[15, rows][:, None]
-    hc, hs = d[9, rows][:, None], d[10, rows][:, None]
-    blk = np.zeros((n, kk, NB_WIDTH), dtype=np.float32)
-    blk[..., 0] = (hc * px + hs * py) / cfg.nb_pos_scale
-    blk[..., 1] = (-hs * px + hc * py) / cfg.nb_pos_scale
-    blk[..., NB_VX] = (hc * vx + hs * vy) / cfg.v_scale
-    blk[..., NB_VX + 1] = (-hs * vx + hc * vy) / cfg.v_scale
-    blk[..., NB_ON] = 1.0
-    blk[~on] = 0.0
-    np.clip(blk, -FEATURE_CLIP, FEATURE_CLIP, out=blk)
-    out[:, : NB_WIDTH * kk] = blk.reshape(n, -1)
+    efound = cells[ecell] == ekey  # one that is not itself a candidate (not live): none
+    eage = (clock[rows] - c0).astype(np.float32)
+    K.nearest(
+        tab, lo_i, cnt, ecell, efound, elx, ely, eage, rows, d[14, rows], d[15, rows],
+        d[9, rows], d[10, rows], k, float(R), float(cfg.max_gap), float(cfg.nb_pos_scale),
+        float(cfg.v_scale), FEATURE_CLIP, NB_VX, NB_ON, NB_WIDTH, out,
+    )  # fmt: skip
     return out
+
+
+def warm_up() -> None:
+    """Compile the search's kernel now (or load it from numba's cache: fast), so that no
+    tick waits for it. The engine calls this for a model that takes neighbours, and so
+    does a step worker before it says it is ready."""
+    cfg = FeatureConfig(neighbours=1)
+    state = FeatureState(2)
+    d = state.data
+    d[:, :] = 0.0
+    d[9] = 1.0  # heading cos
+    d[11, 1] = 1.0  # the second one a metre east of the first
+    rows = np.arange(2, dtype=np.int64)
+    neighbour_features(state, rows, np.ones(2, bool), np.zeros(2, np.int64), np.zeros(2), cfg)

@@ -460,8 +460,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(threads)
     import server.core.blend
     import server.core.engine  # the engine's modules, before saying ready
+    import server.core.neighbours
 
-    server.core.blend.warm_up()  # and the blend's compiled kernels
+    server.core.blend.warm_up()  # and the compiled kernels: the blend's, the neighbours'
+    server.core.neighbours.warm_up()
 
     _send(sock, ("ready", os.getpid()))
     try:
