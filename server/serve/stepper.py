@@ -1,8 +1,8 @@
 """The model step in a child process: off the GIL the event loop holds.
 
 A step run in a thread of the server process waits for the GIL behind the event loop at
-each of the hundred-odd numpy and torch calls that let it go: at 1,000 clients it took
-37 ms (p50) where it takes 4.5 ms alone. In a child process the step has an interpreter
+each of the hundred-odd numpy and torch calls that let it go, several times longer than
+the same step alone. In a child process the step has an interpreter
 of its own; the server's loop hands it the tick's batch and waits for the answer, with
 the GIL released and nothing else to run (the loop does not serve sockets meanwhile, as
 with a step run inline: measured, awaiting the answer through the loop made the step's
