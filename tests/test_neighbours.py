@@ -204,3 +204,26 @@ def test_an_avatar_outside_every_occupied_cell_sees_no_one(rng):
     st.data[11:13, 0] = 5000.0
     got = neighbour_features(st, np.array([0, 1]), live, np.zeros(10, np.int64), st.t.copy(), cfg)
     assert not got[0].any() and got[1, L.NB_ON] == 1
+
+
+def test_set_threads_is_clamped_to_the_cores_and_kept_per_thread():
+    import threading
+
+    import numba
+
+    from server.core.neighbours import set_threads
+
+    cores = numba.config.NUMBA_NUM_THREADS
+    before = numba.get_num_threads()
+    try:
+        set_threads(10_000)
+        assert numba.get_num_threads() == cores
+        set_threads(0)
+        assert numba.get_num_threads() == 1
+        seen = []
+        t = threading.Thread(target=lambda: seen.append(numba.get_num_threads()))
+        t.start()
+        t.join()
+        assert seen == [cores]  # another thread keeps numba's default
+    finally:
+        numba.set_num_threads(before)

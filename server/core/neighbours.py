@@ -111,3 +111,11 @@ def warm_up() -> None:
     d[11, 1] = 1.0  # the second one a metre east of the first
     rows = np.arange(2, dtype=np.int64)
     neighbour_features(state, rows, np.ones(2, bool), np.zeros(2, np.int64), np.zeros(2), cfg)
+
+
+def set_threads(n: int) -> None:
+    """Share the search over `n` threads (at most the machine's cores) from this thread:
+    numba's count is per calling thread, so call it in the thread that steps the engine."""
+    import numba
+
+    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))

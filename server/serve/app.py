@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from server.core import neighbours as NB
 from server.core import protocol as P
 from server.core import session as S
 from server.core.blend import BlendConfig
@@ -60,6 +61,7 @@ def build_engine(config: Config) -> TickEngine:
     Raises FileNotFoundError / ValueError for a missing or bad checkpoint or device.
     """
     torch.set_num_threads(config.threads)
+    NB.set_threads(config.threads)  # the neighbour search's, on this (the loop's) thread
     if config.predictor == "cv":
         engine = TickEngine(None, device=config.device)
     else:

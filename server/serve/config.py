@@ -165,7 +165,8 @@ HELP = {
     "by how each one's earlier predictions turned out (server.core.blend); --no-blend: the "
     "network alone (what the blend costs: docs/performance.md)",
     "device": "auto, cpu, cuda or cuda:N for the model step",
-    "threads": "torch CPU threads for the model step (1 leaves the other cores to I/O)",
+    "threads": "CPU threads for the model step, torch's and the neighbour search's (1 "
+    "leaves the other cores to I/O)",
     "aoi_radius": "area-of-interest radius in metres: players see avatars this close",
     "aoi_refresh": "recompute each player's view every this many ticks, a share of the "
     "players each tick (1: every view every tick); positions in frames are always current",

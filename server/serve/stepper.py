@@ -47,6 +47,7 @@ import weakref
 
 import numpy as np
 
+from server.core import neighbours as NB
 from server.core.blend import EXPERTS
 
 log = logging.getLogger("avatar_stream")
@@ -401,6 +402,7 @@ def _serve(sock: socket.socket) -> int:
 
                 engine = msg[1]
                 torch.set_num_threads(msg[2])
+                NB.set_threads(msg[2])
                 engine._pending[:] = False  # the server hands over between two ticks
             elif kind == "segment":
                 if seg is not None:
@@ -463,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     import server.core.neighbours
 
     server.core.blend.warm_up()  # and the compiled kernels: the blend's, the neighbours'
+    server.core.neighbours.set_threads(threads)
     server.core.neighbours.warm_up()
 
     _send(sock, ("ready", os.getpid()))

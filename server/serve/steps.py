@@ -24,6 +24,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from server.core import neighbours as NB
 from server.core.engine import TickEngine
 from server.core.tick_io import TickResult
 from server.serve.stepper import StepWorker, StepWorkerGone
@@ -83,7 +84,9 @@ class StepRunner:
         self.worker: StepWorker | None = None
         self.failed = False  # a worker failed: in-process for the rest of this runner's life
         self._started_at = 0.0
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="avatar-step")
+        self._executor = ThreadPoolExecutor(
+            1, thread_name_prefix="avatar-step", initializer=NB.set_threads, initargs=(threads,)
+        )
 
     @property
     def active(self) -> bool:
