@@ -636,6 +636,88 @@ def test_fuzz_mutated_frames(junk, at):
             check_server(data)
 
 
+_COORD = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(-P.MAX_COORD * 1.01, P.MAX_COORD * 1.01),
+    st.sampled_from(
+        [P.MAX_COORD, -P.MAX_COORD, 0.0, -0.0, 1.5 * P.MAX_COORD, -1.5 * P.MAX_COORD]
+        + [math.nextafter(P.MAX_COORD, math.inf), math.nextafter(-P.MAX_COORD, -math.inf)]
+    ),
+    st.integers(-(2**60), 2**60),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=3),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(_COORD, min_size=0, max_size=4),
+    st.one_of(
+        st.floats(),
+        st.sampled_from([1e12, -1e12, math.nextafter(1e12, 2e12), -1.5e12]),
+        st.integers(-(2**62), 2**62),
+        st.none(),
+    ),
+    st.one_of(st.integers(-5, 2**33), st.sampled_from([P.MAX_SEQ, P.MAX_SEQ + 1]), st.floats()),
+    st.one_of(st.none(), st.floats(), st.just("absent")),
+)
+def test_the_fast_pos_path_accepts_and_decodes_exactly_what_the_checked_one_does(p, t, seq, yaw):
+    # decode_client takes a shortcut for the common pos; every map, hostile ones included,
+    # must come out as the field-by-field checks decide: the same Pos, or the same error
+    d = {"type": "pos", "p": p, "t": t, "seq": seq}
+    if yaw != "absent":
+        d["yaw"] = yaw
+
+    def outcome(decode):
+        try:
+            return decode()
+        except P.ProtocolError as e:
+            return ("error", e.code)
+
+    fast = outcome(lambda: P.decode_client(pk(d)))
+    checked = outcome(
+        lambda: P._checked_pos(P.decode_client.__globals__["C"].unpack_map(pk(d), {}))
+    )
+    assert fast == checked
+
+
+_EDGES = [
+    0.0, -0.0, 1.0, P.MAX_COORD, -P.MAX_COORD, 1e12, -1e12, 1.5e12, -1.5e12,
+    math.nextafter(P.MAX_COORD, math.inf), math.nextafter(-P.MAX_COORD, -math.inf),
+    1.5 * P.MAX_COORD, -1.5 * P.MAX_COORD, math.inf, -math.inf, math.nan, 3, True, None, "1",
+]  # fmt: skip
+
+
+def _outcome(d: dict):
+    try:
+        fast = P.decode_client(pk(d))
+    except P.ProtocolError as e:
+        fast = ("error", e.code)
+    try:
+        checked = P._checked_pos(P.decode_client.__globals__["C"].unpack_map(pk(d), {}))
+    except P.ProtocolError as e:
+        checked = ("error", e.code)
+    return fast, checked
+
+
+@pytest.mark.parametrize("field", ["x", "y", "z", "t", "seq", "yaw"])
+@pytest.mark.parametrize("value", [*_EDGES, P.MAX_SEQ, P.MAX_SEQ + 1, -1], ids=repr)
+def test_the_fast_pos_path_at_every_edge_of_each_field(field, value):
+    p = {"x": 1.0, "y": 2.0, "z": 3.0}
+    d = {"type": "pos", "t": 5.0, "seq": 7}
+    if field in p:
+        p[field] = value
+    else:
+        d[field] = value
+    d["p"] = [p["x"], p["y"], p["z"]]
+    fast, checked = _outcome(d)
+    assert fast == checked
+    d["p"] = d["p"][:2]  # (x, y): z is 0
+    fast, checked = _outcome(d)
+    assert fast == checked
+
+
 # -- the document ------------------------------------------------------------------------
 
 

@@ -64,6 +64,7 @@ class FanOut:
             slots = np.fromiter((m.slot for m in players), dtype=np.int64, count=len(players))
             live = ~np.isnan(latest.t[slots])  # players with a prediction are visible
             vis = [m for m, ok in zip(players, live, strict=True) if ok]
+            mark = np.zeros(len(vis), dtype=bool)  # scratch for the v2 rows that entered
             vslots = slots[live]
             pos, anchor = latest.pos[vslots], latest.clock[vslots]
             off, seq = latest.off[vslots], latest.seq[vslots]
@@ -128,7 +129,7 @@ class FanOut:
                     if m.version == 1:
                         self._frame(m, framer, b - a, all1[a * size : b * size], server_time)
                     elif entered or m.resync:
-                        rows = self._v2_rows(m, indices[a:b], due, entered)
+                        rows = self._v2_rows(m, indices[a:b], due, entered, mark)
                         self._frame(m, framer, len(rows), rec2[rows].tobytes(), server_time)
                     else:
                         c, d = due_bounds[i], due_bounds[i + 1]
@@ -141,22 +142,26 @@ class FanOut:
                 if m.version == 1:
                     self._frame(m, framer, len(idx), rec1[idx].tobytes(), server_time)
                 else:
-                    rows = self._v2_rows(m, idx, due, entered)
+                    rows = self._v2_rows(m, idx, due, entered, mark)
                     self._frame(m, framer, len(rows), rec2[rows].tobytes(), server_time)
                 if m.outbox.state is not None or m.outbox.controls:
                     out.append(m)
         return out
 
     @staticmethod
-    def _v2_rows(m: Member, view: np.ndarray, due: np.ndarray, entered: list[int]) -> np.ndarray:
+    def _v2_rows(
+        m: Member, view: np.ndarray, due: np.ndarray, entered: list[int], mark: np.ndarray
+    ) -> np.ndarray:
         """The rows of `view` a v2 member gets: the due ones and those that just entered
-        (every one after a dropped frame)."""
+        (every one after a dropped frame). `mark`: all False, one per visible row (left so)."""
         if m.resync:
             m.resync = False
             return view
         pick = due[view]
         if entered:
-            pick |= np.isin(view, entered)
+            mark[entered] = True
+            pick |= mark[view]
+            mark[entered] = False
         return view[pick]
 
     def _frame(

@@ -296,14 +296,7 @@ def decode_client(data: Any, *, max_size: int | None = None) -> ClientMessage:
     d = C.unpack_map(data, _LIMITS)
     kind = d["type"]
     if kind == "pos":
-        p = C.vector(d, "p", (2, 3))
-        yaw = None if d.get("yaw") is None else C.number(d, "yaw", bound=1e3)
-        return Pos(
-            seq=C.integer(d, "seq", 0, MAX_SEQ),
-            t=C.number(d, "t", bound=1e12),
-            p=(p[0], p[1], p[2] if len(p) == 3 else 0.0),
-            yaw=yaw,
-        )
+        return _fast_pos(d) or _checked_pos(d)
     if kind == "hello":
         v = d.get("v")
         if isinstance(v, bool) or not isinstance(v, int):
@@ -325,6 +318,47 @@ def decode_client(data: Any, *, max_size: int | None = None) -> ClientMessage:
     if kind == "ping":
         return Ping(t=C.number(d, "t"))
     raise ProtocolError("unknown_type", f'unknown message type "{kind[:32]}"')
+
+
+def _checked_pos(d: dict) -> Pos:
+    """A `pos` map's fields, each checked (its ProtocolError names the broken rule)."""
+    p = C.vector(d, "p", (2, 3))
+    yaw = None if d.get("yaw") is None else C.number(d, "yaw", bound=1e3)
+    return Pos(
+        seq=C.integer(d, "seq", 0, MAX_SEQ),
+        t=C.number(d, "t", bound=1e12),
+        p=(p[0], p[1], p[2] if len(p) == 3 else 0.0),
+        yaw=yaw,
+    )
+
+
+def _fast_pos(d: dict) -> Pos | None:
+    """The common `pos` (float t and coordinates, an int seq, no yaw) in a few comparisons;
+    None for anything else, which `_checked_pos` then decodes or refuses. It accepts only
+    what `_checked_pos` accepts, and gives the same `Pos` (NaN fails every comparison)."""
+    p, t, seq = d.get("p"), d.get("t"), d.get("seq")
+    if type(p) is not list or type(t) is not float or type(seq) is not int or "yaw" in d:
+        return None
+    n = len(p)
+    if n == 3:
+        x, y, z = p
+        if type(z) is not float or not -MAX_COORD <= z <= MAX_COORD:
+            return None
+    elif n == 2:
+        x, y = p
+        z = 0.0
+    else:
+        return None
+    if (
+        type(x) is float
+        and type(y) is float
+        and -MAX_COORD <= x <= MAX_COORD
+        and -MAX_COORD <= y <= MAX_COORD
+        and -1e12 <= t <= 1e12
+        and 0 <= seq <= MAX_SEQ
+    ):
+        return Pos(seq=seq, t=t, p=(x, y, z))
+    return None
 
 
 def decode_server(data: Any) -> ServerMessage:

@@ -24,9 +24,8 @@ anything else (a server bug) with `internal_error`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from server.core import protocol as P
@@ -167,29 +166,27 @@ class Session:
                 )
             return []
         self._tokens -= 1.0
-        out: list[Action] = []
-        with self._refusing("handling a message", out):
+        try:  # the hot path: a pos, no action
             m = self.member
             if m is None:
-                if (
-                    self._claiming is not None
-                ):  # hello is being placed: nothing else is read meanwhile
-                    return out
-                out += self._hello(P.decode_client(data, max_size=rules.max_hello_frame), now)
-                return out
+                if self._claiming is not None:  # hello is being placed: nothing else is read
+                    return []
+                return self._hello(P.decode_client(data, max_size=rules.max_hello_frame), now)
             msg = P.decode_client(data, max_size=rules.max_frame)
-            if isinstance(msg, P.Pos):
+            if type(msg) is P.Pos:
                 self.world.receive_pos(m, msg, self.epoch + now, rtt)
-            elif isinstance(msg, P.Ping):
-                out.append(Send([P.encode_pong(msg.t, self.epoch + now)]))
-            elif isinstance(msg, P.View):
+                return []
+            if type(msg) is P.Ping:
+                return [Send([P.encode_pong(msg.t, self.epoch + now)])]
+            if type(msg) is P.View:
                 self.world.set_view(m, msg.region)
-            elif isinstance(msg, P.Bye):
+                return []
+            if type(msg) is P.Bye:
                 self._leave()
-                out.append(Close(P.CLOSE_NORMAL, "bye"))
-            else:  # a second hello
-                raise P.ProtocolError("expected_hello", "hello was already received")
-        return out
+                return [Close(P.CLOSE_NORMAL, "bye")]
+            raise P.ProtocolError("expected_hello", "hello was already received")
+        except Exception as e:
+            return self._refused(e, "handling a message")
 
     def pong(self, now: float) -> None:
         """A WebSocket pong arrived (it counts as traffic for the idle timeout)."""
@@ -235,10 +232,10 @@ class Session:
             )
         if not owned:
             return self.refuse(P.ProtocolError("moved", "this worker is shutting down; look again"))
-        out: list[Action] = []
-        with self._refusing("admitting a hello", out):
-            out += self._admit(hello, now)
-        return out
+        try:
+            return self._admit(hello, now)
+        except Exception as e:
+            return self._refused(e, "admitting a hello")
 
     def replaced(self) -> list[Action]:
         """Another connection took this one's avatar: close this one, keep the avatar."""
@@ -280,17 +277,13 @@ class Session:
 
     # -- inside ------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _refusing(self, doing: str, out: list[Action]) -> Iterator[None]:
-        """A protocol error inside closes this connection with its code; anything else (a
-        server bug) with internal_error: the server and the other connections stay."""
-        try:
-            yield
-        except P.ProtocolError as e:
-            out += self.refuse(e)
-        except Exception:
-            log.exception("%s from %s failed", doing, self.peer)
-            out += self.refuse(P.ProtocolError("internal_error", "the server failed on a message"))
+    def _refused(self, e: Exception, doing: str) -> list[Action]:
+        """A protocol error closes this connection with its code; anything else (a server
+        bug) with internal_error: the server and the other connections stay."""
+        if isinstance(e, P.ProtocolError):
+            return self.refuse(e)
+        log.error("%s from %s failed", doing, self.peer, exc_info=e)
+        return self.refuse(P.ProtocolError("internal_error", "the server failed on a message"))
 
     def _hello(self, msg: P.ClientMessage, now: float) -> list[Action]:
         if not isinstance(msg, P.Hello):

@@ -116,7 +116,9 @@ class ClientConnection:
 
     def on_message(self, data: bytes | str) -> None:
         """One whole client message (the transport calls this). Never raises."""
-        self.apply(self.session.receive(data, time.monotonic(), self.conn.latency))
+        actions = self.session.receive(data, time.monotonic(), self.conn.latency)
+        if actions:
+            self.apply(actions)
         if self._timer is not None and self.session.hello_deadline is None:
             self._timer.cancel()
             self._timer = None
