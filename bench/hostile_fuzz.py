@@ -1,7 +1,8 @@
 """Fuzzing `server.core.protocol.decode_client` in this process: random frames, mutated
 valid frames, random msgpack structures and text, seeded; anything but ProtocolError is a
-bug, and what it accepts must survive an encode/decode round trip. Part of
-`bench/hostile.py`."""
+bug, and what it accepts must survive an encode/decode round trip. Every bytes frame that
+starts with the binary pos tag also goes to `decode_pos_binary` (what a server does for a
+player that asked for binary pos), under the same rule. Part of `bench/hostile.py`."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ def _corpus() -> list[bytes]:
         P.Ping(t=123.0),
     ]
     frames = [P.encode_client(m) for m in msgs]
+    frames.append(P.encode_pos_binary(P.Pos(seq=17, t=12.345, p=(3.5, -1.25, 0.0))))
+    frames.append(P.encode_pos_binary(P.Pos(seq=2**32 - 1, t=-1e12, p=(1e6, -1e6, 0.0))))
     frames.append(msgpack.packb({"type": "pos", "seq": 1, "t": 1, "p": [1, 2]}))
     frames.append(msgpack.packb({"type": "pos", "seq": 1, "t": 1.5, "p": [1.0, 2.0], "x": {}}))
     return frames
@@ -152,6 +155,8 @@ def fuzz(n: int, seed: int, max_size: int) -> dict:
     others: Counter = Counter()
     examples: dict[str, str] = {}
     roundtrip_bad = 0
+    binary: Counter = Counter()  # binary pos decoder: "accepted" or the ProtocolError code
+    tag = bytes([P.POS_BINARY_TAG])
     mem0 = proc_memory()
     maxrss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
@@ -167,6 +172,19 @@ def fuzz(n: int, seed: int, max_size: int) -> dict:
             frame = "".join(chr(rng.randrange(0x20, 0x3000)) for _ in range(rng.randrange(40)))
         else:
             frame = rng.choice(corpus) + rng.randbytes(rng.choice([max_size, 10]))
+        if isinstance(frame, bytes) and frame[:1] == tag:
+            try:
+                pos = P.decode_pos_binary(frame)
+            except P.ProtocolError as e:
+                binary[e.code] += 1
+            except Exception as e:  # a bug, as below
+                others[type(e).__name__] += 1
+                examples.setdefault(type(e).__name__, repr(frame[:200]))
+            else:
+                binary["accepted"] += 1
+                if P.encode_pos_binary(pos) != frame:
+                    roundtrip_bad += 1
+                    examples.setdefault("roundtrip", repr(frame[:200]))
         try:
             msg = P.decode_client(frame, max_size=max_size)
         except P.ProtocolError as e:
@@ -188,6 +206,7 @@ def fuzz(n: int, seed: int, max_size: int) -> dict:
         "wall_s": round(wall, 2),
         "accepted": dict(accepted),
         "protocol_errors": dict(codes.most_common()),
+        "binary_pos": dict(binary.most_common()),
         "other_exceptions": dict(others),
         "examples": examples,
         "roundtrip_mismatches": roundtrip_bad,

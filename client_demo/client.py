@@ -69,19 +69,25 @@ class AvatarClient:
         ping_interval: float = 2.0,
         max_attempts: int | None = None,
         version: int = P.VERSION,
+        pos_encoding: str = "msgpack",
     ) -> None:
         """Nothing connects until `connect()` (or `async with`). Raises ValueError on bad args.
 
         `version` 2 (the default) gets downlink dead reckoning: a `State` holds only the
         avatars whose path changed (or that just entered the view), so keep each avatar's
         last path until its `Leave` (`client_demo.reckoning.DeadReckoner` does); 1 gets
-        every avatar in view every tick.
+        every avatar in view every tick. `pos_encoding` "binary" sends each `pos` as the
+        37-byte binary frame (docs/protocol.md) when the server's `welcome` confirms it,
+        msgpack otherwise.
         """
         if ping_interval <= 0 or backoff[0] <= 0 or backoff[1] < backoff[0]:
             raise ValueError("need ping_interval > 0 and 0 < backoff[0] <= backoff[1]")
         if version not in P.VERSIONS:
             raise ValueError(f"version must be one of {P.VERSIONS}")
         self.version = version
+        if pos_encoding not in P.POS_ENCODINGS:
+            raise ValueError(f"pos_encoding must be one of {P.POS_ENCODINGS}")
+        self.pos_encoding = pos_encoding
         self.url, self.room, self.avatar, self.region, self.token = url, room, avatar, region, token
         self.reconnect, self.backoff = reconnect, backoff
         self.ping_interval, self.max_attempts = ping_interval, max_attempts
@@ -165,7 +171,8 @@ class AvatarClient:
 
     async def _open_hello(self, url: str):
         hello = wsclient.hello_frame(self.room, self.avatar, v=self.version, token=self.token,
-                                     resume=self.resume, region=self.region)  # fmt: skip
+                                     resume=self.resume, region=self.region,
+                                     pos_encoding=self.pos_encoding)  # fmt: skip
         return await wsclient.open_hello(url, hello)
 
     @staticmethod
@@ -211,7 +218,10 @@ class AvatarClient:
 
     def send_pos(self, seq: int, t: float, p: Sequence[float]) -> None:
         """Queue a position for sending. Never blocks."""
-        self._send(P.encode_client(P.Pos(seq=seq, t=float(t), p=tuple(float(v) for v in p))))
+        pos = P.Pos(seq=seq, t=float(t), p=tuple(float(v) for v in p))
+        w = self.welcome
+        binary = w is not None and w.pos_encoding == "binary"
+        self._send(P.encode_pos_binary(pos) if binary else P.encode_client(pos))
 
     def set_region(self, region: tuple[float, float, float, float] | None) -> None:
         """Spectators: change the region of the room to watch (None: whole room)."""

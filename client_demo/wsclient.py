@@ -90,9 +90,13 @@ def hello_frame(
     token: str | None = None,
     resume: str | None = None,
     region: tuple[float, float, float, float] | None = None,
+    pos_encoding: str = "msgpack",
 ) -> bytes:
-    """The encoded `hello`."""
-    hello = P.Hello(room=room, avatar=avatar, v=v, token=token, resume=resume, region=region)
+    """The encoded `hello` (`pos_encoding` "binary": this player will send binary pos)."""
+    hello = P.Hello(
+        room=room, avatar=avatar, v=v, token=token, resume=resume, region=region,
+        pos_encoding=pos_encoding,
+    )  # fmt: skip
     return P.encode_client(hello)
 
 

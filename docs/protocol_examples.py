@@ -116,6 +116,21 @@ def example_pos() -> bytes:
     return P.encode_client(P.Pos(seq=17, t=12.345, p=(3.5, -1.25, 0.0)))
 
 
+def example_pos_binary() -> bytes:
+    return P.encode_pos_binary(P.Pos(seq=17, t=12.345, p=(3.5, -1.25, 0.0)))
+
+
+def annotate_pos_binary(data: bytes) -> str:
+    """The binary pos frame field by field (offset, bytes, field, value)."""
+    tag, seq, t, x, y, z = P.POS_BINARY.unpack(data)
+    fields = [(0, 1, "u8 tag", f"{tag:#04x}"), (1, 5, "u32 seq", str(seq)),
+              (5, 13, "f64 t", repr(t)), (13, 21, "f64 x", repr(x)),
+              (21, 29, "f64 y", repr(y)), (29, 37, "f64 z", repr(z))]  # fmt: skip
+    return "\n".join(
+        f"{i:3d}  {_hex(data[i:j]):<24}  {kind:<8} {value}" for i, j, kind, value in fields
+    )
+
+
 def example_state_inputs() -> dict:
     h = np.asarray(HORIZONS)
     # Handle 1 walks straight at (1.2, 0.5) m/s; handle 7 walks north at 1.4 m/s turning left.
@@ -356,6 +371,8 @@ def render_examples() -> str:
     hello, pos, state = example_hello(), example_pos(), example_state()
     assert P.decode_client(hello) == P.Hello(room="lobby", avatar="alice")
     assert P.decode_client(pos) == P.Pos(seq=17, t=12.345, p=(3.5, -1.25, 0.0))
+    pos_bin = example_pos_binary()
+    assert P.decode_pos_binary(pos_bin) == P.decode_client(pos)
     s = P.decode_server(state)
     assert isinstance(s, P.State)
 
@@ -418,6 +435,22 @@ def render_examples() -> str:
                 pos,
                 "Decoded: `seq` 17, `t` 12.345 s, `p` (3.5, −1.25, 0.0) m. "
                 "A client may as well send float32 or integers, and a 2-element `p`.",
+            ),
+            "\n".join(
+                [
+                    f"#### binary `pos` ({len(pos_bin)} bytes)",
+                    "",
+                    "```text",
+                    hexdump(pos_bin),
+                    "```",
+                    "",
+                    "```text",
+                    annotate_pos_binary(pos_bin),
+                    "```",
+                    "",
+                    "The same sample as the msgpack `pos` above, for a connection whose `hello` "
+                    'had `"pos_encoding": "binary"` (`decode_pos_binary` gives the same `Pos`).',
+                ]
             ),
             _section(
                 "`state` — two avatars, 10 horizons (0.1 … 1.0 s), dims 2", state, "\n".join(rows)

@@ -18,7 +18,7 @@ from server.core.engine import TickEngine
 from server.core.model import load_checkpoint
 from server.serve.transports import TRANSPORTS
 from tests import servers
-from tests.app_helpers import Client, drain, expect_refusal, fetch
+from tests.app_helpers import MAX_FRAMES, Client, drain, expect_refusal, fetch
 from tests.servers import running
 
 
@@ -414,3 +414,24 @@ async def test_v2_client_gets_only_changed_records_while_v1_gets_every_tick():
         assert sorted(old.visible(st)) == ["old", "still"]
         await still.close()
         await old.close()
+
+
+async def test_both_pos_encodings_in_one_room():
+    async with running() as srv:
+        a = await Client.open(srv, avatar="packed")
+        b = await Client.open(srv, avatar="binary", pos_encoding="binary")
+        assert (a.welcome.pos_encoding, b.welcome.pos_encoding) == ("msgpack", "binary")
+        seen: dict[str, set[str]] = {"packed": set(), "binary": set()}
+        for k in range(MAX_FRAMES):  # bounded: until each sees the other with a prediction
+            t = 0.05 * k
+            await a.pos(k, t, (0.1 * k, 0.0, 0.0))
+            await b.ws.send(P.encode_pos_binary(P.Pos(seq=k, t=t, p=(0.1 * k, 2.0, 0.0))))
+            for c, me in ((a, "packed"), (b, "binary")):
+                st = await c.state()
+                seen[me].update(c.visible(st))
+            if all(len(v) == 2 for v in seen.values()):
+                break
+        assert seen == {"packed": {"packed", "binary"}, "binary": {"packed", "binary"}}
+        assert srv.stats.errors == {}
+        await a.close()
+        await b.close()

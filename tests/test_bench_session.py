@@ -14,7 +14,9 @@ bench = load("session.py")
 def test_a_tiny_run_writes_its_figure(tmp_path):
     out = tmp_path / "s.json"
     res = bench.main(["--messages", "200", "--repeats", "1", "--json", str(out)])
-    assert res["us_per_pos"] > 0 and json.loads(out.read_text()) == res
+    assert set(res["us_per_pos"]) == {"msgpack", "binary"}
+    assert all(us > 0 for us in res["us_per_pos"].values())
+    assert json.loads(out.read_text()) == res
 
 
 def test_flags_are_checked():

@@ -44,6 +44,24 @@ async def test_stream_and_receive_own_and_others_predictions():
         assert a.frames_out >= 4 and a.bytes_in > 0
 
 
+async def test_a_binary_pos_client_beside_a_msgpack_one():
+    async with (
+        running() as srv,
+        AvatarClient(srv.url, "r", "alice", pos_encoding="binary") as a,
+        AvatarClient(srv.url, "r", "bob") as b,
+    ):
+        assert (a.welcome.pos_encoding, b.welcome.pos_encoding) == ("binary", "msgpack")
+        t0 = time.monotonic()
+        for k in range(3):
+            a.send_pos(k, t0 + 0.1 * k, (0.1 * k, 0.0, 0.0))
+            b.send_pos(k, t0 + 0.1 * k, (2.0, 0.1 * k))
+        st = await next_state(b, lambda s: len(s) == 2 and s.seq.max() == 2)
+        assert sorted(b.names[h] for h in st.handle.tolist()) == ["alice", "bob"]
+        assert a.bytes_out >= 3 * 37 and srv.stats.errors == {}
+    with pytest.raises(ValueError):
+        AvatarClient("ws://127.0.0.1:1/", "r", "c", pos_encoding="json")
+
+
 async def test_refused_replaced_and_resumed_after_a_drop():
     async with (
         running(max_room_avatars=1) as srv,

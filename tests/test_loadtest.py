@@ -51,18 +51,27 @@ def complete(r: dict) -> None:
 # each client library against the other server transport: all four sides get exercised,
 # and each protocol version once
 @pytest.mark.parametrize(
-    ("client", "transport", "protocol"),
-    [("picows", "websockets", 1), ("websockets", "picows", 2)],
+    ("client", "transport", "protocol", "pos_encoding"),
+    [
+        ("picows", "websockets", 1, "msgpack"),
+        ("websockets", "picows", 2, "msgpack"),
+        ("picows", "picows", 2, "binary"),
+    ],
 )
-async def test_short_load_run_gives_complete_consistent_figures(client, transport, protocol):
+async def test_short_load_run_gives_complete_consistent_figures(
+    client, transport, protocol, pos_encoding
+):
     async with running(tick_hz=20.0, transport=transport) as srv:
         r = await asyncio.to_thread(
             run, srv.url, 6, rate=20.0, duration=1.0, ramp=0.3, processes=2, rooms=2,
             sample_every=2, server_pid=os.getpid(), client=client, protocol=protocol,
+            pos_encoding=pos_encoding,
         )  # fmt: skip
+        assert srv.stats.errors == {}  # every pos taken, in either encoding
     complete(r)
     assert r["clients"] == r["connected"] == 6 and r["errors"] == 0 and r["processes"] == 2
     assert r["client"] == client and r["protocol"] == protocol and r["workers_missing"] == 0
+    assert r["pos_encoding"] == pos_encoding
     assert r["frames_expected"] == 6 * 1.0 * 20
     # a client may see one tick more than the window holds (one at each edge)
     assert 0 < r["frames_received"] <= r["frames_expected"] + r["connected"]

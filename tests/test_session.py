@@ -178,3 +178,51 @@ def test_move_away_closes_with_4001_and_no_error():
     out = s.move_away("draining")
     assert out == [S.Close(P.CLOSE_MOVED, "moved")] and w.player("r", "a") is None
     assert s.move_away("again") == []
+
+
+def bin_pos(seq: int, t: float, p=(1.0, 2.0, 0.5)) -> bytes:
+    return P.encode_pos_binary(P.Pos(seq=seq, t=t, p=p))
+
+
+def test_a_hello_that_asks_for_binary_pos_is_confirmed_and_its_frames_are_staged():
+    w = world()
+    s = new(w)
+    out = s.receive(hello(pos_encoding="binary"), 100.0)
+    welcome = P.decode_server(out[1].frames[0])
+    assert welcome.pos_encoding == "binary"
+    w.begin_tick()  # the avatar gets its engine slot
+    assert s.receive(bin_pos(1, 5.0), 100.05) == [] and w.engine.pending == 1
+    assert s.receive(P.encode_client(P.Pos(seq=2, t=5.1, p=(1.0, 2.0, 0.0))), 100.1) == []
+    assert s.receive(bin_pos(3, 5.0), 100.15) == []  # older than the newest: ignored, no error
+    res = w.engine.tick()
+    assert len(res) == 1 and res.seq.tolist() == [2]
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (bin_pos(1, 5.0)[:-1], "bad_message"),  # one byte short
+        (bin_pos(1, 5.0) + b"\0", "bad_message"),
+        (bin_pos(1, float("nan")), "non_finite"),
+        (bin_pos(1, 5.0, (2e6, 0.0, 0.0)), "out_of_range"),
+        (bin_pos(1, 2e12), "out_of_range"),
+    ],
+)
+def test_a_bad_binary_pos_is_refused_with_its_code(frame, code):
+    s = new()
+    s.receive(hello(pos_encoding="binary"), 100.0)
+    assert [e.code for e in errors(s.receive(frame, 100.1))] == [code] and s.closed
+
+
+def test_binary_pos_without_asking_is_refused_and_msgpack_clients_are_unchanged():
+    s = new()
+    out = s.receive(hello(), 100.0)
+    assert P.decode_server(out[1].frames[0]).pos_encoding == "msgpack"
+    # not msgpack: refused as any such bytes were before binary pos existed
+    assert [e.code for e in errors(s.receive(bin_pos(1, 5.0), 100.1))] == ["bad_msgpack"]
+
+
+def test_a_spectator_asking_for_binary_pos_gets_msgpack():
+    s = new()
+    out = s.receive(hello(avatar=None, pos_encoding="binary"), 100.0)
+    assert P.decode_server(out[1].frames[0]).pos_encoding == "msgpack"

@@ -63,7 +63,9 @@ class Conn:
 
 
 def _hello(job: WorkerJob, c: Conn) -> bytes:
-    return wsclient.hello_frame(room_name(c.gi, job.rooms), f"c{c.gi:06d}", v=job.protocol)
+    return wsclient.hello_frame(
+        room_name(c.gi, job.rooms), f"c{c.gi:06d}", v=job.protocol, pos_encoding=job.pos_encoding
+    )
 
 
 def _first_url(job: WorkerJob, c: Conn) -> str:

@@ -73,6 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         help="the clients' protocol version (2: downlink dead reckoning, a tick may bring "
         "no state frame by design)",
     )
+    ap.add_argument(
+        "--pos-encoding",
+        choices=["msgpack", "binary"],
+        default="msgpack",
+        help="how the clients send pos: msgpack maps, or the 37-byte binary frame their "
+        "hello asks for (docs/protocol.md)",
+    )
     ap.add_argument("--rooms", type=int, default=1)
     ap.add_argument("--density", type=float, default=30.0, help="neighbours within 30 m")
     ap.add_argument("--sample-every", type=int, default=20, help="decode every k-th client")
@@ -135,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         r = run(
             args.url, args.clients, args.rate, args.duration, args.ramp, args.processes,
             args.rooms, args.density, args.sample_every, args.seed, None, args.client,
-            protocol=args.protocol, ready_timeout=args.ready_timeout,
+            protocol=args.protocol, pos_encoding=args.pos_encoding,
+            ready_timeout=args.ready_timeout,
             report_timeout=args.report_timeout, route=args.route, server_pids=pids or None,
         )  # fmt: skip
     except OSError as e:  # only before anything started: /metrics or (--route) /route

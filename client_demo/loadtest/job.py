@@ -22,6 +22,7 @@ class WorkerJob:
     client: str = "picows"
     t_connect: float = 0.0  # time.time() when the ramp starts; sent once all workers are ready
     protocol: int = 2
+    pos_encoding: str = "msgpack"  # "binary": the fixed-layout pos frames (docs/protocol.md)
     settle: float = 1.0  # seconds after the ramp before the measured window starts
     room_urls: dict[str, str] | None = None  # --route: each room's worker URL (else all: url)
 

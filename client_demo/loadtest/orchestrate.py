@@ -202,6 +202,7 @@ def run(
     server_pid: int | None = None,
     client: str = "picows",
     protocol: int = 2,
+    pos_encoding: str = "msgpack",
     ready_timeout: float = 120.0,
     report_timeout: float = 30.0,
     on_start: Callable[[list[int]], None] | None = None,
@@ -231,6 +232,8 @@ def run(
     `route`, its /route) is unreachable at the start; after that it always returns a report.
     """
     check_args(clients, rate, duration, ramp, processes, rooms, sample_every, client, protocol)
+    if pos_encoding not in ("msgpack", "binary"):
+        raise ValueError("pos_encoding must be msgpack or binary")
     requested = parse_processes(processes)
     n_proc = auto_processes(clients) if requested is None else min(requested, clients)
     fetch_metrics(url)  # fail fast when the server is not there
@@ -253,7 +256,8 @@ def run(
     firsts = np.concatenate([[0], np.cumsum(share)[:-1]]).astype(int)
     jobs = [
         WorkerJob(url, int(f), n, clients, rate, duration, ramp, rooms, density, sample_every,
-                  seed, client, protocol=protocol, settle=settle, room_urls=room_urls)
+                  seed, client, protocol=protocol, settle=settle, room_urls=room_urls,
+                  pos_encoding=pos_encoding)
         for f, n in zip(firsts, share, strict=True)
     ]  # fmt: skip
     setup = {
@@ -267,6 +271,7 @@ def run(
         "rooms": rooms,
         "client": client,
         "protocol": protocol,
+        "pos_encoding": pos_encoding,
         "sample_every": sample_every,
         "route": route,
         "room_urls": room_urls or {room_name(k, rooms): url for k in range(rooms)},

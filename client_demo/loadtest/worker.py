@@ -65,6 +65,10 @@ async def _send_group(
     late skips the missed sends (counted in `probe`) rather than bunching them."""
     import msgpack
 
+    from server.core import protocol as P
+
+    binary = job.pos_encoding == "binary"
+    pack_binary = P.POS_BINARY.pack
     loop = asyncio.get_running_loop()
     period = 1.0 / job.rate
     t_start, t_end = window
@@ -94,7 +98,12 @@ async def _send_group(
             if send is None:
                 continue
             x, y, z = table[c.track, row].tolist()
-            frame = msgpack.packb({"type": "pos", "seq": k, "t": now, "p": [x + c.dx, y + c.dy, z]})
+            if binary:
+                frame = pack_binary(P.POS_BINARY_TAG, k, now, x + c.dx, y + c.dy, z)
+            else:
+                frame = msgpack.packb(
+                    {"type": "pos", "seq": k, "t": now, "p": [x + c.dx, y + c.dy, z]}
+                )
             send(frame)
             if c.sample:
                 c.sent_at[k] = now

@@ -71,6 +71,7 @@ class Member:
     outbox: Outbox = field(default_factory=lambda: Outbox())  # this tick's frames
     dropped: int = 0  # consecutive state frames dropped (slow socket)
     version: int = P.VERSION  # protocol version of the connection (hello.v)
+    pos_encoding: str = "msgpack"  # how it sends pos (hello.pos_encoding; players only)
     last_state: float = float("-inf")  # server time of its last state frame
     resync: bool = False  # v2: a state frame was dropped; the next one carries the whole view
     detached_at: float | None = None  # server time its connection dropped (None: connected)

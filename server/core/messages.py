@@ -54,6 +54,7 @@ ERROR_CODES: dict[str, int] = {
 MAX_NAME = 64  # characters in an avatar id or room name
 MAX_COORD = 1e6  # metres; the same bound as the engine's
 MAX_SEQ = 2**32 - 1
+POS_ENCODINGS = ("msgpack", "binary")  # hello "pos_encoding": how this player sends pos
 
 
 class ProtocolError(Exception):
@@ -78,6 +79,7 @@ class Hello:
     token: str | None = None
     resume: str | None = None
     region: tuple[float, float, float, float] | None = None  # spectators: x0, y0, x1, y1
+    pos_encoding: str = "msgpack"  # "binary": this player will send fixed-layout pos frames
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +120,7 @@ class Welcome:
     v: int = VERSION
     # v2: the downlink dead-reckoning rule, {"threshold": m, "heartbeat": s} (None for v1)
     dr: dict[str, float] | None = None
+    pos_encoding: str = "msgpack"  # "binary": the server takes the hello's binary pos frames
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,7 @@ from server.core.messages import (
     MAX_COORD,
     MAX_NAME,
     MAX_SEQ,
+    POS_ENCODINGS,
     VERSION,
     VERSIONS,
     Bye,
@@ -65,6 +66,14 @@ from server.core.messages import (
     View,
     Welcome,
 )
+from server.core.pos_codec import (
+    POS_BINARY,
+    POS_BINARY_TAG,
+    checked_pos,
+    decode_pos_binary,
+    encode_pos_binary,
+    fast_pos,
+)
 
 # The public face of the protocol: the vocabulary of `server.core.messages`, re-exported so
 # that clients and the server import one module, and the codec defined here.
@@ -81,6 +90,9 @@ __all__ = [
     "MAX_COORD",
     "MAX_NAME",
     "MAX_SEQ",
+    "POS_BINARY",
+    "POS_BINARY_TAG",
+    "POS_ENCODINGS",
     "VERSION",
     "VERSIONS",
     "Bye",
@@ -99,12 +111,14 @@ __all__ = [
     "View",
     "Welcome",
     "decode_client",
+    "decode_pos_binary",
     "decode_server",
     "encode_client",
     "encode_error",
     "encode_join",
     "encode_leave",
     "encode_pong",
+    "encode_pos_binary",
     "encode_state",
     "encode_welcome",
     "pack_records",
@@ -229,6 +243,8 @@ def encode_welcome(w: Welcome) -> bytes:
     }
     if w.dr is not None:
         d["dr"] = dict(w.dr)
+    if w.pos_encoding != "msgpack":
+        d["pos_encoding"] = w.pos_encoding
     return _pack(d)
 
 
@@ -266,6 +282,8 @@ def encode_client(msg: ClientMessage) -> bytes:
                 d[k] = getattr(msg, k)
         if msg.region is not None:
             d["region"] = list(msg.region)
+        if msg.pos_encoding != "msgpack":
+            d["pos_encoding"] = msg.pos_encoding
         return _pack(d)
     if isinstance(msg, Pos):
         d = {"type": "pos", "seq": msg.seq, "t": msg.t, "p": list(msg.p)}
@@ -296,7 +314,7 @@ def decode_client(data: Any, *, max_size: int | None = None) -> ClientMessage:
     d = C.unpack_map(data, _LIMITS)
     kind = d["type"]
     if kind == "pos":
-        return _fast_pos(d) or _checked_pos(d)
+        return fast_pos(d) or checked_pos(d)
     if kind == "hello":
         v = d.get("v")
         if isinstance(v, bool) or not isinstance(v, int):
@@ -310,6 +328,7 @@ def decode_client(data: Any, *, max_size: int | None = None) -> ClientMessage:
             token=C.optional_str(d, "token"),
             resume=C.optional_str(d, "resume"),
             region=C.region(d),
+            pos_encoding=_pos_encoding(d),
         )
     if kind == "bye":
         return Bye()
@@ -320,45 +339,17 @@ def decode_client(data: Any, *, max_size: int | None = None) -> ClientMessage:
     raise ProtocolError("unknown_type", f'unknown message type "{kind[:32]}"')
 
 
-def _checked_pos(d: dict) -> Pos:
-    """A `pos` map's fields, each checked (its ProtocolError names the broken rule)."""
-    p = C.vector(d, "p", (2, 3))
-    yaw = None if d.get("yaw") is None else C.number(d, "yaw", bound=1e3)
-    return Pos(
-        seq=C.integer(d, "seq", 0, MAX_SEQ),
-        t=C.number(d, "t", bound=1e12),
-        p=(p[0], p[1], p[2] if len(p) == 3 else 0.0),
-        yaw=yaw,
-    )
-
-
-def _fast_pos(d: dict) -> Pos | None:
-    """The common `pos` (float t and coordinates, an int seq, no yaw) in a few comparisons;
-    None for anything else, which `_checked_pos` then decodes or refuses. It accepts only
-    what `_checked_pos` accepts, and gives the same `Pos` (NaN fails every comparison)."""
-    p, t, seq = d.get("p"), d.get("t"), d.get("seq")
-    if type(p) is not list or type(t) is not float or type(seq) is not int or "yaw" in d:
-        return None
-    n = len(p)
-    if n == 3:
-        x, y, z = p
-        if type(z) is not float or not -MAX_COORD <= z <= MAX_COORD:
-            return None
-    elif n == 2:
-        x, y = p
-        z = 0.0
-    else:
-        return None
-    if (
-        type(x) is float
-        and type(y) is float
-        and -MAX_COORD <= x <= MAX_COORD
-        and -MAX_COORD <= y <= MAX_COORD
-        and -1e12 <= t <= 1e12
-        and 0 <= seq <= MAX_SEQ
-    ):
-        return Pos(seq=seq, t=t, p=(x, y, z))
-    return None
+def _pos_encoding(d: dict) -> str:
+    enc = d.get("pos_encoding", "msgpack")
+    if enc is None:
+        return "msgpack"
+    if not isinstance(enc, str):
+        raise ProtocolError("bad_field", '"pos_encoding" must be a string')
+    if enc not in POS_ENCODINGS:
+        raise ProtocolError(
+            "out_of_range", f'"pos_encoding" must be one of {", ".join(POS_ENCODINGS)}'
+        )
+    return enc
 
 
 def decode_server(data: Any) -> ServerMessage:
@@ -387,6 +378,7 @@ def decode_server(data: Any) -> ServerMessage:
                 handle=None if handle is None else int(handle),
                 v=int(d["v"]),
                 dr=None if dr is None else {k: float(dr[k]) for k in ("threshold", "heartbeat")},
+                pos_encoding=str(d.get("pos_encoding", "msgpack")),
             )
         if kind in ("join", "leave"):
             avatars = tuple(str(a) for a in d["avatars"])

@@ -36,6 +36,8 @@ from server.core.world import World
 
 log = logging.getLogger("avatar_stream")
 
+_BINARY_TAG = bytes([P.POS_BINARY_TAG])
+
 
 @dataclass(frozen=True)
 class Send:
@@ -90,6 +92,7 @@ class Session:
     view / bye. See the module docstring for the events and actions."""
 
     __slots__ = (
+        "_binary",
         "_claiming",
         "_drops",
         "_hello_deadline",
@@ -125,6 +128,7 @@ class Session:
         self.last_rx = self._last_ping = self._refill_at = now
         self._tokens = rules.max_msg_rate  # token bucket: one second's worth of burst
         self._drops = 0.0
+        self._binary = False  # the hello asked for binary pos frames
         self._claiming: P.Hello | None = None  # a hello waiting for its room's claim
         self._hello_deadline: float | None = now + rules.hello_timeout
 
@@ -172,6 +176,9 @@ class Session:
                 if self._claiming is not None:  # hello is being placed: nothing else is read
                     return []
                 return self._hello(P.decode_client(data, max_size=rules.max_hello_frame), now)
+            if self._binary and type(data) is bytes and data[:1] == _BINARY_TAG:
+                self.world.receive_pos(m, P.decode_pos_binary(data), self.epoch + now, rtt)
+                return []
             msg = P.decode_client(data, max_size=rules.max_frame)
             if type(msg) is P.Pos:
                 self.world.receive_pos(m, msg, self.epoch + now, rtt)
@@ -310,6 +317,7 @@ class Session:
             self.stats.resumed += 1
         m.session = self
         self.member = m
+        self._binary = m.pos_encoding == "binary"
         self._last_ping = now
         out += [Admitted(m), Send([world.welcome(m, server_time)]), Ping()]
         return out  # the ping: the first round trip, for the clock-offset estimate

@@ -108,6 +108,7 @@ class World:
                 self.n_players += 1
         m.resume = secrets.token_urlsafe(16)
         m.version = hello.v
+        m.pos_encoding = hello.pos_encoding if m.is_player else "msgpack"
         return m
 
     def player(self, room: str, avatar: str | None) -> Member | None:
@@ -164,6 +165,7 @@ class World:
                 dr=None
                 if m.version < 2
                 else {"threshold": self.downlink.threshold, "heartbeat": self.downlink.heartbeat},
+                pos_encoding=m.pos_encoding,
             )
         )
 

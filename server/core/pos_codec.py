@@ -1,0 +1,92 @@
+"""The `pos` message's decoders beside the general msgpack one, and its binary form.
+
+- `fast_pos`: the common msgpack `pos` (float `t` and coordinates, an int `seq`, no
+  `yaw`) checked in a few comparisons; anything else falls to `checked_pos`, the field by
+  field checks, which it agrees with exactly (tests/test_pos_codec.py holds them to it).
+- The binary `pos`, for a player whose `hello` asked for it with ``"pos_encoding":
+  "binary"`` (and whose `welcome` confirmed it): one fixed-layout little-endian frame of
+  37 bytes, tag 0x70 (a msgpack positive fixint, never a map: no msgpack message starts
+  with it), u32 `seq`, f64 `t`, f64 x, y, z (docs/protocol.md shows one byte by byte).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Any
+
+from server.core import field_checks as C
+from server.core.messages import MAX_COORD, MAX_SEQ, Pos, ProtocolError
+
+POS_BINARY = struct.Struct("<BIdddd")
+POS_BINARY_TAG = 0x70
+
+
+def encode_pos_binary(pos: Pos) -> bytes:
+    """A `pos` as the fixed-layout binary frame (for a hello with "pos_encoding": "binary";
+    `yaw` is not carried). Raises struct.error for a `seq` outside 0 … 2**32 - 1."""
+    x, y, *z = pos.p
+    return POS_BINARY.pack(POS_BINARY_TAG, pos.seq, pos.t, x, y, z[0] if z else 0.0)
+
+
+def decode_pos_binary(data: Any) -> Pos:
+    """Decode and check one binary `pos` frame (`POS_BINARY`, 37 bytes, tag 0x70).
+
+    Raises ProtocolError for anything else: a wrong length or tag (``bad_message``), a
+    NaN or infinity (``non_finite``), a time or coordinate out of range (``out_of_range``).
+    """
+    if not isinstance(data, bytes | bytearray | memoryview) or len(data) != POS_BINARY.size:
+        raise ProtocolError(
+            "bad_message", f"a binary pos is {POS_BINARY.size} bytes, tag {POS_BINARY_TAG:#x}"
+        )
+    tag, seq, t, x, y, z = POS_BINARY.unpack(data)
+    if tag != POS_BINARY_TAG:
+        raise ProtocolError("bad_message", f"a binary pos starts with {POS_BINARY_TAG:#x}")
+    if -1e12 <= t <= 1e12 and all(-MAX_COORD <= c <= MAX_COORD for c in (x, y, z)):
+        return Pos(seq=seq, t=t, p=(x, y, z))
+    if not all(math.isfinite(v) for v in (t, x, y, z)):
+        raise ProtocolError("non_finite", '"t" and "p" must be finite')
+    raise ProtocolError(
+        "out_of_range", f'"t" must be within +-1e12 s and "p" within +-{MAX_COORD:g} m'
+    )
+
+
+def checked_pos(d: dict) -> Pos:
+    """A `pos` map's fields, each checked (its ProtocolError names the broken rule)."""
+    p = C.vector(d, "p", (2, 3))
+    yaw = None if d.get("yaw") is None else C.number(d, "yaw", bound=1e3)
+    return Pos(
+        seq=C.integer(d, "seq", 0, MAX_SEQ),
+        t=C.number(d, "t", bound=1e12),
+        p=(p[0], p[1], p[2] if len(p) == 3 else 0.0),
+        yaw=yaw,
+    )
+
+
+def fast_pos(d: dict) -> Pos | None:
+    """The common `pos` (float t and coordinates, an int seq, no yaw) in a few comparisons;
+    None for anything else, which `checked_pos` then decodes or refuses. It accepts only
+    what `checked_pos` accepts, and gives the same `Pos` (NaN fails every comparison)."""
+    p, t, seq = d.get("p"), d.get("t"), d.get("seq")
+    if type(p) is not list or type(t) is not float or type(seq) is not int or "yaw" in d:
+        return None
+    n = len(p)
+    if n == 3:
+        x, y, z = p
+        if type(z) is not float or not -MAX_COORD <= z <= MAX_COORD:
+            return None
+    elif n == 2:
+        x, y = p
+        z = 0.0
+    else:
+        return None
+    if (
+        type(x) is float
+        and type(y) is float
+        and -MAX_COORD <= x <= MAX_COORD
+        and -MAX_COORD <= y <= MAX_COORD
+        and -1e12 <= t <= 1e12
+        and 0 <= seq <= MAX_SEQ
+    ):
+        return Pos(seq=seq, t=t, p=(x, y, z))
+    return None
