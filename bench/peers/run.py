@@ -262,7 +262,8 @@ def step_ours(url: str, n: int, args) -> dict:
         report = Path(tmp) / "load.json"
         cmd = [sys.executable, "-m", "client_demo.loadtest", "--url", url, "--clients", str(n),
                "--rate", "20", "--rooms", "1", "--sample-every", "25", "--duration",
-               str(args.duration), "--ramp", str(ramp_s(n)), "--json", str(report)]  # fmt: skip
+               str(args.duration), "--ramp", str(ramp_s(n)), "--json", str(report),
+               "--pos-encoding", args.pos_encoding]  # fmt: skip
         limit = ramp_s(n) + args.duration + 300  # its workers build their motion first
         try:
             out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=limit)
@@ -367,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="Node processes for the Colyseus bots: a number or auto")  # fmt: skip
     ap.add_argument("--server-args", default="",
                     help="extra flags for python -m server, e.g. '--transport picows'")  # fmt: skip
+    ap.add_argument("--pos-encoding", choices=["msgpack", "binary"], default="msgpack",
+                    help="how our load clients send pos (docs/protocol.md)")  # fmt: skip
     ap.add_argument("--json", help="write every figure here")
     args = ap.parse_args(argv)
     try:
