@@ -1,7 +1,7 @@
 """The service, the uvicorn way: startup -> main loop (the tick) -> shutdown.
 
 Thin on purpose: a connection's protocol state is a Sans-I/O `server.core.session.Session`
-(this module carries out what it answers), rooms, clocks and frames live in
+(`server.serve.connection` carries out what it answers), rooms, clocks and frames live in
 `server.core.world.World`, the model step in `server.core.engine.TickEngine`, where that
 step runs is `server.serve.steps.StepRunner`'s decision, and every frame goes out through
 one counting send (`server.serve.wire.Wire`). This module owns sockets, timers and time:
@@ -42,6 +42,7 @@ from server.core.model import default_checkpoint_path, load_checkpoint
 from server.core.stats import Stats
 from server.core.world import World
 from server.serve.config import Config
+from server.serve.connection import ClientConnection
 from server.serve.http import HttpRoutes, RouteHandler
 from server.serve.metrics import Metrics
 from server.serve.steps import StepRunner
@@ -88,97 +89,6 @@ class ServerClock:
         return self.epoch + time.monotonic()
 
 
-class ClientConnection:
-    """One WebSocket connection: feeds its `Session` what the transport reports and carries
-    out the actions the session answers. Transports get it from `open_session`."""
-
-    __slots__ = ("_timer", "conn", "server", "session")
-
-    def __init__(self, server: AvatarServer, conn: Connection) -> None:
-        self.server = server
-        self.conn = conn
-        now = time.monotonic()
-        self.session = S.Session(
-            server.world, server.rules, server.stats, now, server.clock.epoch, conn.peer
-        )
-        server.n_connections += 1
-        server.idle.clear()
-        server.sessions[self.session] = self
-        conn.on_pong = self._pong
-        self._timer: asyncio.TimerHandle | None = None
-        self.apply(
-            self.session.open(now, full=server.n_connections > server.config.max_connections)
-        )
-        if not self.session.closed:
-            self._timer = asyncio.get_running_loop().call_later(
-                server.config.hello_timeout, self._hello_due
-            )
-
-    def on_message(self, data: bytes | str) -> None:
-        """One whole client message (the transport calls this). Never raises."""
-        actions = self.session.receive(data, time.monotonic(), self.conn.latency)
-        if actions:
-            self.apply(actions)
-        if self._timer is not None and self.session.hello_deadline is None:
-            self._timer.cancel()
-            self._timer = None
-
-    def on_disconnect(self, clean: bool = False) -> None:
-        """The connection is gone (the transport calls this once; `clean`: a close frame)."""
-        srv = self.server
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self.session.disconnected(clean, time.monotonic())
-        srv.n_connections -= 1
-        srv.sessions.pop(self.session, None)
-        if srv.n_connections == 0:
-            srv.idle.set()
-
-    def check(self, now: float) -> None:
-        """Timers (housekeeping calls this): idle timeout, pings."""
-        self.apply(self.session.check(now))
-
-    def apply(self, actions: list[S.Action]) -> None:
-        """Carry out `actions` on this connection, in order."""
-        conn, srv = self.conn, self.server
-        for a in actions:
-            if type(a) is S.Send:
-                if conn.is_open:
-                    srv.wire.send(conn, a.frames)
-            elif type(a) is S.Close:
-                if conn.is_open:
-                    conn.close(a.code, a.reason)
-            elif type(a) is S.Ping:
-                conn.ping()
-            elif type(a) is S.Admitted:
-                a.member.transport = conn
-            elif type(a) is S.Replace:
-                other = srv.sessions.get(a.session)
-                actions = a.session.replaced()
-                if other is not None:
-                    other.apply(actions)
-            elif type(a) is S.Claim:
-                asyncio.get_running_loop().create_task(self._claim(a.room))
-
-    async def _claim(self, room: str) -> None:
-        cluster = self.server.cluster
-        try:
-            outcome: str | P.ProtocolError | None = await cluster.claim(room)
-        except P.ProtocolError as e:
-            outcome = e
-        self.apply(self.session.claimed(outcome, cluster.owns(room), time.monotonic()))
-
-    def _hello_due(self) -> None:
-        self._timer = None
-        deadline = self.session.hello_deadline
-        if deadline is not None:
-            self.apply(self.session.check(max(time.monotonic(), deadline)))
-
-    def _pong(self) -> None:
-        self.session.pong(time.monotonic())
-
-
 class AvatarServer:
     """The service: startup -> loop -> shutdown around one `World`. See the module docstring."""
 
@@ -197,6 +107,7 @@ class AvatarServer:
         self.idle.set()
         self.cluster: ClusterMember | None = None  # with --redis: this worker's membership
         self.sessions: dict[S.Session, ClientConnection] = {}
+        self.claims: set[asyncio.Task] = set()  # cluster claims in flight, one per hello
         self.steps: StepRunner | None = None
         self.metrics = Metrics(self)
         self.routes = HttpRoutes(self)
@@ -209,6 +120,11 @@ class AvatarServer:
     def url(self) -> str:
         host = self.config.host if self.config.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         return f"ws://{host}:{self.port}/"
+
+    @property
+    def epoch(self) -> float:
+        """The server clock's epoch: server time = epoch + time.monotonic()."""
+        return self.clock.epoch
 
     @property
     def rules(self) -> S.SessionRules:
