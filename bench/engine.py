@@ -21,6 +21,7 @@ import torch
 
 from server import cli
 from server.core import model_cli
+from server.core import neighbours as NB
 from server.core.blend import BlendConfig
 from server.core.engine import TickEngine
 from server.core.model import LoadedModel, MotionGRU
@@ -73,7 +74,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--avatars", default="1000,10000", help="comma-separated avatar counts")
     ap.add_argument("--ticks", type=int, default=40, help="timed ticks per count")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch's and the neighbour search's threads, as the server's --threads (0: their "
+        "defaults)",
+    )
     ap.add_argument("--model", help="checkpoint (default: the shipped model)")
     ap.add_argument("--json", help="write results here")
     args = ap.parse_args(argv)
@@ -85,6 +92,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ap.error("need --avatars >= 1 each, --ticks >= 1 and --threads >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
+        NB.set_threads(args.threads)
     lm = model_cli.load_model(args.model, args.device)
     rows = []
     print(f"device {lm.device}, torch threads {torch.get_num_threads()}, model {lm.version}")
