@@ -65,7 +65,7 @@ at p99, or >= 1 % of them were skipped: then the latencies say as much about the
 generator (or a machine too busy to run it on time) as about the server.
 
 JSON (`--json`): {"clients", "connected", "connected_late", "errors", "error_kinds",
-"close_codes", "protocol", "processes", "frames_expected", "frames_received",
+"close_codes", "protocol", "pos_encoding", "processes", "frames_expected", "frames_received",
 "frames_fraction", "updates_expected", "updates_fraction", "server_frames_skipped",
 "e2e_ms": {"p50","p95","p99","max"}, "e2e_samples", "e2e_clients", "tick_ms":
 {"p50","p99"}, "model_step_ms": {"p50","p99"}, "overruns", "msgs_sent",
