@@ -54,6 +54,7 @@ ERROR_CODES: dict[str, int] = {
 MAX_NAME = 64  # characters in an avatar id or room name
 MAX_COORD = 1e6  # metres; the same bound as the engine's
 MAX_SEQ = 2**32 - 1
+MAX_TIME = 1e12  # seconds; a pos's t beyond is refused
 POS_ENCODINGS = ("msgpack", "binary")  # hello "pos_encoding": how this player sends pos
 
 

@@ -16,7 +16,7 @@ import struct
 from typing import Any
 
 from server.core import field_checks as C
-from server.core.messages import MAX_COORD, MAX_SEQ, Pos, ProtocolError
+from server.core.messages import MAX_COORD, MAX_SEQ, MAX_TIME, Pos, ProtocolError
 
 POS_BINARY = struct.Struct("<BIdddd")
 POS_BINARY_TAG = 0x70
@@ -42,12 +42,12 @@ def decode_pos_binary(data: Any) -> Pos:
     tag, seq, t, x, y, z = POS_BINARY.unpack(data)
     if tag != POS_BINARY_TAG:
         raise ProtocolError("bad_message", f"a binary pos starts with {POS_BINARY_TAG:#x}")
-    if -1e12 <= t <= 1e12 and all(-MAX_COORD <= c <= MAX_COORD for c in (x, y, z)):
+    if -MAX_TIME <= t <= MAX_TIME and all(-MAX_COORD <= c <= MAX_COORD for c in (x, y, z)):
         return Pos(seq=seq, t=t, p=(x, y, z))
     if not all(math.isfinite(v) for v in (t, x, y, z)):
         raise ProtocolError("non_finite", '"t" and "p" must be finite')
     raise ProtocolError(
-        "out_of_range", f'"t" must be within +-1e12 s and "p" within +-{MAX_COORD:g} m'
+        "out_of_range", f'"t" must be within +-{MAX_TIME:g} s and "p" within +-{MAX_COORD:g} m'
     )
 
 
@@ -57,7 +57,7 @@ def checked_pos(d: dict) -> Pos:
     yaw = None if d.get("yaw") is None else C.number(d, "yaw", bound=1e3)
     return Pos(
         seq=C.integer(d, "seq", 0, MAX_SEQ),
-        t=C.number(d, "t", bound=1e12),
+        t=C.number(d, "t", bound=MAX_TIME),
         p=(p[0], p[1], p[2] if len(p) == 3 else 0.0),
         yaw=yaw,
     )
@@ -85,7 +85,7 @@ def fast_pos(d: dict) -> Pos | None:
         and type(y) is float
         and -MAX_COORD <= x <= MAX_COORD
         and -MAX_COORD <= y <= MAX_COORD
-        and -1e12 <= t <= 1e12
+        and -MAX_TIME <= t <= MAX_TIME
         and 0 <= seq <= MAX_SEQ
     ):
         return Pos(seq=seq, t=t, p=(x, y, z))
