@@ -450,6 +450,27 @@ def test_start_and_finish_tick_are_tick_and_a_pickled_copy_steps_the_same(rng):
     assert len(b.finish_tick(b.start_tick())) == 0  # nothing pending: an empty result
 
 
+def test_an_avatar_that_leaves_during_a_step_gets_no_row_nor_its_successor_its_state():
+    # the loop may run join/leave between start_tick and finish_tick (a thread's step)
+    eng = TickEngine(make_model(), device="cpu", blend=None)
+    tracks = {"a": track(8, 0), "b": track(8, 1), "c": track(8, 2)}
+    for av in tracks:
+        eng.join(av)
+    run_ticks(eng, tracks, range(3))
+    for av, (t, p) in tracks.items():
+        eng.submit(av, t[3], p[3], seq=3)
+    batch = eng.start_tick()
+    slot_a, slot_c = eng.slot("a"), eng.slot("c")
+    eng.leave("a"), eng.leave("c")
+    assert eng.join("d") == slot_a  # the lowest free slot: a's
+    res = eng.finish_tick(batch)
+    assert res.avatars.tolist() == ["b"] and len(res.offsets) == 1
+    assert np.isnan(eng.predictions().t[[slot_a, slot_c]]).all()
+    assert eng.snapshot().avatars.tolist() == ["b"]
+    assert torch.count_nonzero(eng.hidden("d")) == 0  # d starts from a zero state
+    assert np.isnan(eng.fstate.data[0, slot_a])  # and a new segment
+
+
 def test_pend_batch_queues_another_engines_batch_and_refuses_foreign_slots():
     src, dst = (
         TickEngine(make_model(), device="cpu", blend=None),

@@ -91,6 +91,29 @@ def test_nonfinite_step_rows_are_reset_and_counted(monkeypatch):
     assert torch.isfinite(eng.pool.h).all()
 
 
+def test_finite_rows_whose_sum_overflows_are_kept(monkeypatch):
+    # the batch check is one sum: finite values that overflow it cost only the row check
+    lm = make_model(seed=0)
+    eng = TickEngine(lm, device="cpu", blend=None)
+    tracks = {f"a{i}": track(8, i) for i in range(3)}
+    for av in tracks:
+        eng.join(av)
+    run_ticks(eng, tracks, range(4))
+    step = lm.model.step
+
+    def huge(x, h):
+        y, h = step(x, h)
+        h = h.clone()
+        h[-1, :2, 0] = 3e38  # two rows: finite, their sum is not
+        return y, h
+
+    monkeypatch.setattr(lm.model, "step", huge)
+    run_ticks(eng, tracks, range(4, 5))
+    assert eng.nonfinite_resets == 0
+    kept = [float(eng.hidden(f"a{i}")[-1, 0]) for i in range(2)]
+    assert kept == [float(np.float32(3e38))] * 2
+
+
 # -- NetworkStep on its own ------------------------------------------------------------
 
 

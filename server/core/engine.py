@@ -340,7 +340,7 @@ class TickEngine:
         self._pending[slots] = False
         batch = StepBatch(
             self.ticks, slots, self._pt[slots], self._pp[slots], self._pseq[slots],
-            self._pclock[slots],
+            self._pclock[slots], self.table.ids[slots],
         )  # fmt: skip
         if self.worker is not None and len(slots):
             try:
@@ -354,7 +354,7 @@ class TickEngine:
         """The second half of `tick`: the batch's predictions (waits for the worker, if
         one runs the step). Raises what the step raised; a worker that failed is dropped
         first (the next tick steps in-process)."""
-        slots, t, p, seq = batch.slots, batch.t, batch.p, batch.seq
+        slots, t, p, seq, clock = batch.slots, batch.t, batch.p, batch.seq, batch.clock
         if len(slots) == 0:
             H = len(self.horizons)
             return TickResult(
@@ -390,11 +390,20 @@ class TickEngine:
                 off, w = BL.serve(self.bstate, self.blend, slots, t, p, out, off, groups)
                 self.last_weights[slots] = w
             self.last_features, reset = out.x, out.reset  # model input of this tick's rows
+        if batch.owners is not None and not (kept := self.table.ids[slots] == batch.owners).all():
+            # left while the step ran (a thread's, a worker's): no prediction for a free
+            # slot, nor the old avatar's for one given to a newcomer, whose state starts over
+            if self.worker is None:
+                for s in slots[~kept & np.not_equal(self.table.ids[slots], None)].tolist():
+                    self.pool.zero(s), self.fstate.clear(s), self.bstate.clear(s)
+            slots, t, p, seq, clock, off, reset = (
+                a[kept] for a in (slots, t, p, seq, clock, off, reset)
+            )
         self.last_t[slots] = t
         self.last_pos[slots] = p
         self.last_off[slots] = off
         self.last_seq[slots] = seq
-        self.last_clock[slots] = batch.clock
+        self.last_clock[slots] = clock
         return TickResult(
             batch.tick, slots, self.table.ids[slots], t, p, off, seq, reset, self.predictions()
         )
@@ -476,18 +485,11 @@ class TickEngine:
 
     def snapshot(self) -> TickResult:
         """Latest prediction of every joined avatar that has one (for fan-out / resume)."""
-        slots = np.flatnonzero(~np.isnan(self.last_t))
+        s = np.flatnonzero(~np.isnan(self.last_t))
         return TickResult(
-            self.ticks,
-            slots,
-            self.table.ids[slots],
-            self.last_t[slots],
-            self.last_pos[slots],
-            self.last_off[slots],
-            self.last_seq[slots],
-            np.zeros(len(slots), dtype=bool),
-            self.predictions(),
-        )
+            self.ticks, s, self.table.ids[s], self.last_t[s], self.last_pos[s],
+            self.last_off[s], self.last_seq[s], np.zeros(len(s), dtype=bool), self.predictions(),
+        )  # fmt: skip
 
     def hidden(self, avatar: str) -> torch.Tensor:
         """Copy of an avatar's hidden state (layers, hidden). Raises KeyError if unknown."""

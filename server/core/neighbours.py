@@ -11,10 +11,10 @@ more than `max_gap` apart in time is left out.
 
 The search is a uniform grid with cell side `nb_radius`: candidates are the avatars of
 the 3x3 cells around the avatar's, at most `nb_cell_cap` per cell (a denser cell keeps
-those nearest its centre), so the cost is bounded per avatar whatever the crowd. The grid
-is array code over the tick's rows; each avatar's candidates, its k nearest and their
-features are one compiled loop (`server.core.neighbour_kernels`), with the array code's
-float32 arithmetic. Serving and training call the same function through
+those nearest its centre), so the cost is bounded per avatar whatever the crowd. The keys
+and the candidates' table are array code over the tick's rows; the cells, each avatar's
+k nearest and their features are compiled (`server.core.neighbour_kernels`), with the
+array code's float32 arithmetic. Serving and training call the same function through
 `server.core.features.tick_features`.
 """
 
@@ -26,8 +26,6 @@ from server.core import neighbour_kernels as K
 from server.core.layout import FEATURE_CLIP, NB_ON, NB_VX, NB_WIDTH, FeatureConfig, FeatureState
 
 _OFF = 1 << 20  # grid coordinates are offset to stay positive inside the packed key
-_DX = np.array([-1, -1, -1, 0, 0, 0, 1, 1, 1], dtype=np.int64)
-_DY = np.array([-1, 0, 1, -1, 0, 1, -1, 0, 1], dtype=np.int64)
 
 
 def _keys(group: np.ndarray, gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
@@ -64,35 +62,26 @@ def neighbour_features(
     lx, ly = cx - gx * R, cy - gy * R  # cell-local: float32-exact enough anywhere
     gx, gy = gx.astype(np.int64), gy.astype(np.int64)
     key = _keys(group[cand], gx, gy)
-    order = np.lexsort(((lx - 0.5 * R) ** 2 + (ly - 0.5 * R) ** 2, key))
-    skey = key[order]
+    order = np.argsort(key)
+    K.sort_cells(order, key, (lx - 0.5 * R) ** 2 + (ly - 0.5 * R) ** 2)  # np.lexsort's
     c0 = float(clock[rows].min())
     # One contiguous float32 table of what is read per candidate, in sorted order.
     tab = np.empty((6, len(cand)), dtype=np.float32)
     tab[0], tab[1] = lx[order], ly[order]
-    tab[2], tab[3] = d[14, cand[order]], d[15, cand[order]]
-    tab[4] = clock[cand[order]] - c0
-    tab[5] = cand[order]  # row ids < 2**24 are exact in float32
-    # The occupied cells, and for each the ranges of its 3x3 block (cut to M each).
-    first = np.flatnonzero(np.r_[True, skey[1:] != skey[:-1]])
-    cells = skey[first]
-    q = cells[:, None] + ((_DX << 21) + _DY)[None, :]  # same group: neighbouring keys
-    lo = np.searchsorted(cells, q)
-    hit = cells[np.minimum(lo, len(cells) - 1)] == q
-    bounds = np.r_[first, len(skey)]
-    lo_i = np.where(hit, bounds[np.minimum(lo, len(cells) - 1)], 0)
-    cnt = np.where(hit, np.minimum(bounds[np.minimum(lo, len(cells) - 1) + 1] - lo_i, M), 0)
+    scand = cand[order]
+    tab[2], tab[3] = d[14, scand], d[15, scand]
+    tab[4] = clock[scand] - c0
+    tab[5] = scand  # row ids < 2**24 are exact in float32
     # Each avatar reads its own cell's 3x3 block (compiled: `neighbour_kernels.nearest`).
     ex, ey = d[11, rows], d[12, rows]
     egx, egy = np.floor(ex / R), np.floor(ey / R)
     elx = (ex - egx * R).astype(np.float32)
     ely = (ey - egy * R).astype(np.float32)
     ekey = _keys(group[rows], egx.astype(np.int64), egy.astype(np.int64))
-    ecell = np.minimum(np.searchsorted(cells, ekey), len(cells) - 1)
-    efound = cells[ecell] == ekey  # one that is not itself a candidate (not live): none
+    lo, cnt, ecell, efound = K.blocks(key[order], M, 21, scand, d.shape[1], rows, ekey)
     eage = (clock[rows] - c0).astype(np.float32)
     K.nearest(
-        tab, lo_i, cnt, ecell, efound, elx, ely, eage, rows, d[14, rows], d[15, rows],
+        tab, lo, cnt, ecell, efound, elx, ely, eage, rows, d[14, rows], d[15, rows],
         d[9, rows], d[10, rows], k, float(R), float(cfg.max_gap), float(cfg.nb_pos_scale),
         float(cfg.v_scale), FEATURE_CLIP, NB_VX, NB_ON, NB_WIDTH, out,
     )  # fmt: skip

@@ -65,6 +65,7 @@ class StepBatch:
     p: np.ndarray  # (n, 3) float64 positions
     seq: np.ndarray  # (n,) int64
     clock: np.ndarray  # (n,) the samples' times on the shared clock (neighbours)
+    owners: np.ndarray | None = None  # (n,) object: each slot's avatar when the batch was taken
 
     def __len__(self) -> int:
         return len(self.slots)
