@@ -70,7 +70,7 @@ def rooms():
             64,
             None,
         ),
-        "dense": (flat(r.uniform(0, 20, (500, 2))), 30.0, 64, "kd"),
+        "dense": (flat(r.uniform(0, 20, (1000, 2))), 30.0, 64, "kd"),
         "dense_3d_small_cap": (r.uniform(0, 10, (300, 3)), 5.0, 7, "kd"),
         "cap_above_count": (flat(r.uniform(0, 100, (200, 2))), 10.0, 500, "grid"),
         "cap_one": (flat(r.uniform(0, 50, (200, 2))), 10.0, 1, None),

@@ -1,22 +1,23 @@
 """Interest management: which avatars each viewer sees.
 
-Pure array code (numpy, scipy); no asyncio, sockets or torch. The app calls
+Pure array code (numpy, scipy, a numba kernel); no asyncio, sockets or torch. The app calls
 `InterestGrid.query` every tick for every room and `in_region` for spectators.
 
 `query` has two paths that return the same CSR result:
 
-* grid: a uniform grid of cell size ~radius keyed on (x, y); each viewer's candidates are
-  the avatars in its 3 x 3 cell block, found with one `searchsorted` per column of
-  cells and expanded into (viewer, candidate) pairs without Python loops;
+* grid (compiled, `server.core.interest_kernels`): a uniform grid of cell size ~radius
+  keyed on (x, y); each viewer's candidates are the avatars in its 3 x 3 cell block,
+  of which it keeps the `cap` nearest in one pass;
 * KD-tree: when the grid would produce too many candidate pairs (dense crowds, where a
   radius holds far more avatars than `cap`), `cKDTree.query` for the `cap + 1` nearest
   distinct positions (avatars stacked on one spot, e.g. a spawn point, count once in the
   tree, so a stack of thousands costs O(cap) per viewer). The KD-tree breaks
   exact-distance ties arbitrarily, so rows whose cut at `cap` may fall on a (near-)tie
-  are redone with a ball query.
+  are redone with a ball query, and the pairs then get the exact distance, filter and
+  order.
 
-Both paths then share the same exact distance, filter and sort, so their results are
-identical, ties included.
+Both keep every avatar within the radius by the same float64 distance, the viewer first,
+then nearest first, ties by lower index, so their results are identical, ties included.
 
 Distances are Euclidean over all columns given (2 or 3); z never affects the grid.
 """
@@ -26,14 +27,17 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import cKDTree
 
+from server.core import interest_kernels as IK
+
 # Cell size is radius * (1 + _CELL_MARGIN): float rounding in floor(x / cell) can then never
 # put two avatars within the radius two cells apart.
 _CELL_MARGIN = 1e-6
 _MAX_CELL = 2**30  # |cell coordinate| bound for collision-free int64 keys; beyond, KD path
 _KD_TIE_TOL = 1e-9  # relative distance tolerance for "the KD cut may fall on a tie"
-# Grid -> KD switch: candidate pairs > _KD_FACTOR * n_viewers * cap. Measured (n 300-5000,
-# cap 16 and 64): both paths cost the same at about 1.3-2.5 candidates per viewer per cap.
-_KD_FACTOR = 2.0
+# Grid -> KD switch: candidate pairs > _KD_FACTOR * n_viewers * cap. Measured with the
+# compiled grid (n 400-2000, cap 16 and 64): both paths cost the same at about 13-20
+# candidates per viewer per cap (docs/performance.md).
+_KD_FACTOR = 12.0
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -73,6 +77,7 @@ class InterestGrid:
         self.cap = int(cap)
         self._kd_factor = _KD_FACTOR  # private: tests force a path with 0.0 or inf
         self.last_path = ""  # "grid" or "kd": which path the last query took
+        IK.warm_up()  # compiled (or loaded from numba's cache) now, not in a tick
 
     def query(
         self, pos: np.ndarray, viewers: np.ndarray | None = None
@@ -103,35 +108,20 @@ class InterestGrid:
         m = len(v)
         if m == 0:
             return np.zeros(1, dtype=np.int64), _EMPTY.copy()
-        cols = [np.ascontiguousarray(p[:, k]) for k in range(p.shape[1])]
-        pairs = self._grid_pairs(p, v)
-        self.last_path = "grid" if pairs is not None else "kd"
-        if pairs is None:
-            pairs = self._kd_pairs(p, v)
-        return self._finish(cols, v, *pairs, presorted=self.last_path == "kd")
-
-    def _grid_pairs(self, p: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """(row, candidate) pairs from each viewer's 3 x 3 cell block; None -> use the KD path."""
         cell = np.floor(p[:, :2] * (1.0 / (self.radius * (1.0 + _CELL_MARGIN))))
-        if np.abs(cell).max() >= _MAX_CELL:
-            return None
-        ci = cell.astype(np.int64)
-        key = ci[:, 0] * (1 << 32) + ci[:, 1]  # collision-free and ordered by (cx, cy)
-        order = np.argsort(key, kind="stable")
-        skey = key[order]
-        # Cells (cx+dx, cy-1..cy+1) have consecutive keys: one sorted range per dx.
-        base = key[v][:, None] + np.array([-1, 0, 1], dtype=np.int64) * (1 << 32)
-        lo = np.searchsorted(skey, base - 1, side="left")
-        hi = np.searchsorted(skey, base + 1, side="right")
-        cnt = (hi - lo).ravel()
-        total = int(cnt.sum())
-        if total > self._kd_factor * len(v) * self.cap:
-            return None
-        rows = np.repeat(np.arange(len(v), dtype=np.int64), cnt.reshape(-1, 3).sum(axis=1))
-        # Position k of the concatenated ranges maps to lo_j + (k - start of range j).
-        shift = lo.ravel() - (np.cumsum(cnt) - cnt)
-        cand = order[np.arange(total, dtype=np.int64) + np.repeat(shift, cnt)]
-        return rows, cand
+        if np.abs(cell).max() < _MAX_CELL:  # the grid (compiled), unless too many candidates
+            ci = cell.astype(np.int64)
+            key = ci[:, 0] * IK.ROW + ci[:, 1]  # collision-free and ordered by (cx, cy)
+            ok, indptr, indices = IK.grid_views(
+                np.ascontiguousarray(p.T), key, v, self.radius * self.radius, self.cap,
+                self._kd_factor * m * self.cap,
+            )  # fmt: skip
+            if ok:
+                self.last_path = "grid"
+                return indptr, indices
+        self.last_path = "kd"
+        cols = [np.ascontiguousarray(p[:, k]) for k in range(p.shape[1])]
+        return self._finish(cols, v, *self._kd_pairs(p, v))
 
     def _kd_pairs(self, p: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(row, candidate) pairs from a KD-tree over the distinct positions.
@@ -193,18 +183,12 @@ class InterestGrid:
         return rows[o], cand[o]
 
     def _finish(
-        self,
-        cols: list[np.ndarray],
-        v: np.ndarray,
-        rows: np.ndarray,
-        cand: np.ndarray,
-        presorted: bool,
+        self, cols: list[np.ndarray], v: np.ndarray, rows: np.ndarray, cand: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Exact filter, order by (row, self first, distance, index), cap, CSR.
 
-        rows must be grouped (non-decreasing). presorted: pairs are already (nearly) in
-        order within each row; otherwise one float argsort does the bulk of the ordering.
-        Either way the exact order is then checked and broken rows are lexsorted.
+        rows must be grouped (non-decreasing) and the pairs (nearly) in order within each
+        row (the KD path's); the exact order is checked and broken rows are lexsorted.
         """
         m, cap = len(v), self.cap
         vr = v[rows]
@@ -214,10 +198,6 @@ class InterestGrid:
         rows, cand, d2 = rows[keep], cand[keep], d2[keep]
         # The viewer itself first, even if others share its position (key offset -0.25 below).
         d2[cand == vr[keep]] = -0.5 * r2
-        if not presorted:
-            # rows + d2 / (2 r2) in [row - 0.25, row + 0.5]: rows exactly, distances up to rounding.
-            o = np.argsort(rows + d2 * (0.5 / r2))
-            rows, cand, d2 = rows[o], cand[o], d2[o]
         same = rows[1:] == rows[:-1]
         bad = same & ((d2[1:] < d2[:-1]) | ((d2[1:] == d2[:-1]) & (cand[1:] < cand[:-1])))
         if bad.any():
