@@ -25,6 +25,7 @@ from server.core import protocol as P
 from server.core.downlink import DownlinkReckoner
 from server.core.interest import InterestGrid, in_region
 from server.core.members import Member, Room
+from server.core.state_frames import StateFrames, warm_up
 from server.core.tick_io import TickResult
 
 
@@ -45,6 +46,7 @@ class FanOut:
         self.records_sent: dict[int, int] = {}  # protocol version -> records in state frames
         self.frames_skipped = 0  # v2 members given no state frame on a tick
         self.dr_resends = 0  # records due by the downlink rule
+        warm_up()  # the frame builder compiled (or loaded from numba's cache) now
 
     def run(self, rooms: Iterable[Room], result: TickResult, server_time: float) -> list[Member]:
         """Fill every member's outbox for this tick; returns the members with output.
@@ -58,6 +60,7 @@ class FanOut:
         latest = result.latest
         H = latest.off.shape[1]
         dr = self.downlink
+        sent = self.records_sent
         out: list[Member] = []
         for room in rooms:
             players = [m for m in room.players.values() if m.slot >= 0]
@@ -92,30 +95,30 @@ class FanOut:
             framer = P.StateFramer(result.tick, server_time, H, dims)
             uids = np.fromiter((m.uid for m in vis), dtype=np.int64, count=len(vis))
             indptr, indices = self._views(room, pos, uids, result.tick)
-            # One gather for every viewer of the room (raw bytes: a structured gather is
-            # slower); each viewer's frame takes a slice of it. v2: only the due rows.
+            # One gather for every viewer of the room and every viewer's frame built from
+            # it in one pass (`StateFrames`). v2: only the due rows.
             size = P.record_dtype(H, dims).itemsize
             bounds = indptr.tolist()
             if rec1 is not None:
-                all1 = memoryview(rec1.view(f"V{size}")[indices].tobytes())
+                frames1 = StateFrames(framer, _rows(rec1, size)[indices], indptr)
             if rec2 is not None:
                 due_flat = due[indices]
-                all2 = memoryview(rec2.view(f"V{size}")[indices[due_flat]].tobytes())
                 cum_due = np.zeros(len(indices) + 1, dtype=np.int64)
                 np.cumsum(due_flat, out=cum_due[1:])
-                due_bounds = cum_due[indptr].tolist()
+                frames2 = StateFrames(framer, _rows(rec2, size)[indices[due_flat]], cum_due[indptr])
             view_uids = uids[indices]
             # A view that did not change since the last tick needs no join/leave diff: one
             # signature per viewer (a sum of hashed uids) tells which did.
             cum = np.zeros(len(indices) + 1, dtype=np.uint64)
             np.cumsum(_mix(view_uids), out=cum[1:])
             sigs = (cum[indptr[1:]] - cum[indptr[:-1]]).tolist()
-            row_of_viewer = {m.uid: i for i, m in enumerate(vis)}  # every visible one views
-            for m in players:
+            rows = (np.cumsum(live) - 1).tolist()  # each player's row of vis (where live)
+            quiet = self.downlink.heartbeat - 1e-9  # a v2 viewer's longest wait for a frame
+            for m, ok, i in zip(players, live.tolist(), rows, strict=True):
                 if m.detached_at is not None:  # no connection: visible to others only
                     continue
-                i = row_of_viewer.get(m.uid)
-                if i is None:  # no position yet: an empty view
+                box = m.outbox
+                if not ok:  # no position yet: an empty view
                     if m.seen:
                         self._diff(m, [], [], vis)
                     m.view_sig = -1
@@ -127,14 +130,19 @@ class FanOut:
                         entered = self._diff(m, view_uids[a:b].tolist(), indices[a:b].tolist(), vis)
                         m.view_sig = sigs[i]
                     if m.version == 1:
-                        self._frame(m, framer, b - a, all1[a * size : b * size], server_time)
+                        box.state = frames1.frame(i)
+                        m.last_state = server_time
+                        sent[1] = sent.get(1, 0) + b - a
                     elif entered or m.resync:
-                        rows = self._v2_rows(m, indices[a:b], due, entered, mark)
-                        self._frame(m, framer, len(rows), rec2[rows].tobytes(), server_time)
+                        rows_in = self._v2_rows(m, indices[a:b], due, entered, mark)
+                        self._frame(m, framer, len(rows_in), rec2[rows_in].tobytes(), server_time)
+                    elif frames2.counts[i] or server_time - m.last_state >= quiet:
+                        box.state = frames2.frame(i)
+                        m.last_state = server_time
+                        sent[2] = sent.get(2, 0) + frames2.counts[i]
                     else:
-                        c, d = due_bounds[i], due_bounds[i + 1]
-                        self._frame(m, framer, d - c, all2[c * size : d * size], server_time)
-                if m.outbox.state is not None or m.outbox.controls:
+                        self.frames_skipped += 1
+                if box.state is not None or box.controls:
                     out.append(m)
             for m in room.spectators:
                 idx = in_region(pos, m.region, self.spectator_cap)
@@ -232,3 +240,9 @@ def _mix(uids: np.ndarray) -> np.ndarray:
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return z ^ (z >> np.uint64(31))
+
+
+def _rows(records: np.ndarray, size: int) -> np.ndarray:
+    """Packed records as (n, size) bytes, without copying (through a raw view: a byte view
+    of the structured array itself has numpy check its fields on every call)."""
+    return records.view(f"V{size}").view(np.uint8).reshape(-1, size)

@@ -201,15 +201,16 @@ class StateFramer:
     viewer shares are packed once, so a frame costs one join. Byte-identical to packing
     the map {"type", "tick", "server_time", "n", "nh", "dims", "rec"} in that order."""
 
-    __slots__ = ("_head", "_tail")
+    __slots__ = ("head", "tail")
 
     def __init__(self, tick: int, server_time: float, horizons: int, dims: int) -> None:
         p = msgpack.Packer(use_bin_type=True)
-        self._head = (
+        # a frame is head, msgpack(n), tail, the bin header, the records
+        self.head = (
             b"\x87" + p.pack("type") + p.pack("state") + p.pack("tick") + p.pack(tick)
             + p.pack("server_time") + p.pack(float(server_time)) + p.pack("n")
         )  # fmt: skip
-        self._tail = p.pack("nh") + p.pack(horizons) + p.pack("dims") + p.pack(dims) + p.pack("rec")
+        self.tail = p.pack("nh") + p.pack(horizons) + p.pack("dims") + p.pack(dims) + p.pack("rec")
 
     def frame(self, n: int, records: bytes | memoryview) -> bytes:
         """The frame for `n` records given as their packed bytes (a view is not copied twice)."""
@@ -221,7 +222,7 @@ class StateFramer:
         else:
             bin_head = b"\xc6" + size.to_bytes(4, "big")
         count = _SMALL_INTS[n] if n < len(_SMALL_INTS) else msgpack.packb(n)
-        return b"".join((self._head, count, self._tail, bin_head, records))
+        return b"".join((self.head, count, self.tail, bin_head, records))
 
 
 _SMALL_INTS = [msgpack.packb(i) for i in range(1025)]
