@@ -57,3 +57,31 @@ def test_a_neighbour_is_moved_to_the_avatars_sample_time():
     # sampled 0.5 s before the avatar, moving +2 m/s in x: drawn 1 m further on
     blk = run([(1, 0, 2, 0, 0.0, 1)], k=1, ego_age=0.5)
     assert blk[0, 0] == np.float32(2.0) and blk[0, NB_VX] == np.float32(2.0)
+
+
+def test_sort_cells_gives_lexsorts_order_short_and_long_runs():
+    rng = np.random.default_rng(0)
+    key = rng.integers(0, 5, 400)  # runs of ~80: the long-run path
+    key[:20] = 9  # and a short one
+    d2 = rng.integers(0, 6, 400).astype(np.float64)  # many ties: by index then
+    order = np.argsort(key)  # any order that sorts the keys
+    K.sort_cells(order, key, d2)
+    np.testing.assert_array_equal(order, np.lexsort((d2, key)))
+
+
+def test_blocks_are_the_3x3_ranges_cut_to_the_cap():
+    shift = 21
+    # candidates of 3 cells (sorted keys): (0, 0) x 3, (0, 1) x 1, (2, 2) x 2
+    k00, k01, k22 = 0, 1, (2 << shift) + 2
+    skey = np.array([k00, k00, k00, k01, k22, k22], np.int64)
+    cand = np.array([10, 11, 12, 13, 14, 15], np.int64)
+    rows = np.array([13, 14, 7], np.int64)  # 7 is no candidate: looked up by its key
+    ekey = np.array([k01, k22, k00], np.int64)
+    lo, cnt, ecell, efound = K.blocks(skey, 2, shift, cand, 16, rows, ekey)
+    assert lo.shape == (3, 9)
+    # cell (0, 0): itself (middle, index 4) cut to 2, (0, 1) above it (index 5)
+    assert (lo[0, 4], cnt[0, 4]) == (0, 2) and (lo[0, 5], cnt[0, 5]) == (3, 1)
+    assert cnt[0].sum() == 3 and cnt[2].sum() == 2  # (2, 2) is alone
+    assert ecell.tolist() == [1, 2, 0] and efound.tolist() == [True, True, True]
+    _, _, ecell, efound = K.blocks(skey, 2, shift, cand, 16, rows, np.array([k01, k22, 5]))
+    assert efound.tolist() == [True, True, False]
