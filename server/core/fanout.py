@@ -114,6 +114,8 @@ class FanOut:
             sigs = (cum[indptr[1:]] - cum[indptr[:-1]]).tolist()
             rows = (np.cumsum(live) - 1).tolist()  # each player's row of vis (where live)
             quiet = self.downlink.heartbeat - 1e-9  # a v2 viewer's longest wait for a frame
+            extra: list[int] = []  # positions in `indices` a v2 viewer gets beyond the due
+            later: list[tuple[Member, int]] = []  # v2 viewers whose frame takes them
             for m, ok, i in zip(players, live.tolist(), rows, strict=True):
                 if m.detached_at is not None:  # no connection: visible to others only
                     continue
@@ -133,9 +135,19 @@ class FanOut:
                         box.state = frames1.frame(i)
                         m.last_state = server_time
                         sent[1] = sent.get(1, 0) + b - a
-                    elif entered or m.resync:
-                        rows_in = self._v2_rows(m, indices[a:b], due, entered, mark)
-                        self._frame(m, framer, len(rows_in), rec2[rows_in].tobytes(), server_time)
+                    elif entered or m.resync:  # + who entered its view (all, after a drop)
+                        if m.resync:
+                            m.resync = False
+                            extra.extend(range(a, b))
+                        else:
+                            extra.extend([a + j for j in entered])
+                        if b == a and server_time - m.last_state < quiet:
+                            self.frames_skipped += 1
+                        else:
+                            later.append((m, i))
+                            m.last_state = server_time
+                            out.append(m)  # its frame comes below
+                            continue
                     elif frames2.counts[i] or server_time - m.last_state >= quiet:
                         box.state = frames2.frame(i)
                         m.last_state = server_time
@@ -144,9 +156,19 @@ class FanOut:
                         self.frames_skipped += 1
                 if box.state is not None or box.controls:
                     out.append(m)
+            if later:  # one more pass: the due rows and the extra ones
+                pick = due_flat.copy()
+                pick[extra] = True
+                cum_pick = np.zeros(len(indices) + 1, dtype=np.int64)
+                np.cumsum(pick, out=cum_pick[1:])
+                frames3 = StateFrames(framer, _rows(rec2, size)[indices[pick]], cum_pick[indptr])
+                for m, i in later:
+                    m.outbox.state = frames3.frame(i)
+                    sent[2] = sent.get(2, 0) + frames3.counts[i]
             for m in room.spectators:
                 idx = in_region(pos, m.region, self.spectator_cap)
-                entered = self._diff(m, uids[idx].tolist(), idx.tolist(), vis)
+                seen = idx.tolist()
+                entered = [seen[j] for j in self._diff(m, uids[idx].tolist(), seen, vis)]
                 if m.version == 1:
                     self._frame(m, framer, len(idx), rec1[idx].tobytes(), server_time)
                 else:
@@ -194,24 +216,25 @@ class FanOut:
         key = uids.tobytes()
         if k == 1 or n == 0 or room.aoi_key != key:
             indptr, indices = self.grid.query(pos)
-            if k > 1:
+            if k > 1:  # kept padded, one row per viewer, so a share of them is replaced at once
                 room.aoi_key = key
-                room.aoi_views = np.split(indices, indptr[1:-1])
+                room.aoi_views = np.full((n, self.grid.cap), -1, dtype=np.int64)
+                room.aoi_lens = _fill(room.aoi_views, np.arange(n), indptr, indices)
             return indptr, indices
-        views = room.aoi_views
+        views, lens = room.aoi_views, room.aoi_lens
         rows = np.arange(tick % k, n, k)
         if len(rows):
             sub_ptr, sub_idx = self.grid.query(pos, rows)
-            for r, view in zip(rows.tolist(), np.split(sub_idx, sub_ptr[1:-1]), strict=True):
-                views[r] = view
+            views[rows] = -1
+            lens[rows] = _fill(views, rows, sub_ptr, sub_idx)
         indptr = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(np.fromiter(map(len, views), np.int64, n), out=indptr[1:])
-        return indptr, np.concatenate(views)
+        np.cumsum(lens, out=indptr[1:])
+        return indptr, views[np.arange(views.shape[1]) < lens[:, None]]
 
     @staticmethod
     def _diff(m: Member, now_uids: list[int], rows: list[int], vis: list[Member]) -> list[int]:
-        """Queue leave / join frames so `m.seen` becomes `now_uids` (rows index `vis`);
-        returns the rows that joined."""
+        """Queue leave / join frames so `m.seen` becomes `now_uids` (their rows of `vis`:
+        `rows`); returns the positions in `now_uids` of those that joined."""
         seen = m.seen
         current = set(now_uids)
         entered: list[int] = []
@@ -223,9 +246,9 @@ class FanOut:
                 )
                 for u in gone:
                     del seen[u]
-            entered = [i for i, u in zip(rows, now_uids, strict=True) if u not in seen]
+            entered = [j for j, u in enumerate(now_uids) if u not in seen]
             if entered:
-                new = [vis[i] for i in entered]
+                new = [vis[rows[j]] for j in entered]
                 for a in new:
                     seen[a.uid] = (a.handle, a.avatar)
                 m.outbox.controls.append(
@@ -246,3 +269,14 @@ def _rows(records: np.ndarray, size: int) -> np.ndarray:
     """Packed records as (n, size) bytes, without copying (through a raw view: a byte view
     of the structured array itself has numpy check its fields on every call)."""
     return records.view(f"V{size}").view(np.uint8).reshape(-1, size)
+
+
+def _fill(
+    views: np.ndarray, rows: np.ndarray, indptr: np.ndarray, indices: np.ndarray
+) -> np.ndarray:
+    """Write CSR views (one per entry of `rows`) into the padded rows `rows` of `views`;
+    returns their lengths."""
+    lens = np.diff(indptr)
+    at = np.arange(len(indices)) - np.repeat(indptr[:-1], lens)  # place within its row
+    views[np.repeat(rows, lens), at] = indices
+    return lens

@@ -90,9 +90,11 @@ class Room:
         self.name = name
         self.players: dict[str, Member] = {}
         self.spectators: list[Member] = []
-        # Area-of-interest cache: the visible uids it was computed for, one view per row.
+        # Area-of-interest cache: the visible uids it was computed for, one view per row
+        # (padded with -1 to the longest view) and each view's length.
         self.aoi_key: bytes | None = None
-        self.aoi_views: list[np.ndarray] = []
+        self.aoi_views = np.empty((0, 0), dtype=np.int64)
+        self.aoi_lens = np.empty(0, dtype=np.int64)
         self._free: list[int] = []
         self._next = 0
 
