@@ -112,3 +112,31 @@ def test_a_new_path_off_ahead_is_resent_before_the_sample_shows_it():
         got[ahead] = bool(dr.due(one, np.array([t1]), on_path, t1, turning)[0])
         assert dr.ahead(one, np.array([t1]), on_path, turning)[0] > 0.02 or ahead == 0.0
     assert got == {0.0: False, 0.2: True}
+
+
+@pytest.mark.parametrize("lookahead", [0.0, 0.2, 0.4])
+def test_due_is_the_rule_on_the_numpy_distances(lookahead):
+    # `due` takes its distances compiled; `error` and `ahead` are the same with numpy
+    dr, slots, anchor, pos, off = random_paths(lookahead)
+    err = dr.error(slots, anchor, pos)
+    if lookahead:
+        err = np.maximum(err, dr.ahead(slots, anchor, pos, off))
+    want = (anchor > dr.anchor[slots]) & (err > dr.threshold)
+    np.testing.assert_array_equal(dr.due(slots, anchor, pos, 1.0, off), want)
+    np.testing.assert_array_equal(
+        dr.due(slots, anchor, pos, 1.0),
+        (anchor > dr.anchor[slots]) & (dr.error(slots, anchor, pos) > dr.threshold),
+    )
+
+
+def random_paths(lookahead: float, n: int = 500):
+    """A reckoner with n sent paths, and newer (or older) samples and new paths for them."""
+    rng = np.random.default_rng(int(lookahead * 10))
+    dr = DownlinkReckoner(n, H, threshold=0.05, heartbeat=10.0, lookahead=lookahead)
+    slots = rng.permutation(n)
+    sent = rng.normal(0, 1, (n, 3, 3)).astype(np.float32)
+    dr.commit(slots, rng.uniform(0, 1, n), rng.normal(0, 50, (n, 3)), sent, slots, 1.0)
+    anchor = dr.anchor[slots] + rng.uniform(-0.1, 1.2, n)  # some older, some past the path
+    pos = dr.pos[slots] + rng.normal(0, 0.05, (n, 3))
+    off = rng.normal(0, 1, (n, 3, 3)).astype(np.float32)
+    return dr, slots, anchor, pos, off

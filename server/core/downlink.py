@@ -1,6 +1,7 @@
 """Downlink dead reckoning: an avatar's record goes out only when its viewers' path is off.
 
-Pure numpy, no asyncio. Receivers draw each remote avatar along the last path they got
+Array code (numpy, and the per-row distances compiled in `server.core.downlink_kernels`),
+no asyncio. Receivers draw each remote avatar along the last path they got
 (`path_at`, the rule in ``docs/protocol.md``); the server keeps, per engine slot, that
 same path (`DownlinkReckoner`) and each tick resends an avatar's record to its v2 viewers
 only when the newest sample is more than ``threshold`` metres off it at the sample's
@@ -21,6 +22,8 @@ from bisect import bisect_right
 from collections.abc import Sequence
 
 import numpy as np
+
+from server.core import downlink_kernels as K
 
 EXTRAPOLATE = 0.5  # s: receivers move on at the last segment's velocity this long, then hold
 
@@ -77,8 +80,13 @@ class DownlinkReckoner:
         self.threshold = float(threshold)
         self.heartbeat = float(heartbeat)
         self.lookahead = float(lookahead)
-        self._ahead = self.horizons <= self.lookahead + 1e-9  # the horizons compared
         H = len(self.horizons)
+        # the horizons whose new and sent paths are compared; the path's knots
+        self._ahead_at = np.flatnonzero(self.horizons <= self.lookahead + 1e-9)
+        self._no_ahead = np.zeros(0, dtype=np.int64)
+        self._no_off = np.zeros((0, H, 3), dtype=np.float32)
+        self._knots = np.concatenate([[0.0], self.horizons])
+        K.warm_up()  # compiled (or loaded from numba's cache) now, not in a tick
         self.has = np.zeros(capacity, dtype=bool)  # a path was sent for this slot
         self.anchor = np.zeros(capacity)  # the sent sample's time
         self.pos = np.zeros((capacity, 3))
@@ -103,7 +111,8 @@ class DownlinkReckoner:
         self.has[np.asarray(slots, dtype=np.int64)] = False
 
     def error(self, slots: np.ndarray, anchor: np.ndarray, pos: np.ndarray) -> np.ndarray:
-        """Metres between each newest sample (`pos` at `anchor`) and its sent path then."""
+        """Metres between each newest sample (`pos` at `anchor`) and its sent path then
+        (numpy; `due` computes the same compiled, `server.core.downlink_kernels`)."""
         age = anchor - self.anchor[slots]
         return np.linalg.norm(
             pos - path_at(self.pos[slots], self.off[slots], self.horizons, age), axis=1
@@ -114,7 +123,7 @@ class DownlinkReckoner:
     ) -> np.ndarray:
         """Metres between each new path (`pos` at `anchor`, offsets `off` (n, H, 3)) and the
         sent path, the largest at the horizons up to `lookahead` (0 when there are none)."""
-        h = self.horizons[self._ahead]
+        h = self.horizons[self._ahead_at]
         n, K = len(slots), len(h)
         if K == 0:
             return np.zeros(n)
@@ -123,7 +132,7 @@ class DownlinkReckoner:
             np.repeat(self.pos[slots], K, axis=0), np.repeat(self.off[slots], K, axis=0),
             self.horizons, d.ravel(),
         ).reshape(n, K, 3)  # fmt: skip
-        new = pos[:, None, :] + np.asarray(off, dtype=np.float64)[:, self._ahead]
+        new = pos[:, None, :] + np.asarray(off, dtype=np.float64)[:, self._ahead_at]
         return np.linalg.norm(new - old, axis=2).max(axis=1)
 
     def due(
@@ -142,10 +151,12 @@ class DownlinkReckoner:
         out = ~self.has[slots] | (now - self.sent_at[slots] >= self.heartbeat - 1e-9)
         check = np.flatnonzero(~out & (anchor > self.anchor[slots]))
         if len(check):
-            s = slots[check]
-            err = self.error(s, anchor[check], pos[check])
-            if off is not None and self._ahead.any():
-                err = np.maximum(err, self.ahead(s, anchor[check], pos[check], off[check]))
+            new_off = self._no_off if off is None else np.asarray(off)[check]
+            err = K.off_path(
+                slots[check], np.asarray(anchor, np.float64)[check],
+                np.asarray(pos, np.float64)[check], new_off, self.anchor, self.pos, self.off,
+                self._knots, EXTRAPOLATE, self._no_ahead if off is None else self._ahead_at,
+            )  # fmt: skip
             out[check] = err > self.threshold
         return out
 
