@@ -167,8 +167,8 @@ class FanOut:
                     sent[2] = sent.get(2, 0) + frames3.counts[i]
             for m in room.spectators:
                 idx = in_region(pos, m.region, self.spectator_cap)
-                seen = idx.tolist()
-                entered = [seen[j] for j in self._diff(m, uids[idx].tolist(), seen, vis)]
+                in_view = idx.tolist()
+                entered = [in_view[j] for j in self._diff(m, uids[idx].tolist(), in_view, vis)]
                 if m.version == 1:
                     self._frame(m, framer, len(idx), rec1[idx].tobytes(), server_time)
                 else:
