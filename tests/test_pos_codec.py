@@ -6,7 +6,7 @@ import math
 
 import msgpack
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from server.core import field_checks as C
@@ -137,3 +137,70 @@ def test_binary_pos_refusals(frame, code):
     with pytest.raises(P.ProtocolError) as e:
         P.decode_pos_binary(frame)
     assert e.value.code == code
+
+
+def _general(frame: bytes):
+    """What the general decoder makes of a frame: the map, then the pos shortcut or the
+    field checks (the path `decode_client` takes when the byte reader declines)."""
+    try:
+        d = C.unpack_map(frame, {})
+        if d["type"] != "pos":
+            return ("other",)
+        return PC.fast_pos(d) or PC.checked_pos(d)
+    except P.ProtocolError as e:
+        return ("error", e.code)
+
+
+def _decoded(frame: bytes):
+    try:
+        msg = P.decode_client(frame)
+    except P.ProtocolError as e:
+        return ("error", e.code)
+    return msg if isinstance(msg, P.Pos) else ("other",)
+
+
+_VALUE = st.one_of(
+    st.floats(), st.sampled_from(_EDGES[:-3]), st.integers(-(2**40), 2**40), st.none()
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(_VALUE, min_size=1, max_size=4),
+    _VALUE,
+    st.one_of(st.integers(-(2**33), 2**33), st.sampled_from([P.MAX_SEQ, P.MAX_SEQ + 1]), _VALUE),
+    st.permutations(["type", "seq", "t", "p"]),
+    st.booleans(),
+)
+def test_the_byte_reader_decodes_exactly_what_the_general_decoder_does(p, t, seq, keys, single):
+    # the clients' layout (type, seq, t, p; float64) is read from the bytes; any other
+    # order, width or value must come out as the general decoder has it
+    values = {"type": "pos", "seq": seq, "t": t, "p": p}
+    try:
+        frame = msgpack.packb({k: values[k] for k in keys}, use_single_float=single)
+    except OverflowError:  # beyond float32: no such frame
+        assume(False)
+    assert _decoded(frame) == _general(frame)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_a_mangled_client_pos_decodes_as_the_general_decoder_has_it(data):
+    frame = bytearray(P.encode_client(P.Pos(seq=data.draw(st.integers(0, 2**32 - 1)),
+                                             t=12.5, p=(1.0, -2.0, 3.0))))  # fmt: skip
+    for _ in range(data.draw(st.integers(1, 3))):
+        at = data.draw(st.integers(0, len(frame) - 1))
+        frame[at] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(frame) + 2))
+    mangled = bytes(frame[:cut]) + b"\x00" * max(0, cut - len(frame))
+    assert _decoded(mangled) == _general(mangled)
+
+
+def test_the_byte_reader_takes_the_clients_frames():
+    for seq in (0, 127, 128, 255, 256, 65535, 65536, P.MAX_SEQ):
+        for p in ((1.5, -2.5, 3.5), (1.5, -2.5)):
+            frame = P.encode_client(P.Pos(seq=seq, t=-7.25, p=(*p, 0.0)[:3]))
+            if len(p) == 2:
+                frame = msgpack.packb({"type": "pos", "seq": seq, "t": -7.25, "p": list(p)})
+            pos = PC.pos_from_msgpack(frame)
+            assert pos == _general(frame) and pos is not None and pos.seq == seq

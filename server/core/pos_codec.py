@@ -3,6 +3,10 @@
 - `fast_pos`: the common msgpack `pos` (float `t` and coordinates, an int `seq`, no
   `yaw`) checked in a few comparisons; anything else falls to `checked_pos`, the field by
   field checks, which it agrees with exactly (tests/test_pos_codec.py holds them to it).
+- `pos_from_msgpack`: the same common `pos` read from the frame's bytes, without building
+  the map, when it is laid out as this project's clients pack it (the keys type, seq, t,
+  p in that order, float64 values); None for any other frame, which the general decoder
+  then reads. It accepts only what `fast_pos` accepts, with the same result.
 - The binary `pos`, for a player whose `hello` asked for it with ``"pos_encoding":
   "binary"`` (and whose `welcome` confirmed it): one fixed-layout little-endian frame of
   37 bytes, tag 0x70 (a msgpack positive fixint, never a map: no msgpack message starts
@@ -87,6 +91,52 @@ def fast_pos(d: dict) -> Pos | None:
         and -MAX_COORD <= y <= MAX_COORD
         and -MAX_TIME <= t <= MAX_TIME
         and 0 <= seq <= MAX_SEQ
+    ):
+        return Pos(seq=seq, t=t, p=(x, y, z))
+    return None
+
+
+_MSGPACK_POS_HEAD = b"\x84\xa4type\xa3pos\xa3seq"  # map of 4: "type": "pos", "seq":
+# after the seq: "t": float64, "p": [float64 x 3] (or 2)
+_MSGPACK_POS_TAIL3 = struct.Struct(">3sd4sdBdBd")
+_MSGPACK_POS_TAIL2 = struct.Struct(">3sd4sdBd")
+_T, _P3, _P2, _F64 = b"\xa1t\xcb", b"\xa1p\x93\xcb", b"\xa1p\x92\xcb", 0xCB
+_MSGPACK_POS_MIN = len(_MSGPACK_POS_HEAD) + 1 + _MSGPACK_POS_TAIL2.size  # 2-D, fixint seq
+
+
+def pos_from_msgpack(data: bytes) -> Pos | None:
+    """The common msgpack `pos` straight from its bytes (see the module docstring); None
+    for anything else. Call with the frame as bytes."""
+    if len(data) < _MSGPACK_POS_MIN or not data.startswith(_MSGPACK_POS_HEAD):
+        return None
+    b = data[14]  # the seq: positive fixint, uint 8, 16, 32
+    if b < 0x80:
+        seq, at = b, 15
+    elif b == 0xCC:
+        seq, at = data[15], 16
+    elif b == 0xCD:
+        seq, at = int.from_bytes(data[15:17], "big"), 17
+    elif b == 0xCE:
+        seq, at = int.from_bytes(data[15:19], "big"), 19
+    else:
+        return None
+    rest = len(data) - at
+    if rest == _MSGPACK_POS_TAIL3.size:
+        tk, t, pk, x, yk, y, zk, z = _MSGPACK_POS_TAIL3.unpack_from(data, at)
+        if tk != _T or pk != _P3 or yk != _F64 or zk != _F64 or not -MAX_COORD <= z <= MAX_COORD:
+            return None
+    elif rest == _MSGPACK_POS_TAIL2.size:
+        tk, t, pk, x, yk, y = _MSGPACK_POS_TAIL2.unpack_from(data, at)
+        if tk != _T or pk != _P2 or yk != _F64:
+            return None
+        z = 0.0
+    else:
+        return None
+    if (
+        -MAX_COORD <= x <= MAX_COORD
+        and -MAX_COORD <= y <= MAX_COORD
+        and -MAX_TIME <= t <= MAX_TIME
+        and seq <= MAX_SEQ
     ):
         return Pos(seq=seq, t=t, p=(x, y, z))
     return None

@@ -73,6 +73,7 @@ from server.core.pos_codec import (
     decode_pos_binary,
     encode_pos_binary,
     fast_pos,
+    pos_from_msgpack,
 )
 
 # The public face of the protocol: the vocabulary of `server.core.messages`, re-exported so
@@ -312,6 +313,8 @@ def decode_client(data: Any, *, max_size: int | None = None) -> ClientMessage:
     sized = isinstance(data, str | bytes | bytearray | memoryview)
     if max_size is not None and sized and len(data) > max_size:
         raise ProtocolError("too_large", f"frame of {len(data)} bytes; the limit is {max_size}")
+    if type(data) is bytes and (pos := pos_from_msgpack(data)) is not None:
+        return pos  # the common pos, read from its bytes
     d = C.unpack_map(data, _LIMITS)
     kind = d["type"]
     if kind == "pos":
