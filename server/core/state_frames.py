@@ -36,19 +36,24 @@ class StateFrames:
 
 
 @njit(cache=True, nogil=True)
-def _uint_len(n):
-    return 1 if n < 128 else 2 if n < 256 else 3 if n < 65536 else 5
+def _size_len(n, fixint):
+    """Bytes of msgpack's header for n: a positive fixint (where allowed), or a tag and
+    8, 16 or 32 bits."""
+    return 1 if fixint and n < 128 else 2 if n < 256 else 3 if n < 65536 else 5
 
 
 @njit(cache=True, nogil=True)
-def _bin_len(n):
-    return 2 if n < 256 else 3 if n < 65536 else 5
-
-
-@njit(cache=True, nogil=True)
-def _put_be(buf, at, value, width):
-    for q in range(width):
-        buf[at + q] = (value >> (8 * (width - 1 - q))) & 0xFF
+def _put_size(buf, at, n, tag8, fixint):
+    """Write that header for n at `at` (tags tag8, tag8 + 1, tag8 + 2 for 8, 16, 32 bits:
+    uint 0xCC.., bin 0xC4..); returns the index after it."""
+    if fixint and n < 128:
+        buf[at] = n
+        return at + 1
+    width = 1 if n < 256 else 2 if n < 65536 else 4
+    buf[at] = tag8 + (0 if width == 1 else 1 if width == 2 else 2)
+    for q in range(width):  # big-endian
+        buf[at + 1 + q] = (n >> (8 * (width - 1 - q))) & 0xFF
+    return at + 1 + width
 
 
 @njit(cache=True, nogil=True)
@@ -61,43 +66,18 @@ def _build(head, tail, records, bounds, size):
     for r in range(m):
         n = bounds[r + 1] - bounds[r]
         nb = n * size
-        offsets[r + 1] = offsets[r] + len(head) + _uint_len(n) + len(tail) + _bin_len(nb) + nb
+        offsets[r + 1] = (
+            offsets[r] + len(head) + _size_len(n, True) + len(tail) + _size_len(nb, False) + nb
+        )
     buf = np.empty(offsets[m], np.uint8)
     for r in range(m):
         at = offsets[r]
         buf[at : at + len(head)] = head
-        at += len(head)
         n = bounds[r + 1] - bounds[r]
-        if n < 128:  # positive fixint
-            buf[at] = n
-            at += 1
-        elif n < 256:  # uint 8, 16, 32
-            buf[at] = 0xCC
-            buf[at + 1] = n
-            at += 2
-        elif n < 65536:
-            buf[at] = 0xCD
-            _put_be(buf, at + 1, n, 2)
-            at += 3
-        else:
-            buf[at] = 0xCE
-            _put_be(buf, at + 1, n, 4)
-            at += 5
+        at = _put_size(buf, at + len(head), n, 0xCC, True)  # the count: fixint or uint
         buf[at : at + len(tail)] = tail
-        at += len(tail)
         nb = n * size
-        if nb < 256:  # bin 8, 16, 32
-            buf[at] = 0xC4
-            buf[at + 1] = nb
-            at += 2
-        elif nb < 65536:
-            buf[at] = 0xC5
-            _put_be(buf, at + 1, nb, 2)
-            at += 3
-        else:
-            buf[at] = 0xC6
-            _put_be(buf, at + 1, nb, 4)
-            at += 5
+        at = _put_size(buf, at + len(tail), nb, 0xC4, False)  # the records' bin header
         buf[at : at + nb] = records[bounds[r] * size : bounds[r + 1] * size]
     return buf, offsets
 
