@@ -16,7 +16,8 @@ def views(xy, viewers=None, radius=1.0, cap=8, max_pairs=np.inf):
     cell = np.floor(p / radius).astype(np.int64)
     key = cell[:, 0] * ROW + cell[:, 1]
     v = np.arange(len(p)) if viewers is None else np.asarray(viewers, dtype=np.int64)
-    ok, indptr, indices = grid_views(np.ascontiguousarray(p.T), key, v, radius**2, cap, max_pairs)
+    cols, order = np.ascontiguousarray(p.T), np.argsort(key)
+    ok, indptr, indices = grid_views(cols, key, order, v, radius**2, cap, max_pairs)
     rows = [indices[a:b].tolist() for a, b in itertools.pairwise(indptr)]
     return ok, rows
 

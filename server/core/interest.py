@@ -113,8 +113,8 @@ class InterestGrid:
             ci = cell.astype(np.int64)
             key = ci[:, 0] * IK.ROW + ci[:, 1]  # collision-free and ordered by (cx, cy)
             ok, indptr, indices = IK.grid_views(
-                np.ascontiguousarray(p.T), key, v, self.radius * self.radius, self.cap,
-                self._kd_factor * m * self.cap,
+                np.ascontiguousarray(p.T), key, np.argsort(key), v, self.radius * self.radius,
+                self.cap, self._kd_factor * m * self.cap,
             )  # fmt: skip
             if ok:
                 self.last_path = "grid"

@@ -1,12 +1,12 @@
 """Interest management's grid path compiled (numba): each viewer's view in one pass.
 
-`server.core.interest.InterestGrid.query` computes each avatar's cell key and hands the
-rest here. `grid_views` sorts the avatars by cell (stably: within a cell by index); each
-viewer's candidates are the avatars of its 3 x 3 cell block (three sorted ranges: cells
-(cx + dx, cy - 1 .. cy + 1) have consecutive keys), of which it keeps those within the
-radius, nearest first, ties by lower index, itself first, at most `cap`: the definition
-the array code and the KD path share, with the same float64 distance (dx*dx + dy*dy, then
-+ dz*dz, in that order).
+`server.core.interest.InterestGrid.query` computes each avatar's cell key and their order
+by cell and hands the rest here. In `grid_views` each viewer's candidates are the avatars
+of its 3 x 3 cell block (three sorted ranges: cells (cx + dx, cy - 1 .. cy + 1) have
+consecutive keys), of which it keeps those within the radius, nearest first, ties by
+lower index, itself first, at most `cap`: the definition the KD path shares, with the
+same float64 distance (dx*dx + dy*dy, then + dz*dz, in that order). Plain loops only
+(no numba sorts or searches): the kernel compiles in about a second.
 """
 
 from __future__ import annotations
@@ -17,14 +17,27 @@ from numba import njit
 ROW = np.int64(1) << np.int64(32)  # key = cx * ROW + cy
 
 
+@njit(cache=True, nogil=True)
+def _lower_bound(a, x):
+    """The first index of sorted `a` whose value is >= x."""
+    lo, hi = 0, len(a)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if a[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
-def grid_views(cols, key, viewers, r2, cap, max_pairs):
+def grid_views(cols, key, order, viewers, r2, cap, max_pairs):
     """CSR views (indptr (m + 1,), indices) of `viewers` (m,) int64 over the avatars whose
     coordinates are the rows of `cols` (2 or 3, n) float64 and cell keys `key` (n,) int64
-    (`cx * ROW + cy`). Returns ok False (and empty arrays) when the viewers' 3 x 3 blocks
-    hold more than `max_pairs` candidates in all: the caller takes another path."""
+    (`cx * ROW + cy`), `order` an order that sorts `key` (`np.argsort`'s). Returns ok False
+    (and empty arrays) when the viewers' 3 x 3 blocks hold more than `max_pairs`
+    candidates in all: the caller takes another path."""
     m, dims = len(viewers), cols.shape[0]
-    order = np.argsort(key, kind="mergesort")
     skey = key[order]
     lo = np.empty((m, 3), np.int64)
     hi = np.empty((m, 3), np.int64)
@@ -32,8 +45,8 @@ def grid_views(cols, key, viewers, r2, cap, max_pairs):
     for i in range(m):
         for dx in range(3):
             base = key[viewers[i]] + (dx - 1) * ROW
-            lo[i, dx] = np.searchsorted(skey, base - 1)
-            hi[i, dx] = np.searchsorted(skey, base + 1, side="right")
+            lo[i, dx] = _lower_bound(skey, base - 1)
+            hi[i, dx] = _lower_bound(skey, base + 2)  # keys are integers
             total += hi[i, dx] - lo[i, dx]
     indptr = np.zeros(m + 1, np.int64)
     if total > max_pairs:
@@ -93,5 +106,5 @@ def grid_views(cols, key, viewers, r2, cap, max_pairs):
 
 def warm_up() -> None:
     """Compile `grid_views` now (or load it from numba's cache: fast)."""
-    cols = np.zeros((2, 2))
-    grid_views(cols, np.zeros(2, np.int64), np.arange(2, dtype=np.int64), 1.0, 2, np.inf)
+    two = np.arange(2, dtype=np.int64)
+    grid_views(np.zeros((2, 2)), np.zeros(2, np.int64), two, two, 1.0, 2, np.inf)

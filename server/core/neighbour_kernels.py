@@ -158,8 +158,7 @@ def sort_cells(order, key, d2):
         while e < n and key[order[e]] == key[order[s]]:
             e += 1
         if e - s > 32:
-            run = np.sort(order[s:e])
-            order[s:e] = run[np.argsort(d2[run], kind="mergesort")]
+            _merge_sort(order[s:e], d2, np.empty(e - s, order.dtype))
         else:
             for i in range(s + 1, e):
                 x, j = order[i], i
@@ -170,6 +169,31 @@ def sort_cells(order, key, d2):
                     j -= 1
                 order[j] = x
         s = e
+
+
+@njit(cache=True, nogil=True)
+def _merge_sort(run, d2, tmp):
+    """Sort `run` (row ids) by `d2`, then id, in place (bottom-up merges; `tmp` as long)."""
+    n, width, src, dst, swapped = len(run), 1, run, tmp, False
+    while width < n:
+        for lo in range(0, n, 2 * width):
+            mid, hi = min(lo + width, n), min(lo + 2 * width, n)
+            i, j = lo, mid
+            for k in range(lo, hi):
+                if j < hi and (
+                    i >= mid
+                    or d2[src[j]] < d2[src[i]]
+                    or (d2[src[j]] == d2[src[i]] and src[j] < src[i])
+                ):
+                    dst[k] = src[j]
+                    j += 1
+                else:
+                    dst[k] = src[i]
+                    i += 1
+        src, dst, swapped = dst, src, not swapped
+        width *= 2
+    if swapped:
+        run[:] = tmp
 
 
 @njit(cache=True, nogil=True)
