@@ -196,7 +196,7 @@ class InterestGrid:
         r2 = self.radius * self.radius
         keep = d2 <= r2
         rows, cand, d2 = rows[keep], cand[keep], d2[keep]
-        # The viewer itself first, even if others share its position (key offset -0.25 below).
+        # The viewer itself first, even if others share its position.
         d2[cand == vr[keep]] = -0.5 * r2
         same = rows[1:] == rows[:-1]
         bad = same & ((d2[1:] < d2[:-1]) | ((d2[1:] == d2[:-1]) & (cand[1:] < cand[:-1])))

@@ -67,11 +67,11 @@ def nearest(
     parts = max(1, min(PARTS, start[ncell] // ROWS))
     edges = np.empty(parts + 1, np.int64)
     edges[parts] = ncell
-    c = 0
+    first = 0  # the parts' first cells (a name of its own: `c` is private to each part)
     for q in range(parts):
-        while c < ncell and start[c] * parts < start[ncell] * q:
-            c += 1
-        edges[q] = c
+        while first < ncell and start[first] * parts < start[ncell] * q:
+            first += 1
+        edges[q] = first
     for part in prange(parts):  # each part with its scratch
         bx = np.empty(widest, np.float32)  # the block's candidates, in grid order
         by = np.empty(widest, np.float32)

@@ -26,10 +26,11 @@ from server.core import neighbour_kernels as K
 from server.core.layout import FEATURE_CLIP, NB_ON, NB_VX, NB_WIDTH, FeatureConfig, FeatureState
 
 _OFF = 1 << 20  # grid coordinates are offset to stay positive inside the packed key
+_BITS = 21  # bits of each grid coordinate in the key (the group above both)
 
 
 def _keys(group: np.ndarray, gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
-    return (group << 42) + ((gx + _OFF) << 21) + (gy + _OFF)
+    return (group << (2 * _BITS)) + ((gx + _OFF) << _BITS) + (gy + _OFF)
 
 
 def neighbour_features(
@@ -78,7 +79,7 @@ def neighbour_features(
     elx = (ex - egx * R).astype(np.float32)
     ely = (ey - egy * R).astype(np.float32)
     ekey = _keys(group[rows], egx.astype(np.int64), egy.astype(np.int64))
-    lo, cnt, ecell, efound = K.blocks(key[order], M, 21, scand, d.shape[1], rows, ekey)
+    lo, cnt, ecell, efound = K.blocks(key[order], M, _BITS, scand, d.shape[1], rows, ekey)
     eage = (clock[rows] - c0).astype(np.float32)
     K.nearest(
         tab, lo, cnt, ecell, efound, elx, ely, eage, rows, d[14, rows], d[15, rows],
