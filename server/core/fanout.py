@@ -22,10 +22,11 @@ from collections.abc import Iterable
 import numpy as np
 
 from server.core import protocol as P
+from server.core import state_frames
 from server.core.downlink import DownlinkReckoner
 from server.core.interest import InterestGrid, in_region
 from server.core.members import Member, Room
-from server.core.state_frames import StateFrames, warm_up
+from server.core.state_frames import StateFrames
 from server.core.tick_io import TickResult
 
 
@@ -46,7 +47,7 @@ class FanOut:
         self.records_sent: dict[int, int] = {}  # protocol version -> records in state frames
         self.frames_skipped = 0  # v2 members given no state frame on a tick
         self.dr_resends = 0  # records due by the downlink rule
-        warm_up()  # the frame builder compiled (or loaded from numba's cache) now
+        state_frames.warm_up()  # the frame builder compiled (or loaded from numba's cache) now
 
     def run(self, rooms: Iterable[Room], result: TickResult, server_time: float) -> list[Member]:
         """Fill every member's outbox for this tick; returns the members with output.
