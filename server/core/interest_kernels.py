@@ -65,7 +65,7 @@ def grid_views(cols, key, order, viewers, r2, cap, max_pairs):
         found = 0  # the nearest others so far, by (distance, index)
         for dx in range(3 if room > 0 else 0):
             a, b = lo[i, dx], hi[i, dx]
-            for s in range(a, b):  # branch-free (vectorised)
+            for s in range(a, b):  # the range's distances first, without branches
                 t = cols[0, me] - sp[0, s]
                 d2 = t * t
                 for q in range(1, dims):

@@ -1,10 +1,11 @@
 """The `state` frames of a whole room at once (numba): one buffer, one frame per viewer.
 
 Fan-out gives every viewer of a room a slice of one gather of packed records (its view,
-or for a v2 viewer its due records), in viewer order. `StateFrames.build` writes each
-viewer's whole frame (the shared msgpack bytes of `server.core.protocol.StateFramer`,
-the record count, the `bin` header, the records) into one buffer in one compiled pass, so
-a viewer's frame is one slice of it: byte-identical to `StateFramer.frame`.
+or for a v2 viewer its due records), in viewer order. `StateFrames(framer, records,
+bounds)` writes each viewer's whole frame (the shared msgpack bytes of
+`server.core.protocol.StateFramer`, the record count, the `bin` header, the records) into
+one buffer in one compiled pass, so a viewer's frame is one slice of it: byte-identical
+to `StateFramer.frame`.
 """
 
 from __future__ import annotations
