@@ -2,6 +2,8 @@ import numpy as np
 import pytest
 import torch
 
+from server.serve.transports import TRANSPORTS
+
 
 @pytest.fixture
 def rng() -> np.random.Generator:
@@ -30,3 +32,13 @@ def redis_server():
 def redis_url(redis_server) -> str:
     """URL of the ``redis_server`` fixture's Redis, e.g. ``redis://127.0.0.1:PORT/0``."""
     return redis_server.url
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request, monkeypatch) -> str:
+    """A test that uses it runs once per transport (both must behave the same): the
+    servers it starts through `tests.servers` take that transport."""
+    from tests import servers
+
+    monkeypatch.setitem(servers.DEFAULTS, "transport", request.param)
+    return request.param

@@ -16,17 +16,10 @@ from websockets.exceptions import ConnectionClosed
 from server.core import protocol as P
 from server.core.engine import TickEngine
 from server.core.model import load_checkpoint
-from server.serve.transports import TRANSPORTS
-from tests import servers
 from tests.app_helpers import MAX_FRAMES, Client, drain, expect_refusal, fetch
 from tests.servers import running
 
-
-@pytest.fixture(autouse=True, params=TRANSPORTS)
-def transport(request, monkeypatch) -> str:
-    """Every test here runs once per transport: both must behave the same."""
-    monkeypatch.setitem(servers.DEFAULTS, "transport", request.param)
-    return request.param
+pytestmark = pytest.mark.usefixtures("transport")  # every test, once per transport
 
 
 @pytest.mark.parametrize("inline_step_ms", [0.0, 2.0])  # the step in a thread / on the loop

@@ -9,11 +9,8 @@ import asyncio
 import logging
 from collections import Counter
 
-import pytest
-
 from server.core import protocol as P
 from server.serve.app import AvatarServer
-from server.serve.transports import TRANSPORTS
 from tests.hostile_clients import (
     WAIT,
     Probe,
@@ -23,12 +20,6 @@ from tests.hostile_clients import (
     pos,
 )
 from tests.servers import running
-
-
-@pytest.fixture(params=TRANSPORTS)
-def transport(request) -> str:
-    return request.param
-
 
 MODES = ("abort", "close", "bye")
 

@@ -9,9 +9,6 @@ import asyncio
 import logging
 import socket
 
-import pytest
-
-from server.serve.transports import TRANSPORTS
 from tests.hostile_clients import (
     Probe,
     expect_refusal,
@@ -22,11 +19,6 @@ from tests.hostile_clients import (
     stop_good,
 )
 from tests.servers import running
-
-
-@pytest.fixture(params=TRANSPORTS)
-def transport(request) -> str:
-    return request.param
 
 
 async def test_never_reading_client_is_closed_and_others_keep_their_frames(transport, caplog):

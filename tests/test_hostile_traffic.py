@@ -35,12 +35,6 @@ from tests.hostile_clients import (
 )
 from tests.servers import running
 
-
-@pytest.fixture(params=TRANSPORTS)
-def transport(request) -> str:
-    return request.param
-
-
 MAX_FRAME = 1024
 MAX_HELLO = 256
 MAX_HARD = 4096

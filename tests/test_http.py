@@ -14,17 +14,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from server.core.blend import EXPERTS
 from server.serve.http import VIEWER_DIR, HttpRoutes
-from server.serve.transports import TRANSPORTS
-from tests import servers
 from tests.app_helpers import Client, fetch, get
 from tests.servers import running
-
-
-@pytest.fixture(params=TRANSPORTS)
-def transport(request, monkeypatch) -> str:
-    """The end-to-end tests run once per transport: both must answer the same."""
-    monkeypatch.setitem(servers.DEFAULTS, "transport", request.param)
-    return request.param
 
 
 class FakeMetrics:

@@ -14,18 +14,9 @@ from server.core.engine import TickEngine
 from server.core.stats import Stats
 from server.core.world import World
 from server.serve.metrics import Metrics
-from server.serve.transports import TRANSPORTS
-from tests import servers
 from tests.app_helpers import Client, fetch
 from tests.servers import running
 from tests.world_helpers import hello
-
-
-@pytest.fixture(params=TRANSPORTS)
-def transport(request, monkeypatch) -> str:
-    """The end-to-end tests run once per transport: both must count the same."""
-    monkeypatch.setitem(servers.DEFAULTS, "transport", request.param)
-    return request.param
 
 
 def scrape(metrics: Metrics) -> dict[tuple[str, tuple], float]:
