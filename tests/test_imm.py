@@ -7,21 +7,10 @@ import numpy as np
 import pytest
 
 from server.core import priors
+from tests.test_baselines import VEL, H, line_track
 from training.baselines import KalmanCV, horizon_errors
 from training.datasets import Track
 from training.imm import IMM, imm_cycle
-
-H = np.array([0.1, 0.3, 0.6, 1.0])
-VEL = np.array([1.5, -0.5, 0.1])
-
-
-def line_track(n=200, rate=30.0, noise=0.0, jitter=False, seed=0) -> Track:
-    rng = np.random.default_rng(seed)
-    dt = rng.uniform(0.5, 1.5, n) / rate if jitter else np.full(n, 1.0 / rate)
-    t = np.cumsum(dt)
-    truth_p = np.array([1.0, 2.0, 0.0]) + (t[:, None] - t[0]) * VEL
-    p = truth_p + noise * rng.standard_normal((n, 3))
-    return Track("u", t, p, truth_t=t.copy(), truth_p=truth_p)
 
 
 def reset_track():
